@@ -1,0 +1,149 @@
+"""The bids_cnm command line (BIDS-App specification)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from bids_cnm import __version__
+from bids_cnm.config import DEFAULT_BOLD_DESC, Config
+from bids_cnm.errors import EX_USAGE, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that exits with the BIDS-Apps usage code (64)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage()
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _filter(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE (e.g. group=IGE), got {text!r}")
+    column, value = text.split("=", 1)
+    if not column.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE (e.g. group=IGE), got {text!r}")
+    return column.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser (also used to generate docs and boutiques.json)."""
+    parser = _Parser(
+        prog="bids_cnm",
+        description="Coordinate network mapping: seeds at reported MNI coordinates, their "
+        "connectivity in a normative resting-state connectome, and the overlap network.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path,
+                        help="the connectome: a BIDS derivatives dataset of preprocessed "
+                        "resting-state BOLD in MNI space (e.g. fMRIPrep or XCP-D outputs)")
+    parser.add_argument("output_dir", type=Path,
+                        help="where the derivatives are written (not inside bids_dir)")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="participant: each subject's z-map of every seed; group: t-maps, "
+                        "thresholded networks and their overlap (computes connectivity on the "
+                        "fly when no matching participant outputs exist)")
+    parser.add_argument("--version", action="version", version=f"bids_cnm {__version__}")
+
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--coordinates", type=Path, required=True, metavar="FILE",
+                        help="coordinate table: TSV (study, x, y, z [, set, space, subtype, "
+                        "modality, ...]), GingerALE/Sleuth text, or NiMARE dataset JSON")
+    inputs.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                        metavar="LABEL", dest="participant_label",
+                        help="connectome subjects to use (with or without 'sub-'); default all")
+    inputs.add_argument("--participant-filter", "--participant_filter", nargs="+", default=[],
+                        type=_filter, metavar="COLUMN=VALUE", dest="participant_filter",
+                        help="select a cohort from participants.tsv, e.g. group=IGE")
+    inputs.add_argument("--task", default=None, help="task label of the BOLD runs")
+    inputs.add_argument("--space", default=None,
+                        help="space label of the BOLD runs (default: the only one present)")
+    inputs.add_argument("--res", default=None,
+                        help="res label of the BOLD runs (default: the only one present)")
+    inputs.add_argument("--bold-desc", nargs="+", default=list(DEFAULT_BOLD_DESC),
+                        metavar="DESC",
+                        help="accepted desc labels of BOLD files (fMRIPrep: preproc, "
+                        "XCP-D: denoised)")
+
+    science = parser.add_argument_group("seeds and statistics")
+    science.add_argument("--sphere-diameter", type=_positive_float, default=6.0, metavar="MM",
+                         help="diameter of the sphere at each coordinate, in mm")
+    science.add_argument("--t-threshold", type=_positive_float, default=5.1, metavar="T",
+                         help="|t| threshold that binarizes each seed network")
+
+    perf = parser.add_argument_group("performance and execution")
+    perf.add_argument("-w", "--work-dir", type=Path, default=None,
+                      help="nipype working directory (caches; a re-run resumes from it); "
+                      "default: <output_dir>/../bids_cnm_work")
+    perf.add_argument("--nprocs", "--n-cpus", type=_positive_int,
+                      default=min(os.cpu_count() or 1, 8), dest="nprocs",
+                      help="processes for nipype's MultiProc plugin")
+    perf.add_argument("--batch-size", type=_positive_int, default=100,
+                      help="at most this many subjects per group-level connectivity job")
+    perf.add_argument("--cache-dtype", choices=["float32", "int16"], default="float32",
+                      help="storage of the prepared time series in the work directory: "
+                      "float32 is exact; int16 halves the bytes read (r within 1e-5)")
+    perf.add_argument("--nipype-plugin", default="MultiProc",
+                      choices=["MultiProc", "Linear"], help="nipype execution plugin")
+    perf.add_argument("--skip-participant-maps", action="store_true",
+                      help="participant level: prepare the time series only, write no maps")
+    perf.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity",
+                      help="more messages (-vv for nipype's own)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Parse the command line into a :class:`Config`.
+
+    Raises
+    ------
+    UsageError
+        When the paths are inconsistent (OUTPUT_DIR equal to or inside BIDS_DIR).
+    """
+    args = build_parser().parse_args(argv)
+    bids_dir = args.bids_dir.expanduser().resolve()
+    output_dir = args.output_dir.expanduser().resolve()
+    work_dir = (args.work_dir or output_dir.parent / "bids_cnm_work").expanduser().resolve()
+    for name, path in (("OUTPUT_DIR", output_dir), ("--work-dir", work_dir)):
+        if path == bids_dir or bids_dir in path.parents:
+            raise UsageError(
+                f"{name} {path} is inside BIDS_DIR {bids_dir}: bids_cnm never writes into "
+                "the input dataset; choose a folder outside it."
+            )
+    return Config(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=args.analysis_level,
+        coordinates=args.coordinates.expanduser().resolve(),
+        work_dir=work_dir,
+        participant_label=tuple(args.participant_label),
+        participant_filter=tuple(args.participant_filter),
+        sphere_diameter=args.sphere_diameter,
+        t_threshold=args.t_threshold,
+        task=args.task,
+        space=args.space,
+        res=args.res,
+        bold_desc=tuple(args.bold_desc),
+        cache_dtype=args.cache_dtype,
+        batch_size=args.batch_size,
+        nprocs=args.nprocs,
+        nipype_plugin=args.nipype_plugin,
+        verbosity=args.verbosity,
+        write_participant_maps=not args.skip_participant_maps,
+    )

@@ -1,0 +1,255 @@
+"""Entry point: command line -> Config -> inputs resolved -> nipype workflow -> run.
+
+Everything that can be checked before the heavy work (the connectome's files and
+grid, the coordinate table, the seeds) is checked here, so bad input fails in
+seconds with one line that says what to fix and a BIDS-Apps exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from bids_cnm import __version__
+from bids_cnm.cli.parser import parse_args
+from bids_cnm.config import Config
+from bids_cnm.errors import CNMError, OutputError, ReadError
+from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
+from bids_cnm.io.coordinates import read_coordinates
+from bids_cnm.io.derivatives import bids_name
+from bids_cnm.outputs import grid_entities
+from bids_cnm.seeds import make_seeds, save_seeds, seeds_digest
+from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
+
+LOGGER = logging.getLogger("bids_cnm")
+
+
+def setup_logging(verbosity: int) -> None:
+    """Progress on stderr; nipype's own chatter only with ``-vv``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [bids_cnm] %(message)s", "%H:%M:%S"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
+    LOGGER.propagate = False
+    nipype_level = logging.INFO if verbosity >= 2 else logging.WARNING
+    from nipype import logging as nlogging
+
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nlogging.getLogger(name).setLevel(nipype_level)
+
+
+def connectivity_hash(config: Config, seeds_hash: str) -> str:
+    """Digest of everything that determines a participant z-map."""
+    import hashlib
+
+    keys = ("task", "space", "res", "bold_desc", "cache_dtype")
+    settings = {k: v for k, v in config.science_settings().items() if k in keys}
+    blob = json.dumps([settings, seeds_hash, __version__], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def find_participant_maps(
+    inputs: RunInputs, seed_ids: list[str]
+) -> tuple[dict[str, list[str]] | None, str]:
+    """Participant z-maps matching this run, or ``None`` and the reason why not.
+
+    Returns
+    -------
+    maps : dict or None
+        Subject label -> its z-map paths (seed order) followed by its valid-voxel mask.
+    reason : str
+    """
+    root = Path(inputs.writer["output_dir"])
+    wanted = inputs.provenance["ConnectivityHash"]
+    found: dict[str, list[str]] = {}
+    for subject in inputs.connectome.subjects:
+        folder = root / f"sub-{subject.label}" / "func"
+        paths = [
+            folder / bids_name(dict(inputs.entities, sub=subject.label, seed=s, stat="z"),
+                               "boldmap", ".nii.gz")
+            for s in seed_ids
+        ]
+        paths.append(
+            folder / bids_name(dict(inputs.entities, sub=subject.label, desc="connectivity"),
+                               "mask", ".nii.gz")
+        )
+        for path in paths:
+            sidecar = Path(str(path).replace(".nii.gz", ".json"))
+            if not path.exists() or not sidecar.exists():
+                return None, f"no participant output {path.name}"
+            if json.loads(sidecar.read_text()).get("ConnectivityHash") != wanted:
+                return None, f"{path.name} was made with other seeds or settings"
+        found[subject.label] = [str(p) for p in paths]
+    return found, "all participant outputs match"
+
+
+def resolve_inputs(config: Config) -> RunInputs:
+    """Index the connectome, read the coordinates and build the seeds."""
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    connectome: Connectome = index_connectome(
+        config.bids_dir,
+        participant_label=config.participant_label,
+        participant_filter=config.participant_filter,
+        task=config.task,
+        space=config.space,
+        res=config.res,
+        bold_desc=config.bold_desc,
+    )
+    LOGGER.info(
+        "connectome: %d subject(s) (%s), space-%s%s, grid %s",
+        len(connectome.subjects),
+        ", ".join(connectome.labels[:8]) + (" …" if len(connectome.subjects) > 8 else ""),
+        connectome.space,
+        f" res-{connectome.res}" if connectome.res else "",
+        "x".join(map(str, connectome.shape)),
+    )
+    table = read_coordinates(config.coordinates)
+    support = support_mask(connectome)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seeds = make_seeds(
+            table, connectome.shape, connectome.affine, support,
+            diameter=config.sphere_diameter, source=str(config.coordinates),
+        )
+    for warning in caught:
+        LOGGER.warning("%s", warning.message)
+    LOGGER.info(
+        "coordinates: %d in %d studies, sets %s; %d seed(s) of %g mm spheres",
+        len(table), table["study"].nunique(), sorted(table["set"].unique()), len(seeds),
+        config.sphere_diameter,
+    )
+    digest = seeds_digest(seeds)
+    seeds_file = config.work_dir / f"seeds_{digest}.npz"
+    if not seeds_file.exists():
+        save_seeds(seeds, str(seeds_file))
+    support_file = None
+    if support is not None:
+        support_file = config.work_dir / f"support_{digest}.nii.gz"
+        if not support_file.exists():
+            nb.Nifti1Image(support.astype(np.uint8), connectome.affine).to_filename(support_file)
+    settings = config.science_settings()
+    settings["coordinates"] = str(config.coordinates)
+    return RunInputs(
+        config=config,
+        connectome=connectome,
+        seeds_file=seeds_file,
+        support_file=support_file,
+        writer={
+            "output_dir": str(config.output_dir),
+            "bids_dir": str(config.bids_dir),
+            "settings": settings,
+            "space": connectome.space,
+        },
+        entities=grid_entities(connectome.task, connectome.space, connectome.res),
+        thresholds=[config.t_threshold],
+        provenance={"ConnectivityHash": connectivity_hash(config, digest), "SeedsHash": digest},
+    )
+
+
+_ERROR_LINE = re.compile(r"bids_cnm\.errors\.(\w+): (.*)")
+
+
+def _error_from_crash(crash_dir: Path, since: float) -> CNMError:
+    """Turn the nipype crash file of this run back into a one-line bids_cnm error.
+
+    A :class:`~bids_cnm.errors.CNMError` raised inside a node keeps its class
+    (and so its exit code); anything else becomes a :class:`ReadError` quoting
+    the exception's last line and the crash file.
+    """
+    from bids_cnm import errors
+
+    crashes = [c for c in sorted(crash_dir.glob("crash-*.txt")) if c.stat().st_mtime >= since]
+    for crash in crashes:
+        lines = [ln.strip() for ln in crash.read_text(errors="replace").splitlines()]
+        for line in lines:
+            match = _ERROR_LINE.search(line)
+            if match and hasattr(errors, match.group(1)):
+                return getattr(errors, match.group(1))(match.group(2))
+    if crashes:
+        lines = [ln.strip() for ln in crashes[0].read_text(errors="replace").splitlines()]
+        last = next((ln for ln in reversed(lines) if re.match(r"^\w+(\.\w+)*(Error|Exception)", ln)), "")
+        return ReadError(
+            f"a step failed: {last or 'see the crash file'} (details: {crashes[0]}). "
+            "Fix the cause and run the same command again: finished steps are reused."
+        )
+    return ReadError(
+        f"the workflow failed without a crash file in {crash_dir}; run again with -vv."
+    )
+
+
+def run(config: Config) -> int:
+    """Build and run the workflow of ``config.analysis_level``."""
+    started = time.time()
+    try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create OUTPUT_DIR {config.output_dir}: {exc}") from exc
+    inputs = resolve_inputs(config)
+    if config.analysis_level == "participant":
+        workflow = init_participant_wf(inputs)
+    else:
+        found, reason = find_participant_maps(inputs, list(load_seed_ids(inputs)))
+        if found is not None:
+            LOGGER.info("group level: reusing participant z-maps (%s)", reason)
+            inputs = RunInputs(**{**inputs.__dict__, "reuse_maps": found})
+        else:
+            LOGGER.info("group level: computing connectivity on the fly (%s)", reason)
+        workflow = init_group_wf(inputs)
+    crash_dir = config.work_dir / "crash"
+    workflow.config["execution"].update(
+        {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": True,
+            "remove_unnecessary_outputs": False,
+        }
+    )
+    plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+    if config.mem_gb:
+        plugin_args["memory_gb"] = config.mem_gb
+    LOGGER.info(
+        "running %s level with %s (%d process(es)); work directory %s",
+        config.analysis_level, config.nipype_plugin, config.nprocs, config.work_dir,
+    )
+    try:
+        if config.nipype_plugin == "Linear":
+            workflow.run(plugin="Linear")
+        else:
+            workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:
+        raise _error_from_crash(crash_dir, started - 1) from exc
+    LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
+    return 0
+
+
+def load_seed_ids(inputs: RunInputs) -> list[str]:
+    """Seed ids of a run (from the saved seeds)."""
+    from bids_cnm.seeds import load_seeds
+
+    return load_seeds(str(inputs.seeds_file)).ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    try:
+        config = parse_args(argv)
+        setup_logging(config.verbosity)
+        return run(config)
+    except CNMError as exc:
+        print(f"bids_cnm: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bids_cnm: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

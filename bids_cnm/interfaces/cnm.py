@@ -1,0 +1,278 @@
+"""Thin nipype interfaces around the pure functions of bids_cnm.
+
+Each interface reads its inputs, calls one function of the science modules and
+writes its result into the node's working directory (or, for the output
+writers, into OUTPUT_DIR atomically).  Progress of the long steps is logged on
+the ``bids_cnm`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    InputMultiObject,
+    OutputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from bids_cnm import connectivity, outputs
+from bids_cnm.io.derivatives import DerivativesWriter
+from bids_cnm.seeds import load_seeds
+from bids_cnm.timeseries import open_prepared, prepare_subject, valid_mask
+
+LOGGER = logging.getLogger("bids_cnm")
+
+
+def _writer(args: dict) -> DerivativesWriter:
+    return DerivativesWriter(
+        Path(args["output_dir"]),
+        Path(args["bids_dir"]),
+        args["settings"],
+        args["space"],
+    )
+
+
+class _PrepareInputSpec(BaseInterfaceInputSpec):
+    bold = InputMultiObject(File(exists=True), mandatory=True, desc="BOLD runs")
+    masks = InputMultiObject(File(exists=True), desc="brain masks")
+    dtype = traits.Enum("float32", "int16", usedefault=True, desc="storage type")
+
+
+class _PrepareOutputSpec(TraitedSpec):
+    prepared = Directory(exists=True, desc="prepared time series")
+
+
+class PrepareTimeseries(SimpleInterface):
+    """Decode, mask, standardize and store one subject's runs."""
+
+    input_spec = _PrepareInputSpec
+    output_spec = _PrepareOutputSpec
+
+    def _run_interface(self, runtime):
+        start = time.perf_counter()
+        out = prepare_subject(
+            self.inputs.bold, self.inputs.masks or [], Path(runtime.cwd) / "prepared",
+            dtype=self.inputs.dtype,
+        )
+        LOGGER.info(
+            "prepared %s (%d run(s)) in %.1f s",
+            Path(self.inputs.bold[0]).name, len(self.inputs.bold), time.perf_counter() - start,
+        )
+        self._results["prepared"] = str(out)
+        return runtime
+
+
+class _AnalysisMaskInputSpec(BaseInterfaceInputSpec):
+    prepared = InputMultiObject(Directory(exists=True), xor=["masks"])
+    masks = InputMultiObject(File(exists=True), xor=["prepared"],
+                             desc="participant-level valid-voxel masks")
+    support = File(exists=True, desc="voxels allowed by the brain masks (NIfTI)")
+
+
+class _AnalysisMaskOutputSpec(TraitedSpec):
+    voxels = File(exists=True, desc="flat indices of the analysis mask (.npy)")
+    mask = File(exists=True, desc="analysis mask (NIfTI)")
+
+
+class AnalysisMask(SimpleInterface):
+    """Intersect the subjects' valid voxels (and the brain masks' support)."""
+
+    input_spec = _AnalysisMaskInputSpec
+    output_spec = _AnalysisMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        if self.inputs.prepared:
+            masks = (valid_mask(open_prepared(p)) for p in self.inputs.prepared)
+            affine = np.asarray(open_prepared(self.inputs.prepared[0]).meta["affine"])
+        else:
+            masks = (np.asarray(nb.load(p).dataobj) > 0 for p in self.inputs.masks)
+            affine = nb.load(self.inputs.masks[0]).affine
+        mask = next(masks)
+        for other in masks:
+            mask &= other
+        if self.inputs.support:
+            mask &= np.asarray(nb.load(self.inputs.support).dataobj) > 0
+        voxels = np.flatnonzero(mask.ravel()).astype(np.int64)
+        if len(voxels) == 0:
+            raise ValueError("the subjects' valid voxels do not overlap: empty analysis mask")
+        np.save(Path(runtime.cwd) / "voxels.npy", voxels)
+        out = Path(runtime.cwd) / "analysis_mask.nii.gz"
+        nb.Nifti1Image(mask.astype(np.uint8), affine).to_filename(out)
+        LOGGER.info("analysis mask: %d voxels", len(voxels))
+        self._results["voxels"] = str(Path(runtime.cwd) / "voxels.npy")
+        self._results["mask"] = str(out)
+        return runtime
+
+
+class _AccumulateInputSpec(BaseInterfaceInputSpec):
+    prepared = InputMultiObject(Directory(exists=True), mandatory=True)
+    seeds = File(exists=True, mandatory=True, desc="seeds (.npz)")
+    voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
+    batch = traits.Str("batch", usedefault=True, desc="name used in progress messages")
+
+
+class _AccumulateOutputSpec(TraitedSpec):
+    stats = File(exists=True, desc="running sums (.npz)")
+
+
+class AccumulateConnectivity(SimpleInterface):
+    """Stream a batch of subjects into running sums of r, z and z² for all seeds."""
+
+    input_spec = _AccumulateInputSpec
+    output_spec = _AccumulateOutputSpec
+
+    def _run_interface(self, runtime):
+        seeds = load_seeds(self.inputs.seeds)
+        voxels = np.load(self.inputs.voxels)
+        stats = connectivity.RunningStats.zeros(len(voxels), len(seeds))
+        n = len(self.inputs.prepared)
+        start = time.perf_counter()
+        for i, path in enumerate(self.inputs.prepared, 1):
+            subject = open_prepared(path)
+            rows = connectivity.rows_of(subject.voxels, voxels)
+            connectivity.accumulate_subject(stats, subject, seeds, rows)
+            elapsed = time.perf_counter() - start
+            LOGGER.info(
+                "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
+                self.inputs.batch, i, n, elapsed / i, elapsed / i * (n - i),
+            )
+        out = Path(runtime.cwd) / "stats.npz"
+        stats.save(out)
+        self._results["stats"] = str(out)
+        return runtime
+
+
+class _FromMapsInputSpec(BaseInterfaceInputSpec):
+    zmaps = InputMultiObject(File(exists=True), mandatory=True,
+                             desc="participant z-maps, subject-major, seeds in seeds order")
+    n_seeds = traits.Int(mandatory=True)
+    voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
+
+
+class AccumulateFromMaps(SimpleInterface):
+    """Running sums from participant-level z-maps already on disk."""
+
+    input_spec = _FromMapsInputSpec
+    output_spec = _AccumulateOutputSpec
+
+    def _run_interface(self, runtime):
+        voxels = np.load(self.inputs.voxels)
+        k = self.inputs.n_seeds
+        files = list(self.inputs.zmaps)
+        stats = connectivity.RunningStats.zeros(len(voxels), k)
+        for s in range(len(files) // k):
+            z = np.empty((len(voxels), k), dtype=np.float32)
+            for j in range(k):
+                z[:, j] = np.asarray(nb.load(files[s * k + j]).dataobj).ravel()[voxels]
+            r = np.tanh(z)
+            stats.add_block(slice(None), r, z)
+            stats.n += 1
+            LOGGER.info("read participant maps of subject %d/%d", s + 1, len(files) // k)
+        out = Path(runtime.cwd) / "stats.npz"
+        stats.save(out)
+        self._results["stats"] = str(out)
+        return runtime
+
+
+class _GroupOutputsInputSpec(BaseInterfaceInputSpec):
+    stats = InputMultiObject(File(exists=True), mandatory=True)
+    seeds = File(exists=True, mandatory=True)
+    voxels = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    writer = traits.Dict(mandatory=True, desc="DerivativesWriter arguments")
+    entities = traits.Dict(mandatory=True)
+    thresholds = traits.List(traits.Float, mandatory=True)
+    sources = traits.List(traits.Str)
+
+
+class _FilesOutputSpec(TraitedSpec):
+    out_files = OutputMultiObject(File(exists=True))
+
+
+class GroupOutputs(SimpleInterface):
+    """Reduce the batches' sums and write the group-level maps."""
+
+    input_spec = _GroupOutputsInputSpec
+    output_spec = _FilesOutputSpec
+
+    def _run_interface(self, runtime):
+        stats = connectivity.RunningStats.load(self.inputs.stats[0])
+        for path in self.inputs.stats[1:]:
+            stats.merge(connectivity.RunningStats.load(path))
+        results = stats.finalize()
+        seeds = load_seeds(self.inputs.seeds)
+        voxels = np.load(self.inputs.voxels)
+        writer = _writer(self.inputs.writer)
+        writer.write_dataset_description()
+        entities = dict(self.inputs.entities)
+        sources = list(self.inputs.sources)
+        files = outputs.write_seeds(writer, seeds, entities)
+        mask_img = nb.load(self.inputs.mask)
+        files.append(
+            writer.write_map(
+                {k: v for k, v in dict(entities, desc="analysis").items() if k != "task"},
+                np.asarray(mask_img.dataobj).astype(np.uint8),
+                mask_img.affine,
+                "Analysis mask: voxels with valid data in every connectome subject.",
+                sources,
+                suffix="mask",
+            )
+        )
+        files += outputs.write_group_maps(
+            writer, results, voxels, seeds, entities, self.inputs.thresholds, stats.n, sources
+        )
+        LOGGER.info("group level: wrote %d files to %s", len(files), writer.root)
+        self._results["out_files"] = [str(f) for f in files]
+        return runtime
+
+
+class _ParticipantMapsInputSpec(BaseInterfaceInputSpec):
+    prepared = Directory(exists=True, mandatory=True)
+    seeds = File(exists=True, mandatory=True)
+    label = traits.Str(mandatory=True)
+    writer = traits.Dict(mandatory=True)
+    entities = traits.Dict(mandatory=True)
+    sources = traits.List(traits.Str)
+    provenance = traits.Dict()
+
+
+class ParticipantMaps(SimpleInterface):
+    """Write one subject's Fisher-z map of every seed."""
+
+    input_spec = _ParticipantMapsInputSpec
+    output_spec = _FilesOutputSpec
+
+    def _run_interface(self, runtime):
+        subject = open_prepared(self.inputs.prepared)
+        seeds = load_seeds(self.inputs.seeds)
+        zmaps = connectivity.subject_zmaps(subject, seeds)
+        writer = _writer(self.inputs.writer)
+        writer.write_dataset_description()
+        files = outputs.write_participant_maps(
+            writer, self.inputs.label, zmaps, subject.voxels, seeds,
+            dict(self.inputs.entities), list(self.inputs.sources), dict(self.inputs.provenance),
+        )
+        files.append(
+            writer.write_map(
+                dict(self.inputs.entities, sub=self.inputs.label, desc="connectivity"),
+                valid_mask(subject).astype(np.uint8),
+                seeds.affine,
+                "Voxels with valid data in this subject (where its z-maps are defined).",
+                list(self.inputs.sources),
+                suffix="mask",
+                **dict(self.inputs.provenance),
+            )
+        )
+        LOGGER.info("sub-%s: wrote %d z-maps", self.inputs.label, len(files) - 1)
+        self._results["out_files"] = [str(f) for f in files]
+        return runtime

@@ -1,0 +1,328 @@
+"""Discover the connectome: BOLD runs and brain masks of a BIDS derivatives dataset.
+
+The connectome is any BIDS derivatives dataset of preprocessed resting-state
+BOLD in a template space (fMRIPrep ``desc-preproc_bold``, XCP-D
+``desc-denoised_bold``).  Indexing uses pybids; nothing is written into the
+dataset (pybids' database, when one is kept, lives in the work directory).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+
+from bids_cnm.errors import (
+    InputDataError,
+    MissingInputError,
+    NoMatchError,
+    UsageError,
+    where,
+)
+
+LOGGER = logging.getLogger("bids_cnm.connectome")
+
+_AFFINE_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class SubjectData:
+    """The BOLD runs of one connectome subject.
+
+    Parameters
+    ----------
+    label : str
+        Subject label without ``sub-``.
+    bold : tuple of str
+        BOLD runs (sessions and runs in sorted order); each is standardized on
+        its own, then the runs are concatenated in time.
+    masks : tuple of str
+        Brain masks that go with the runs (may be empty).
+    """
+
+    label: str
+    bold: tuple[str, ...]
+    masks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Connectome:
+    """The selected subjects of a connectome and their common grid."""
+
+    root: Path
+    subjects: tuple[SubjectData, ...]
+    task: str | None
+    space: str
+    res: str | None
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    #: brain masks of every subject the filters select, before --participant-label,
+    #: so that participant jobs of one cohort all build the same seeds
+    support_masks: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> list[str]:
+        """Subject labels, sorted."""
+        return [s.label for s in self.subjects]
+
+    @property
+    def reference(self) -> str:
+        """A BOLD file that defines the grid (the first subject's first run)."""
+        return self.subjects[0].bold[0]
+
+
+def strip_sub(label: str) -> str:
+    """Return a participant label without the ``sub-`` prefix."""
+    label = label.strip()
+    return label[4:] if label.startswith("sub-") else label
+
+
+def read_participant_filter(
+    root: Path, filters: tuple[tuple[str, str], ...]
+) -> set[str] | None:
+    """Select subjects from ``participants.tsv`` by ``column == value`` filters.
+
+    Parameters
+    ----------
+    root : Path
+        Dataset root holding ``participants.tsv``.
+    filters : tuple of (column, value)
+        All must hold (logical AND); several values of one column are OR-ed.
+
+    Returns
+    -------
+    set of str or None
+        Labels (without ``sub-``) that pass, or ``None`` when there are no filters.
+    """
+    if not filters:
+        return None
+    tsv = root / "participants.tsv"
+    if not tsv.exists():
+        raise MissingInputError(
+            f"--participant-filter needs {tsv}, which does not exist: add a "
+            "participants.tsv with a participant_id column or drop the filter."
+        )
+    table = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+    if "participant_id" not in table.columns:
+        raise InputDataError(
+            f"{where(tsv, 1)}: no 'participant_id' column (found: "
+            f"{', '.join(table.columns)}); add it as the first column."
+        )
+    keep = pd.Series(True, index=table.index)
+    by_column: dict[str, list[str]] = {}
+    for column, value in filters:
+        by_column.setdefault(column, []).append(value)
+    for column, values in by_column.items():
+        if column not in table.columns:
+            raise InputDataError(
+                f"{where(tsv, 1)}: --participant-filter names column '{column}', "
+                f"which is not there (columns: {', '.join(table.columns)})."
+            )
+        keep &= table[column].str.strip().isin(values)
+    return {strip_sub(p) for p in table.loc[keep, "participant_id"]}
+
+
+def _layout(root: Path, database_path: Path | None):
+    from bids import BIDSLayout
+
+    if not root.is_dir():
+        raise MissingInputError(f"BIDS_DIR {root} is not a folder: give the connectome's path.")
+    if not (root / "dataset_description.json").exists():
+        raise InputDataError(
+            f"{root} has no dataset_description.json: BIDS_DIR must be a BIDS "
+            "(derivatives) dataset, e.g. fMRIPrep or XCP-D outputs."
+        )
+    kwargs = {"validate": False, "config": ["bids", "derivatives"]}
+    if database_path is not None:
+        kwargs["database_path"] = str(database_path)
+    return BIDSLayout(str(root), **kwargs)
+
+
+def _single(layout, entity: str, requested: str | None, query: dict, flag: str) -> str | None:
+    """Resolve an entity value: the requested one, or the only one present."""
+    values = sorted(layout.get(return_type="id", target=entity, **query))
+    if requested is not None:
+        if values and requested not in values:
+            raise NoMatchError(
+                f"{flag} {requested} matches no BOLD run in {layout.root}; "
+                f"available: {', '.join(map(str, values))}."
+            )
+        return requested
+    if len(values) > 1:
+        raise UsageError(
+            f"the connectome has BOLD runs with several {entity} values "
+            f"({', '.join(map(str, values))}); choose one with {flag}."
+        )
+    return values[0] if values else None
+
+
+def index_connectome(
+    root: str | Path,
+    *,
+    participant_label: tuple[str, ...] = (),
+    participant_filter: tuple[tuple[str, str], ...] = (),
+    task: str | None = None,
+    space: str | None = None,
+    res: str | None = None,
+    bold_desc: tuple[str, ...] = ("preproc", "denoised"),
+    database_path: Path | None = None,
+) -> Connectome:
+    """Index the connectome's BOLD runs and masks with pybids and check the grid.
+
+    Parameters
+    ----------
+    root : path
+        BIDS derivatives dataset.
+    participant_label : tuple of str
+        Subjects to keep (with or without ``sub-``); empty keeps all.
+    participant_filter : tuple of (column, value)
+        ``participants.tsv`` filters (e.g. ``(("group", "IGE"),)``).
+    task, space, res : str or None
+        Entity values; ``None`` accepts the only value present.
+    bold_desc : tuple of str
+        Accepted ``desc`` values of BOLD files.
+    database_path : Path, optional
+        Where pybids may keep its index (never inside ``root``).
+
+    Returns
+    -------
+    Connectome
+    """
+    root = Path(root).resolve()
+    layout = _layout(root, database_path)
+    base = {"suffix": "bold", "extension": [".nii", ".nii.gz"], "desc": list(bold_desc)}
+    if not layout.get(**base):
+        raise NoMatchError(
+            f"no BOLD file with desc in {{{', '.join(bold_desc)}}} in {root}: BIDS_DIR "
+            "must hold preprocessed BOLD (e.g. *_desc-preproc_bold.nii.gz); see --bold-desc."
+        )
+    space = _single(layout, "space", space, base, "--space")
+    if space is None:
+        raise NoMatchError(
+            f"the BOLD files in {root} have no space- entity: bids_cnm needs BOLD "
+            "in a template space (e.g. space-MNI152NLin2009cAsym)."
+        )
+    base["space"] = space
+    task = _single(layout, "task", task, base, "--task")
+    if task is not None:
+        base["task"] = task
+    res = _single(layout, "res", res, base, "--res")
+    if res is not None:
+        base["res"] = res
+
+    available = sorted(layout.get(return_type="id", target="subject", **base))
+    selected = set(available)
+    cohort = read_participant_filter(root, participant_filter)
+    if cohort is not None:
+        selected &= cohort
+        if not selected:
+            raise NoMatchError(
+                "--participant-filter "
+                + " ".join(f"{c}={v}" for c, v in participant_filter)
+                + f" selects no subject with BOLD in {root}."
+            )
+    mask_query = dict(base, suffix="mask", desc="brain")
+    support_masks = tuple(
+        sorted(layout.get(subject=sorted(selected), return_type="filename", **mask_query))
+    )
+    if participant_label:
+        wanted = {strip_sub(p) for p in participant_label}
+        missing = sorted(wanted - selected)
+        if missing:
+            raise NoMatchError(
+                f"--participant-label {' '.join(missing)}: no matching BOLD run in "
+                f"{root} (subjects with BOLD: {', '.join(available[:20])}"
+                f"{' …' if len(available) > 20 else ''})."
+            )
+        selected &= wanted
+        if not selected:
+            raise NoMatchError(
+                f"--participant-label {' '.join(sorted(wanted))}: none of these subjects "
+                "passes --participant-filter."
+            )
+
+    subjects = []
+    for label in sorted(selected):
+        bold = sorted(layout.get(subject=label, return_type="filename", **base))
+        masks = sorted(layout.get(subject=label, return_type="filename", **mask_query))
+        subjects.append(SubjectData(label, tuple(bold), tuple(masks)))
+    if not subjects:
+        raise NoMatchError(f"no subject selected in {root}.")
+
+    shape, affine = check_grid(subjects)
+    LOGGER.info(
+        "connectome %s: %d subjects, %d runs, space-%s%s, grid %s",
+        root,
+        len(subjects),
+        sum(len(s.bold) for s in subjects),
+        space,
+        f" res-{res}" if res else "",
+        "x".join(map(str, shape)),
+    )
+    return Connectome(root, tuple(subjects), task, space, res, shape, affine, support_masks)
+
+
+def support_mask(connectome: Connectome) -> np.ndarray | None:
+    """Intersection of the cohort's brain masks (``None`` when there are none).
+
+    Seeds are cut to it; a coordinate outside it is reported.
+    """
+    if not connectome.support_masks:
+        return None
+    support = np.ones(connectome.shape, dtype=bool)
+    for path in connectome.support_masks:
+        img = nb.load(path)
+        if tuple(img.shape[:3]) != connectome.shape or not np.allclose(
+            img.affine, connectome.affine, atol=_AFFINE_TOL
+        ):
+            raise InputDataError(
+                f"grid mismatch: {path} is not on the grid of {connectome.reference}; "
+                "resample all subjects to one template grid."
+            )
+        support &= np.asarray(img.dataobj) > 0
+    return support
+
+
+def check_grid(subjects: list[SubjectData]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Check that all runs and masks share one voxel grid.
+
+    Reads headers only.  A mismatch is an :class:`InputDataError` naming both files.
+
+    Returns
+    -------
+    shape : tuple of int
+        The 3-D shape.
+    affine : ndarray
+        The 4x4 affine.
+    """
+    reference = None
+    for subject in subjects:
+        for path in subject.bold + subject.masks:
+            try:
+                img = nb.load(path)
+            except Exception as exc:  # nibabel raises several types
+                raise InputDataError(f"{path}: not a readable NIfTI ({exc}).") from exc
+            shape = tuple(int(n) for n in img.shape[:3])
+            is_bold = path in subject.bold
+            if is_bold and (len(img.shape) != 4 or img.shape[3] < 3):
+                raise InputDataError(
+                    f"{path}: a BOLD run must be 4-D with at least 3 volumes, "
+                    f"found shape {img.shape}."
+                )
+            if reference is None:
+                reference = (path, shape, img.affine)
+                continue
+            ref_path, ref_shape, ref_affine = reference
+            if shape != ref_shape or not np.allclose(img.affine, ref_affine, atol=_AFFINE_TOL):
+                raise InputDataError(
+                    f"grid mismatch: {path} has shape {shape} and affine "
+                    f"{np.round(img.affine, 3).tolist()}, but {ref_path} has shape "
+                    f"{ref_shape} and affine {np.round(ref_affine, 3).tolist()}; resample "
+                    "all subjects to one template grid (same space and res)."
+                )
+    assert reference is not None
+    return reference[1], np.asarray(reference[2], dtype=float)

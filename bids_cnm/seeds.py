@@ -1,0 +1,293 @@
+"""Seeds: spheres at MNI coordinates on the connectome grid, united per study.
+
+A seed is a set of voxels.  The reference study (Ji et al. 2025) puts a 6 mm
+diameter sphere at every reported coordinate and unites one study's spheres into
+one study-level seed.  A voxel belongs to a sphere when its centre lies within
+the radius of the coordinate; when no voxel centre does (a small sphere between
+grid points), the nearest voxel stands for the coordinate, so every coordinate
+contributes at least one voxel.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from bids_cnm.errors import InputDataError
+
+LOGGER = logging.getLogger("bids_cnm.seeds")
+
+
+class CoordinateOutsideMaskWarning(UserWarning):
+    """A coordinate's sphere has no voxel inside the analysis mask."""
+
+
+def sphere_voxels(
+    center_mm: np.ndarray, diameter_mm: float, shape: tuple[int, ...], affine: np.ndarray
+) -> np.ndarray:
+    """Return the flat indices of the voxels of one sphere.
+
+    Parameters
+    ----------
+    center_mm : array of 3 floats
+        Centre in world (MNI mm) coordinates.
+    diameter_mm : float
+        Sphere diameter.
+    shape : tuple of int
+        Grid shape (3-D).
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine (flipped axes allowed).
+
+    Returns
+    -------
+    ndarray of int64
+        Sorted flat (C-order) indices; the nearest in-grid voxel when no voxel
+        centre lies within the radius; empty when the centre is off the grid.
+    """
+    center_mm = np.asarray(center_mm, dtype=float)
+    radius = diameter_mm / 2.0
+    inv = np.linalg.inv(affine)
+    center_vox = inv[:3, :3] @ center_mm + inv[:3, 3]
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    reach = np.ceil(radius / zooms).astype(int) + 1
+    lo = np.maximum(np.floor(center_vox).astype(int) - reach, 0)
+    hi = np.minimum(np.ceil(center_vox).astype(int) + reach, np.asarray(shape[:3]) - 1)
+    if np.any(lo > hi):
+        return np.empty(0, dtype=np.int64)
+    grid = np.stack(
+        np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), axis=-1
+    ).reshape(-1, 3)
+    world = grid @ affine[:3, :3].T + affine[:3, 3]
+    dist = np.linalg.norm(world - center_mm, axis=1)
+    inside = grid[dist <= radius + 1e-6]
+    if len(inside) == 0:
+        nearest = grid[np.argmin(dist)]
+        if np.linalg.norm(nearest - center_vox) > 1.0:  # the centre is off the grid
+            return np.empty(0, dtype=np.int64)
+        inside = nearest[None]
+    return np.sort(np.ravel_multi_index(inside.T, shape[:3]).astype(np.int64))
+
+
+def seed_label(text: str) -> str:
+    """Turn a study name into a BIDS label (letters and digits only)."""
+    label = re.sub(r"[^a-zA-Z0-9]", "", str(text))
+    return label or "seed"
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Seed masks on one grid.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per seed: ``id``, ``set``, ``study``, ``n_coordinates``,
+        ``coordinates`` (``x,y,z`` triples joined by ``;``), ``voxels``.
+    voxels : list of ndarray
+        Flat voxel indices of every seed (in table order).
+    shape : tuple of int
+    affine : ndarray
+    diameter : float
+    """
+
+    table: pd.DataFrame
+    voxels: list[np.ndarray]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    diameter: float
+
+    @property
+    def ids(self) -> list[str]:
+        """Seed ids (BIDS labels)."""
+        return list(self.table["id"])
+
+    def __len__(self) -> int:
+        return len(self.voxels)
+
+    def mask(self, index: int) -> np.ndarray:
+        """3-D boolean mask of seed ``index``."""
+        out = np.zeros(int(np.prod(self.shape)), dtype=bool)
+        out[self.voxels[index]] = True
+        return out.reshape(self.shape)
+
+    def weights(self, positions: np.ndarray, n_rows: int) -> sparse.csr_matrix:
+        """Averaging matrix ``(K, n_rows)`` over the seeds' voxels.
+
+        Parameters
+        ----------
+        positions : ndarray of int64
+            Flat grid index of every row of a subject's data (sorted).
+        n_rows : int
+            Number of rows of that data.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            Row ``k`` holds ``1/n`` at the ``n`` rows inside seed ``k``; a
+            seed voxel missing from the data is left out of the average.
+        """
+        rows, cols, vals = [], [], []
+        for k, vox in enumerate(self.voxels):
+            hit = np.intersect1d(positions, vox, assume_unique=True, return_indices=True)[1]
+            if len(hit) == 0:
+                raise InputDataError(
+                    f"seed '{self.table['id'].iloc[k]}' (study "
+                    f"'{self.table['study'].iloc[k]}') has no voxel with valid data in "
+                    "this subject; check the subject's brain mask and BOLD coverage."
+                )
+            rows.append(np.full(len(hit), k))
+            cols.append(hit)
+            vals.append(np.full(len(hit), 1.0 / len(hit), dtype=np.float32))
+        return sparse.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(len(self.voxels), n_rows),
+        )
+
+
+def make_seeds(
+    coordinates: pd.DataFrame,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    support: np.ndarray | None = None,
+    diameter: float = 6.0,
+    per: str = "study",
+    source: str = "coordinates",
+) -> Seeds:
+    """Build seeds from a coordinate table.
+
+    Parameters
+    ----------
+    coordinates : DataFrame
+        Validated table (``study``, ``x``, ``y``, ``z``, ``set``, ``source_row``).
+    shape, affine
+        The connectome grid.
+    support : ndarray of bool, optional
+        Voxels where seeds may lie (the brain masks' intersection); spheres are
+        cut to it.
+    diameter : float
+        Sphere diameter in mm.
+    per : {'study', 'coordinate'}
+        One seed per study (spheres united) or one per coordinate.
+    source : str
+        File name used in messages.
+
+    Returns
+    -------
+    Seeds
+    """
+    if per not in ("study", "coordinate"):
+        raise ValueError(f"per must be 'study' or 'coordinate', not {per!r}")
+    flat_support = None if support is None else np.asarray(support, dtype=bool).ravel()
+    rows = []
+    voxel_sets = []
+    used: dict[str, int] = {}
+    table = coordinates.reset_index(drop=True)
+    group_keys = ["set", "study"] if per == "study" else ["set", "study", "source_row"]
+    for key, group in table.groupby(group_keys, sort=False):
+        set_name, study = key[0], key[1]
+        parts = []
+        for _, row in group.iterrows():
+            vox = sphere_voxels(row[["x", "y", "z"]].to_numpy(float), diameter, shape, affine)
+            if flat_support is not None:
+                vox = vox[flat_support[vox]]
+            if len(vox) == 0:
+                warnings.warn(
+                    f"{source}, row {row.get('source_row', '?')}: coordinate "
+                    f"({row['x']:g}, {row['y']:g}, {row['z']:g}) of study '{study}' is "
+                    "outside the analysis mask; its sphere adds no voxel.",
+                    CoordinateOutsideMaskWarning,
+                    stacklevel=2,
+                )
+            parts.append(vox)
+        vox = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        if len(vox) == 0:
+            numbers = [str(r) for r in group.get("source_row", [])]
+            rows_text = ("row " if len(numbers) == 1 else "rows ") + ", ".join(numbers)
+            raise InputDataError(
+                f"{source}, {rows_text}: the seed of study '{study}' (set "
+                f"'{set_name}') is empty: all its coordinates are outside the analysis "
+                "mask. Check the coordinates' space (MNI vs TAL) and sign conventions, "
+                "or remove the study."
+            )
+        base = seed_label(study)
+        if per == "coordinate":
+            base += f"c{len([r for r in rows if r['study'] == study and r['set'] == set_name]) + 1}"
+        label = base
+        if label in used:
+            used[base] += 1
+            label = f"{base}{set_name if set_name != 'primary' else ''}{used[base]}"
+        used.setdefault(label, 1)
+        rows.append(
+            {
+                "id": label,
+                "set": set_name,
+                "study": study,
+                "n_coordinates": len(group),
+                "coordinates": ";".join(
+                    f"{x:g},{y:g},{z:g}" for x, y, z in group[["x", "y", "z"]].to_numpy(float)
+                ),
+                "voxels": len(vox),
+            }
+        )
+        voxel_sets.append(vox)
+    seeds_table = pd.DataFrame(
+        rows, columns=["id", "set", "study", "n_coordinates", "coordinates", "voxels"]
+    )
+    LOGGER.info("%d seeds (%s per %s, %g mm spheres)", len(rows), "one", per, diameter)
+    return Seeds(seeds_table, voxel_sets, tuple(int(n) for n in shape), np.asarray(affine), diameter)
+
+
+def seeds_digest(seeds: Seeds) -> str:
+    """Digest of the seeds' ids and voxels (12 hex digits): equal seeds, equal digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.asarray(seeds.shape, dtype=np.int64).tobytes())
+    h.update(np.round(np.asarray(seeds.affine, dtype=float), 6).tobytes())
+    for seed_id, vox in zip(seeds.ids, seeds.voxels):
+        h.update(seed_id.encode())
+        h.update(np.asarray(vox, dtype=np.int64).tobytes())
+    return h.hexdigest()[:12]
+
+
+def save_seeds(seeds: Seeds, path: str) -> str:
+    """Write seeds to an ``.npz`` file (table as records, voxel lists, grid)."""
+    arrays = {f"voxels_{k}": v for k, v in enumerate(seeds.voxels)}
+    np.savez(
+        path,
+        table=seeds.table.to_json(orient="records"),
+        shape=np.asarray(seeds.shape),
+        affine=seeds.affine,
+        diameter=seeds.diameter,
+        **arrays,
+    )
+    return path
+
+
+def load_seeds(path: str) -> Seeds:
+    """Read seeds written by :func:`save_seeds`."""
+    import io
+
+    with np.load(path) as f:
+        table = pd.read_json(io.StringIO(str(f["table"])), orient="records", dtype=False)
+        if table.empty:
+            table = pd.DataFrame(
+                columns=["id", "set", "study", "n_coordinates", "coordinates", "voxels"]
+            )
+        table["id"] = table["id"].astype(str)
+        table["study"] = table["study"].astype(str)
+        table["set"] = table["set"].astype(str)
+        voxels = [f[f"voxels_{k}"] for k in range(len(table))]
+        return Seeds(
+            table,
+            voxels,
+            tuple(int(n) for n in f["shape"]),
+            f["affine"],
+            float(f["diameter"]),
+        )

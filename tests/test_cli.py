@@ -1,0 +1,238 @@
+"""The command line end to end on a tiny connectome, and every bad input's clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_cnm import __version__
+from bids_cnm.cli.run import main
+from bids_cnm.errors import EX_DATAERR, EX_NOINPUT, EX_NOMATCH, EX_USAGE
+from bids_cnm.io.derivatives import PYBIDS_CONFIG
+from conftest import SPACE, TINY_COORDS, planted_truth, write_coordinates, write_tiny_connectome
+
+ENTS = f"task-rest_space-{SPACE}"
+
+
+def expected_group_files(seed_ids, sets, thresholds=("5p1",)) -> set[str]:
+    """The complete list of files a group run with these settings must write."""
+    files = {"dataset_description.json", "seeds.tsv"}
+    for name in (f"space-{SPACE}_desc-analysis_mask",):
+        files |= {f"{name}.nii.gz", f"{name}.json"}
+    for seed in seed_ids:
+        files |= {f"space-{SPACE}_seed-{seed}_mask.nii.gz", f"space-{SPACE}_seed-{seed}_mask.json"}
+        for stat in "rzt":
+            stem = f"{ENTS}_seed-{seed}_stat-{stat}_boldmap"
+            files |= {f"{stem}.nii.gz", f"{stem}.json"}
+    for s in sets:
+        for th in thresholds:
+            for desc in ("overlap", "posoverlap", "negoverlap"):
+                stem = f"{ENTS}_set-{s}_thresh-{th}_desc-{desc}_boldmap"
+                files |= {f"{stem}.nii.gz", f"{stem}.json"}
+            files.add(f"{ENTS}_set-{s}_thresh-{th}_peaks.tsv")
+    return files
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def group_run(tiny_connectome, tiny_coordinates, tmp_path_factory):
+    out = tmp_path_factory.mktemp("group") / "out"
+    work = out.parent / "work"
+    code = run_cli(tiny_connectome, out, "group", "--coordinates", tiny_coordinates,
+                   "-w", work, "--nprocs", "2")
+    assert code == 0
+    return out, work
+
+
+def test_group_writes_every_file(group_run):
+    out, _ = group_run
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert written == expected_group_files(["StudyA", "StudyB", "StudyC", "CtrlX"],
+                                           ["primary", "control"])
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bids_cnm"
+    assert description["GeneratedBy"][0]["Version"] == __version__
+    sidecar = json.loads((out / f"{ENTS}_seed-StudyA_stat-t_boldmap.json").read_text())
+    assert {"Description", "Sources", "SpatialReference", "bids_cnm"} <= set(sidecar)
+    assert sidecar["bids_cnm"]["sphere_diameter"] == 6.0
+
+
+def test_outputs_index_with_pybids(group_run):
+    from bids import BIDSLayout
+
+    out, _ = group_run
+    layout = BIDSLayout(out, validate=False, config=["bids", "derivatives", str(PYBIDS_CONFIG)])
+    tmaps = layout.get(stat="t", suffix="boldmap", extension=".nii.gz")
+    assert sorted(f.entities["seed"] for f in tmaps) == ["CtrlX", "StudyA", "StudyB", "StudyC"]
+    overlap = layout.get(set="primary", thresh="5p1", desc="overlap", extension=".nii.gz")
+    assert len(overlap) == 1
+
+
+def test_overlap_recovers_planted_network(group_run):
+    """The primary studies sit in network A: their overlap is A (+) and its anti-network B (-)."""
+    out, _ = group_run
+    img = nb.load(out / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz")
+    mask = np.asarray(nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").dataobj) > 0
+    overlap = np.asarray(img.dataobj)[mask]
+    truth = planted_truth()[mask]
+    assert overlap.max() == 1.0 and overlap.min() == -1.0
+    # where all three studies agree, the voxel is in network A (+) or B (-).  With 8
+    # subjects (df 7) a null voxel passes |t| > 5.1 with p ~ 0.0014 per seed, so a few
+    # chance voxels may join the seeds' shared noise; 90% bounds that generously.
+    assert np.mean(truth[overlap == 1.0] > 0.1) > 0.9
+    assert np.mean(truth[overlap == -1.0] < -0.1) > 0.9
+    assert (truth[overlap == 1.0] > 0.1).sum() >= 10
+    tmap = np.asarray(nb.load(out / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").dataobj)[mask]
+    assert np.corrcoef(tmap, truth)[0, 1] > 0.8
+
+
+def test_rerun_reuses_and_participant_then_group(tiny_connectome, tiny_coordinates, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    common = ["--coordinates", tiny_coordinates, "-w", work, "--nipype-plugin", "Linear"]
+    assert run_cli(tiny_connectome, out, "participant", "--participant_label", "sub-01", "02",
+                   *common) == 0
+    zmaps = sorted((out / "sub-01" / "func").glob("*_stat-z_boldmap.nii.gz"))
+    assert len(zmaps) == 4
+    assert not (out / "sub-03").exists()
+    assert run_cli(tiny_connectome, out, "participant", *common) == 0
+    assert run_cli(tiny_connectome, out, "group", *common) == 0
+    reused = nb.load(out / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
+    # the same group run from scratch (no participant maps) gives the same t-map
+    fresh = tmp_path / "fresh"
+    assert run_cli(tiny_connectome, fresh, "group", "--coordinates", tiny_coordinates, "-w",
+                   tmp_path / "work2", "--nipype-plugin", "Linear") == 0
+    direct = nb.load(fresh / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
+    np.testing.assert_allclose(reused, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_participant_filter_selects_cohort(tiny_connectome, tiny_coordinates, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(tiny_connectome, out, "participant", "--coordinates", tiny_coordinates,
+                   "--participant-filter", "group=IGE", "-w", tmp_path / "w",
+                   "--nipype-plugin", "Linear") == 0
+    assert sorted(p.name for p in out.glob("sub-*")) == ["sub-02", "sub-04", "sub-06", "sub-08"]
+
+
+def test_entry_points():
+    result = subprocess.run([sys.executable, "-m", "bids_cnm", "--version"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and __version__ in result.stdout
+    exe = shutil.which("bids_cnm")
+    if exe:
+        assert __version__ in subprocess.run([exe, "--version"], capture_output=True,
+                                             text=True).stdout
+
+
+# ---- bad input: one clear line, the right exit code, nothing written into BIDS_DIR ----
+
+def error_of(capsys, *args) -> tuple[int, str]:
+    try:
+        code = run_cli(*args)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_output_inside_bids_dir_refused(tiny_connectome, tiny_coordinates, capsys):
+    before = sorted(p for p in tiny_connectome.rglob("*"))
+    for out in (tiny_connectome, tiny_connectome / "derivatives" / "cnm"):
+        code, err = error_of(capsys, tiny_connectome, out, "group", "--coordinates",
+                             tiny_coordinates)
+        assert code == EX_USAGE and "never writes into the input dataset" in err
+    assert sorted(p for p in tiny_connectome.rglob("*")) == before
+
+
+def test_usage_errors(tiny_connectome, tiny_coordinates, tmp_path, capsys):
+    code, err = error_of(capsys, tiny_connectome, tmp_path / "o", "group")
+    assert code == EX_USAGE and "--coordinates" in err
+    code, err = error_of(capsys, tiny_connectome, tmp_path / "o", "group", "--coordinates",
+                         tiny_coordinates, "--participant-filter", "group")
+    assert code == EX_USAGE and "COLUMN=VALUE" in err
+
+
+def test_missing_inputs(tiny_connectome, tiny_coordinates, tmp_path, capsys):
+    code, err = error_of(capsys, tmp_path / "nope", tmp_path / "o", "group", "--coordinates",
+                         tiny_coordinates, "-w", tmp_path / "w")
+    assert code == EX_NOINPUT and "nope" in err
+    code, err = error_of(capsys, tiny_connectome, tmp_path / "o", "group", "--coordinates",
+                         tmp_path / "missing.tsv", "-w", tmp_path / "w")
+    assert code == EX_NOINPUT and "missing.tsv" in err
+
+
+def test_filters_matching_nothing(tiny_connectome, tiny_coordinates, tmp_path, capsys):
+    base = [tiny_connectome, tmp_path / "o", "group", "--coordinates", tiny_coordinates,
+            "-w", tmp_path / "w"]
+    code, err = error_of(capsys, *base, "--participant-label", "99")
+    assert code == EX_NOMATCH and "99" in err
+    code, err = error_of(capsys, *base, "--participant-filter", "group=PSP")
+    assert code == EX_NOMATCH and "group=PSP" in err
+    code, err = error_of(capsys, *base, "--task", "motor")
+    assert code == EX_NOMATCH and "--task motor" in err
+    code, err = error_of(capsys, *base, "--participant-filter", "diagnosis=IGE")
+    assert code == EX_DATAERR and "participants.tsv" in err and "diagnosis" in err
+
+
+def test_grid_mismatch_names_both_files(tmp_path, tiny_coordinates, capsys):
+    root = write_tiny_connectome(tmp_path / "conn", n_subjects=2, n_volumes=10,
+                                 two_runs_first=False)
+    bold = next((root / "sub-02" / "func").glob("*_bold.nii.gz"))
+    img = nb.load(bold)
+    affine = img.affine.copy()
+    affine[0, 3] += 2.0
+    nb.Nifti1Image(np.asarray(img.dataobj), affine).to_filename(bold)
+    code, err = error_of(capsys, root, tmp_path / "o", "group", "--coordinates",
+                         tiny_coordinates, "-w", tmp_path / "w")
+    assert code == EX_DATAERR and "grid mismatch" in err
+    assert "sub-02" in err and "sub-01" in err
+
+
+def test_bad_coordinates(tiny_connectome, tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("study\tx\ty\tz\nA\t1\t2\t3\nB\t4\tfoo\t6\n")
+    code, err = error_of(capsys, tiny_connectome, tmp_path / "o", "group", "--coordinates",
+                         bad, "-w", tmp_path / "w")
+    assert code == EX_DATAERR and "bad.tsv" in err and "row 3" in err and "'y'" in err
+
+
+def test_empty_seed_and_outside_warning(tiny_connectome, tmp_path, capsys):
+    # (70, 0, 0) lies outside the tiny brain: a warning for StudyA, an error for StudyD
+    coords = write_coordinates(tmp_path / "c.tsv", TINY_COORDS[:2] + [("StudyA", 36, 0, 0),
+                                                                       ("StudyD", -38, 30, 40)])
+    code, err = error_of(capsys, tiny_connectome, tmp_path / "o", "group", "--coordinates",
+                         coords, "-w", tmp_path / "w")
+    assert code == EX_DATAERR
+    assert "StudyD" in err and "empty" in err and "row 5" in err
+
+
+def test_outside_coordinate_is_a_warning(tiny_connectome, tmp_path, capsys):
+    coords = write_coordinates(tmp_path / "c.tsv", TINY_COORDS[:2] + [("StudyA", 38, 30, 40)])
+    code = run_cli(tiny_connectome, tmp_path / "o", "participant", "--coordinates", coords,
+                   "-w", tmp_path / "w", "--participant-label", "01",
+                   "--nipype-plugin", "Linear")
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "row 4" in err and "StudyA" in err and "outside the analysis mask" in err
+
+
+def test_unreadable_bold_in_node_keeps_exit_code(tmp_path, tiny_coordinates, capsys):
+    root = write_tiny_connectome(tmp_path / "conn", n_subjects=2, n_volumes=10,
+                                 two_runs_first=False)
+    bold = next((root / "sub-02" / "func").glob("*_bold.nii.gz"))
+    data = bold.read_bytes()
+    bold.write_bytes(data[: len(data) // 2])  # truncated gzip: header fine, data not
+    code, err = error_of(capsys, root, tmp_path / "o", "group", "--coordinates",
+                         tiny_coordinates, "-w", tmp_path / "w", "--nipype-plugin", "Linear")
+    assert code == EX_DATAERR and "sub-02" in err and "cannot read the image data" in err
+    assert not list((tmp_path / "o").glob("*_boldmap.nii.gz"))

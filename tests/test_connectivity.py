@@ -1,0 +1,134 @@
+"""The connectivity engine against an independent per-seed computation with scipy."""
+
+from __future__ import annotations
+
+import nibabel as nb
+import numpy as np
+import pytest
+from scipy import stats
+
+from bids_cnm import connectivity
+from bids_cnm.io.connectome import index_connectome, support_mask
+from bids_cnm.io.coordinates import read_coordinates
+from bids_cnm.seeds import make_seeds
+from bids_cnm.timeseries import open_prepared, prepare_subject, valid_mask
+
+
+def reference_zmaps(subject, seed_masks: list[np.ndarray], target: np.ndarray) -> np.ndarray:
+    """Straightforward per-seed computation: zscore runs, concatenate, loop over seeds.
+
+    Returns Fisher z (V_target, K) with r from scipy's pearsonr-equivalent formula.
+    """
+    runs = []
+    for path in subject.bold:
+        data = np.asarray(nb.load(path).dataobj, dtype=np.float64)
+        runs.append(stats.zscore(data, axis=3))
+    data = np.concatenate(runs, axis=3)
+    out = np.empty((int(target.sum()), len(seed_masks)))
+    voxels = data[target]  # (V, T)
+    for k, mask in enumerate(seed_masks):
+        seed = np.nanmean(data[mask], axis=0)
+        for v in range(0, len(voxels), 4096):
+            block = voxels[v : v + 4096]
+            bc = block - block.mean(axis=1, keepdims=True)
+            sc = seed - seed.mean()
+            r = bc @ sc / (np.linalg.norm(bc, axis=1) * np.linalg.norm(sc))
+            out[v : v + 4096, k] = np.arctanh(np.clip(r, -1 + 1e-6, 1 - 1e-6))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_tmaps_match_independent_reference(tiny_connectome, tiny_coordinates, tmp_path, dtype):
+    connectome = index_connectome(tiny_connectome)
+    seeds = make_seeds(
+        read_coordinates(tiny_coordinates), connectome.shape, connectome.affine,
+        support_mask(connectome), diameter=9.0,
+    )
+    prepared = [
+        open_prepared(prepare_subject(s.bold, s.masks, tmp_path / s.label, dtype=dtype))
+        for s in connectome.subjects
+    ]
+    target = np.logical_and.reduce([valid_mask(p) for p in prepared])
+    voxels = np.flatnonzero(target.ravel())
+    running = connectivity.RunningStats.zeros(len(voxels), len(seeds))
+    for subject in prepared:
+        connectivity.accumulate_subject(
+            running, subject, seeds, connectivity.rows_of(subject.voxels, voxels)
+        )
+    ours = running.finalize()
+
+    masks = [seeds.mask(k) for k in range(len(seeds))]
+    ref_z = np.stack([reference_zmaps(s, masks, target) for s in connectome.subjects])
+    ref_t = stats.ttest_1samp(ref_z, 0.0, axis=0).statistic
+    finite = np.isfinite(ref_t)
+    assert finite.mean() > 0.99
+    if dtype == "float32":  # exact storage: agreement to float32 rounding
+        np.testing.assert_allclose(ours["t"][finite], ref_t[finite], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(ours["z"], ref_z.mean(axis=0), atol=2e-6)
+        np.testing.assert_allclose(ours["r"], np.tanh(ref_z).mean(axis=0), atol=1e-6)
+    else:  # int16 storage: the documented quantization bound (docs/methods.md)
+        np.testing.assert_allclose(ours["r"], np.tanh(ref_z).mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(ours["t"][finite], ref_t[finite], rtol=1e-3, atol=1e-3)
+
+
+def test_streaming_equals_batched_merge(tiny_connectome, tiny_coordinates, tmp_path):
+    """Merging per-batch sums gives the same t as one pass over all subjects."""
+    connectome = index_connectome(tiny_connectome)
+    seeds = make_seeds(read_coordinates(tiny_coordinates), connectome.shape, connectome.affine)
+    prepared = [
+        open_prepared(prepare_subject(s.bold, s.masks, tmp_path / s.label))
+        for s in connectome.subjects
+    ]
+    voxels = prepared[0].voxels
+    one = connectivity.RunningStats.zeros(len(voxels), len(seeds))
+    parts = [connectivity.RunningStats.zeros(len(voxels), len(seeds)) for _ in range(2)]
+    for i, subject in enumerate(prepared):
+        rows = connectivity.rows_of(subject.voxels, voxels)
+        connectivity.accumulate_subject(one, subject, seeds, rows)
+        connectivity.accumulate_subject(parts[i % 2], subject, seeds, rows)
+    merged = parts[0].merge(parts[1]).finalize()
+    np.testing.assert_allclose(merged["t"], one.finalize()["t"], rtol=1e-10)
+
+
+def test_uncentred_data_is_centred(tmp_path):
+    """Voxels with a large mean: the correlation is still the centred Pearson r."""
+    rng = np.random.default_rng(1)
+    shape = (4, 4, 4)
+    t = 50
+    data = rng.standard_normal(shape + (t,)).astype(np.float32) + 1000.0
+    data[1, 1, 1] = data[0, 0, 0] * 2 + 5  # perfectly correlated with the seed voxel
+    data[2, 2, 2] = -data[0, 0, 0] + 3000  # perfectly anticorrelated
+    path = tmp_path / "bold.nii.gz"
+    nb.Nifti1Image(data, np.eye(4)).to_filename(path)
+    subject = open_prepared(prepare_subject([str(path)], [], tmp_path / "prep", "float32"))
+    import pandas as pd
+
+    seeds = make_seeds(
+        pd.DataFrame({"study": ["s"], "x": [0.0], "y": [0.0], "z": [0.0], "set": ["primary"],
+                      "source_row": [2]}),
+        shape, np.eye(4), diameter=0.5,
+    )
+    z = connectivity.subject_zmaps(subject, seeds)[:, 0].reshape(-1)
+    grid = np.zeros(np.prod(shape))
+    grid[subject.voxels] = z
+    grid = grid.reshape(shape)
+    limit = np.arctanh(connectivity.R_MAX)
+    assert grid[1, 1, 1] == pytest.approx(limit, rel=1e-3)
+    assert grid[2, 2, 2] == pytest.approx(-limit, rel=1e-3)
+    expected = np.corrcoef(data[0, 0, 0], data[3, 3, 3])[0, 1]
+    assert grid[3, 3, 3] == pytest.approx(np.arctanh(expected), abs=1e-5)
+
+
+def test_fisher_z_matches_arctanh():
+    r = np.linspace(-connectivity.R_MAX, connectivity.R_MAX, 10001, dtype=np.float32)
+    np.testing.assert_allclose(connectivity.fisher_z(r), np.arctanh(r.astype(np.float64)),
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_rows_of_rejects_missing_voxels():
+    with pytest.raises(ValueError, match="subset"):
+        connectivity.rows_of(np.array([1, 2, 3]), np.array([2, 4]))
+    assert connectivity.rows_of(np.array([1, 2]), np.array([1, 2])) is None
+    np.testing.assert_array_equal(
+        connectivity.rows_of(np.array([1, 2, 5, 9]), np.array([2, 9])), [1, 3]
+    )

@@ -1,0 +1,552 @@
+"""Tests of bids_cnm.analyses.roi and bids_cnm.analyses.validation.
+
+Every function is checked against a brute-force computation (loops over all
+voxels, scipy) or an analytic value; the published IGE network of Ji et al.
+2025 is used when the shared reference data are present.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bids_cnm.analyses import roi, validation as val
+from bids_cnm.errors import InputDataError, MissingInputError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BIDS_CNM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# A small grid with a flipped x axis like the IGE network (affine[0, 0] = -3).
+SHAPE = (21, 25, 19)
+FLIPPED = np.array([[-3.0, 0, 0, 30], [0, 3.0, 0, -36], [0, 0, 3.0, -27], [0, 0, 0, 1]])
+ANISO = np.array([[2.0, 0, 0, -20], [0, -1.5, 0, 18], [0, 0, 2.5, -22], [0, 0, 0, 1]])
+
+
+def all_xyz(shape, affine):
+    ijk = np.indices(shape).reshape(3, -1).T
+    return ijk, ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def brute_sphere(center, diameter, shape, affine):
+    _, xyz = all_xyz(shape, affine)
+    return (np.linalg.norm(xyz - center, axis=1) <= diameter / 2 + 1e-9).reshape(shape)
+
+
+def to_ras(img):
+    """The same image stored with the x axis flipped back (data and affine)."""
+    data = np.asanyarray(img.dataobj)[::-1]
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, img.shape[0] - 1
+    return nib.Nifti1Image(data, img.affine @ flip)
+
+
+# --------------------------------------------------------------------------- roi
+
+
+def test_world_voxel_roundtrip_flipped():
+    ijk = np.array([[0, 0, 0], [20, 24, 18], [3.5, 1.2, 7.0]])
+    xyz = roi.voxel_to_world(ijk, FLIPPED)
+    assert xyz[0].tolist() == [30, -36, -27]
+    assert xyz[1].tolist() == [30 - 60, -36 + 72, -27 + 54]
+    np.testing.assert_allclose(roi.world_to_voxel(xyz, FLIPPED), ijk)
+
+
+@pytest.mark.parametrize(
+    "diameter, expected", [(2, 7), (2 * np.sqrt(2), 19), (2 * np.sqrt(3), 27), (4, 33)]
+)
+def test_sphere_voxel_count_by_hand(diameter, expected):
+    # 1 mm grid, voxel-centred: integer points with x^2+y^2+z^2 <= r^2.
+    # r=1: 1+6; r=sqrt2: +12 edges; r=sqrt3: +8 corners; r=2: +6 at distance 2.
+    affine = np.diag([1.0, 1, 1, 1])
+    mask = roi.sphere_mask([5, 5, 5], diameter, (11, 11, 11), affine)
+    assert mask.sum() == expected
+    assert mask[5, 5, 5]
+
+
+@pytest.mark.parametrize("affine", [FLIPPED, ANISO])
+def test_sphere_matches_brute_force(affine):
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        center = roi.voxel_to_world(rng.uniform(2, 16, 3), affine)
+        diameter = rng.uniform(4, 20)
+        np.testing.assert_array_equal(
+            roi.sphere_mask(center, diameter, SHAPE, affine),
+            brute_sphere(center, diameter, SHAPE, affine),
+        )
+
+
+def test_sphere_at_field_of_view_edge_is_clipped():
+    center = roi.voxel_to_world([0, 0, 0], FLIPPED)
+    got = roi.sphere_mask(center, 10, SHAPE, FLIPPED)
+    np.testing.assert_array_equal(got, brute_sphere(center, 10, SHAPE, FLIPPED))
+
+
+def test_sphere_smaller_than_voxel_falls_back_to_nearest_voxel():
+    center = roi.voxel_to_world([4.3, 7.8, 2.1], FLIPPED)
+    mask = roi.sphere_mask(center, 0.5, SHAPE, FLIPPED)
+    assert mask.sum() == 1
+    assert mask[4, 8, 2]
+
+
+def test_sphere_outside_field_of_view_is_an_input_error():
+    with pytest.raises(InputDataError, match="outside the image field of view"):
+        roi.sphere_mask([500, 0, 0], 6, SHAPE, FLIPPED)
+    with pytest.raises(ValueError):
+        roi.sphere_mask([0, 0, 0], 0, SHAPE, FLIPPED)
+
+
+def test_sphere_same_world_voxels_in_both_orientations():
+    img = nib.Nifti1Image(np.zeros(SHAPE, np.float32), FLIPPED)
+    ras = to_ras(img)
+    center = [-4.0, -10.0, 2.0]
+    a = roi.sphere_mask(center, 12, SHAPE, FLIPPED)
+    b = roi.sphere_mask(center, 12, SHAPE, ras.affine)
+    np.testing.assert_array_equal(a[::-1], b)
+
+
+def test_spheres_union_and_dataframe_input():
+    centers = pd.DataFrame({"x": [0.0, 9.0], "y": [0.0, -3.0], "z": [0.0, 3.0]})
+    got = roi.spheres_mask(centers, [6, 9], SHAPE, FLIPPED)
+    want = brute_sphere(np.array([0, 0, 0]), 6, SHAPE, FLIPPED) | brute_sphere(
+        np.array([9, -3, 3]), 9, SHAPE, FLIPPED
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("affine", [FLIPPED, ANISO])
+def test_sphere_offsets_match_voxel_centred_spheres(affine):
+    for diameter in (1.0, 6.0, 13.0):
+        off = roi.sphere_offsets(diameter, affine)
+        center = np.array([10, 12, 9])
+        mask = np.zeros(SHAPE, bool)
+        mask[tuple((center + off).T)] = True
+        np.testing.assert_array_equal(
+            mask, roi.sphere_mask(roi.voxel_to_world(center, affine), diameter, SHAPE, affine)
+        )
+
+
+def _atlas():
+    atlas = np.zeros((20, 20, 20), np.int16)
+    atlas[2:10, 2:10, 2:10] = 1
+    atlas[10:18, 2:10, 2:10] = 2
+    atlas[2:18, 10:18, 2:18] = 5
+    return nib.Nifti1Image(atlas, np.diag([2.0, 2, 2, 1]))
+
+
+def test_atlas_label_masks_same_grid_with_labels_and_select():
+    img = _atlas()
+    data = np.asanyarray(img.dataobj)
+    labels = pd.DataFrame({"index": [1, 2, 5, 7], "name": ["a", "b", "c", "absent"]})
+    masks = roi.atlas_label_masks(img, labels)
+    assert list(masks) == ["a", "b", "c"]  # 'absent' has no voxel: skipped
+    for index, name in [(1, "a"), (2, "b"), (5, "c")]:
+        np.testing.assert_array_equal(masks[name], data == index)
+    assert list(roi.atlas_label_masks(img, labels, select=["c", 1])) == ["a", "c"]
+    assert list(roi.atlas_label_masks(img)) == ["1", "2", "5"]
+    with pytest.raises(InputDataError, match="not in the atlas label table"):
+        roi.atlas_label_masks(img, labels, select=["nope"])
+    with pytest.raises(InputDataError, match="has no voxel"):
+        roi.atlas_label_masks(img, labels, select=["absent"])
+    with pytest.raises(InputDataError, match="lacks column"):
+        roi.atlas_label_masks(img, labels.rename(columns={"name": "label"}))
+
+
+def test_atlas_label_masks_resampled_nearest_to_network_grid():
+    from nilearn.image import resample_to_img
+
+    img = _atlas()
+    affine = np.diag([-4.0, 4, 4, 1])
+    affine[0, 3] = 38
+    target = nib.Nifti1Image(np.zeros((10, 10, 10), np.float32), affine)
+    masks = roi.atlas_label_masks(img, None, target_img=target)
+    ref = np.asanyarray(resample_to_img(img, target, interpolation="nearest").dataobj)
+    assert set(masks) == {"1", "2", "5"}
+    for name, mask in masks.items():
+        assert mask.shape == (10, 10, 10)
+        np.testing.assert_array_equal(mask, ref == int(name))
+
+
+def test_load_mask_images(tmp_path):
+    target = nib.Nifti1Image(np.zeros(SHAPE, np.float32), FLIPPED)
+    # A 1.5 mm RAS lesion on a different grid: a box of 12 mm around (0, 0, 0).
+    aff = np.diag([1.5, 1.5, 1.5, 1])
+    aff[:3, 3] = -30
+    data = np.zeros((41, 41, 41), np.float32)
+    ijk, xyz = all_xyz(data.shape, aff)
+    box = np.all(np.abs(xyz) <= 6, axis=1).reshape(data.shape)
+    data[box] = 1
+    path = tmp_path / "lesion.nii.gz"
+    nib.Nifti1Image(data, aff).to_filename(path)
+    (mask,) = roi.load_mask_images([path], target)
+    _, txyz = all_xyz(SHAPE, FLIPPED)
+    # Target voxel centres at multiples of 3 mm; those with |coord| <= 6 mm are inside.
+    want = np.all(np.abs(txyz) <= 6, axis=1).reshape(SHAPE)
+    np.testing.assert_array_equal(mask, want)
+    # An image object on the same grid passes through unchanged.
+    (same,) = roi.load_mask_images([nib.Nifti1Image(want.astype(np.uint8), FLIPPED)], target)
+    np.testing.assert_array_equal(same, want)
+    with pytest.raises(MissingInputError, match="not found"):
+        roi.load_mask_images([tmp_path / "nope.nii.gz"], target)
+    nib.Nifti1Image(np.zeros((5, 5, 5), np.float32), aff).to_filename(tmp_path / "empty.nii.gz")
+    with pytest.raises(InputDataError, match="no voxel > 0"):
+        roi.load_mask_images([tmp_path / "empty.nii.gz"], target)
+
+
+def test_random_sphere_masks_centres_in_mask_and_reproducible():
+    brain = np.zeros(SHAPE, bool)
+    brain[5:15, 5:20, 5:14] = True
+    masks, centers = roi.random_sphere_masks(20, 9, brain, FLIPPED, rng=3, return_centers=True)
+    assert len(masks) == 20
+    ijk = np.rint(roi.world_to_voxel(centers, FLIPPED)).astype(int)
+    assert brain[tuple(ijk.T)].all()
+    for m, c in zip(masks, centers):
+        np.testing.assert_array_equal(m, brute_sphere(c, 9, SHAPE, FLIPPED))
+    again = roi.random_sphere_masks(20, 9, brain, FLIPPED, rng=3)
+    assert all(np.array_equal(a, b) for a, b in zip(masks, again))
+
+
+# ------------------------------------------------------------------- validation
+
+
+def test_roi_overlap_constant_map_and_nan_support():
+    net = np.full(SHAPE, 0.25)
+    roi_mask = brute_sphere(np.zeros(3), 12, SHAPE, FLIPPED)
+    assert val.roi_overlap(net, roi_mask) == pytest.approx(25.0)
+    # NaN voxels of the ROI are ignored, not counted as zero.
+    net2 = net.copy()
+    net2[roi_mask.nonzero()[0][:5], roi_mask.nonzero()[1][:5], roi_mask.nonzero()[2][:5]] = np.nan
+    assert val.roi_overlap(net2, roi_mask) == pytest.approx(25.0)
+    # A signed map: mean x 100.
+    rng = np.random.default_rng(0)
+    signed = rng.uniform(-1, 1, SHAPE)
+    assert val.roi_overlap(nib.Nifti1Image(signed, FLIPPED), roi_mask) == pytest.approx(
+        100 * signed[roi_mask].mean()
+    )
+    # A 1-D network over an analysis mask gives the same answer.
+    brain = np.ones(SHAPE, bool)
+    brain[:3] = False
+    assert val.roi_overlap(signed[brain], roi_mask, mask=brain) == pytest.approx(
+        100 * signed[roi_mask & brain].mean()
+    )
+    with pytest.raises(ValueError, match="empty"):
+        val.roi_overlap(net, np.zeros(SHAPE, bool))
+    with pytest.raises(ValueError, match="finite"):
+        val.roi_overlap(np.full(SHAPE, np.nan), roi_mask)
+
+
+def _regions(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    regions = []
+    for _ in range(n):
+        c = roi.voxel_to_world(rng.integers(2, 17, 3), FLIPPED)
+        regions.append(roi.sphere_mask(c, rng.uniform(4, 12), SHAPE, FLIPPED))
+    return regions
+
+
+def test_null_random_regions_matches_loop_and_analytic_moments():
+    rng = np.random.default_rng(5)
+    net = rng.normal(0.1, 0.5, SHAPE)
+    regions = _regions()
+    region_means = np.array([100 * net[r].mean() for r in regions])
+    k, n_draws = 7, 20000
+    null, draws = val.null_distribution_random_regions(
+        net, regions, k, n_draws=n_draws, rng=11, return_draws=True
+    )
+    # Each draw: k distinct regions; value = mean of their % overlaps (explicit loop).
+    for d in range(50):
+        assert len(set(draws[d])) == k
+        loop = np.mean([val.roi_overlap(net, regions[i]) for i in draws[d]])
+        assert null[d] == pytest.approx(loop)
+    # Sampling without replacement from R regions: E = mean of region means,
+    # Var = sigma^2 / k * (R - k) / (R - 1).
+    R = len(regions)
+    mean, var = region_means.mean(), region_means.var() / k * (R - k) / (R - 1)
+    assert abs(null.mean() - mean) < 5 * np.sqrt(var / n_draws)
+    assert null.var(ddof=1) == pytest.approx(var, rel=0.05)
+    # Every region equally likely.
+    counts = np.bincount(draws.ravel(), minlength=R)
+    assert stats.chisquare(counts).pvalue > 1e-4
+    # Selecting all regions gives a constant null.
+    everything = val.null_distribution_random_regions(net, regions, R, 10, rng=1)
+    np.testing.assert_allclose(everything, mean)
+    # Pooled statistic = % overlap of the voxels of all drawn regions (with multiplicity).
+    pooled, pdraws = val.null_distribution_random_regions(
+        net, regions, 3, n_draws=20, rng=2, statistic="pooled", return_draws=True
+    )
+    for d in range(20):
+        vals = np.concatenate([net[regions[i]] for i in pdraws[d]])
+        assert pooled[d] == pytest.approx(100 * vals.mean())
+    assert val.mean_region_overlap(net, regions[:4]) == pytest.approx(region_means[:4].mean())
+
+
+def test_null_random_spheres_matches_explicit_masks():
+    rng = np.random.default_rng(6)
+    net = rng.normal(size=SHAPE)
+    net[0, 0, 0] = np.nan  # NaN voxels are ignored as in roi_overlap
+    brain = np.zeros(SHAPE, bool)
+    brain[2:19, 2:23, 2:17] = True
+    null, centers = val.null_distribution_random_spheres(
+        net, brain, FLIPPED, n_select=3, diameter=10, n_draws=40, rng=9, return_centers=True
+    )
+    assert centers.shape == (40, 3, 3)
+    for d in range(40):
+        spheres = [roi.sphere_mask(c, 10, SHAPE, FLIPPED) for c in centers[d]]
+        want = np.mean([val.roi_overlap(net, s) for s in spheres])
+        assert null[d] == pytest.approx(want)
+    # Same generator consumption as random_sphere_masks: identical centres.
+    _, c2 = roi.random_sphere_masks(120, 10, brain, FLIPPED, rng=9, return_centers=True)
+    np.testing.assert_allclose(c2, centers.reshape(-1, 3))
+
+
+def test_permutation_p():
+    null = np.arange(1, 100, dtype=float)  # 1..99
+    assert val.permutation_p(95, null) == pytest.approx((5 + 1) / 100)
+    assert val.permutation_p(5, null, "less") == pytest.approx((5 + 1) / 100)
+    assert val.permutation_p(95, null, "two-sided") == pytest.approx(2 * 6 / 100)
+    assert val.permutation_p(50, null, "two-sided") == 1.0
+    assert val.permutation_p(1000, null) == pytest.approx(1 / 100)
+    # Round-off ties count as extreme.
+    assert val.permutation_p(0.1 + 0.2, np.array([0.3, 0.0])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        val.permutation_p(1.0, null, "bigger")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compare_groups_against_scipy(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(1.0, 1.0, 15)
+    b = rng.normal(0.2, 2.5, 23)
+    res = val.compare_groups(np.r_[a, np.nan], b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert res["t"] == pytest.approx(ref.statistic)
+    assert res["p"] == pytest.approx(ref.pvalue)
+    assert res["df"] == pytest.approx(ref.df)
+    assert res["ci_low"] == pytest.approx(ci.low)
+    assert res["ci_high"] == pytest.approx(ci.high)
+    assert (res["n_a"], res["n_b"]) == (15, 23)
+    sp = np.sqrt((14 * a.var(ddof=1) + 22 * b.var(ddof=1)) / 36)
+    d = (a.mean() - b.mean()) / sp
+    assert res["cohens_d"] == pytest.approx(d)
+    # Exact Hedges factor is close to the usual approximation 1 - 3/(4 m - 1).
+    assert res["hedges_g"] == pytest.approx(d * (1 - 3 / (4 * 36 - 1)), rel=1e-4)
+    assert res["sd_b"] == pytest.approx(b.std(ddof=1))
+
+
+def test_spatial_correlation_against_scipy():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=SHAPE)
+    b = 0.5 * a + rng.normal(size=SHAPE)
+    a[0] = np.nan
+    b[:, 0] = np.inf
+    mask = np.zeros(SHAPE, bool)
+    mask[:, :, 3:] = True
+    keep = np.isfinite(a) & np.isfinite(b)
+    assert val.spatial_correlation(a, b) == pytest.approx(stats.pearsonr(a[keep], b[keep])[0])
+    keep &= mask
+    assert val.spatial_correlation(a, b, mask, "spearman") == pytest.approx(
+        stats.spearmanr(a[keep], b[keep])[0]
+    )
+    assert np.isnan(val.spatial_correlation(np.ones(SHAPE), b))
+
+
+def test_spatial_correlation_resamples_other_grid():
+    rng = np.random.default_rng(4)
+    img = nib.Nifti1Image(rng.normal(size=SHAPE).astype(np.float32), FLIPPED)
+    assert val.spatial_correlation(img, to_ras(img)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_peak_in_region():
+    data = np.zeros(SHAPE)
+    data[4, 5, 6] = 2.0
+    data[10, 10, 10] = -3.0
+    data[15, 20, 15] = 5.0  # outside the region
+    region = np.zeros(SHAPE, bool)
+    region[:12, :12, :12] = True
+    img = nib.Nifti1Image(data, FLIPPED)
+    pk = val.peak_in_region(img, region)
+    assert (pk["i"], pk["j"], pk["k"], pk["value"], pk["n_ties"]) == (4, 5, 6, 2.0, 1)
+    assert [pk["x"], pk["y"], pk["z"]] == roi.voxel_to_world([4, 5, 6], FLIPPED).tolist()
+    assert val.peak_in_region(img, region, "negative")["value"] == -3.0
+    assert val.peak_in_region(img, region, "abs")["value"] == -3.0
+    # A plateau: the tied voxel nearest the plateau's centroid, in any orientation.
+    plateau = np.zeros(SHAPE)
+    plateau[3:6, 4, 4] = 1.0
+    plateau[9, 4, 4] = 1.0
+    p1 = val.peak_in_region(nib.Nifti1Image(plateau, FLIPPED), region)
+    p2 = val.peak_in_region(to_ras(nib.Nifti1Image(plateau, FLIPPED)), region[::-1])
+    assert p1["n_ties"] == 4 and (p1["i"], p1["j"], p1["k"]) == (5, 4, 4)
+    assert (p1["x"], p1["y"], p1["z"]) == (p2["x"], p2["y"], p2["z"])
+
+
+def test_distances_mm():
+    refs = pd.DataFrame(
+        {"label": ["a", "b", "c"], "x": [0, 3, -1], "y": [0, 4, 0], "z": [0, 0, 0]}
+    )
+    out = val.distances_mm({"x": 0, "y": 0, "z": 0}, refs)
+    assert out["label"].tolist() == ["a", "c", "b"]
+    np.testing.assert_allclose(out["distance_mm"], [0, 1, 5])
+    with pytest.raises(InputDataError, match="lacks column"):
+        val.distances_mm([0, 0, 0], refs.drop(columns="z"))
+
+
+def test_roi_to_network_connectivity_and_anova():
+    rng = np.random.default_rng(8)
+    n_sub, n_seeds, n_nodes = 12, 2, 30
+    labels = rng.choice(["Vis", "SomMot", "DMN", "Limbic"], n_nodes)
+    effect = {"Vis": 0.0, "SomMot": 0.4, "DMN": 0.2, "Limbic": -0.1}
+    z = rng.normal(0, 0.2, (n_sub, n_seeds, n_nodes)) + np.array([effect[x] for x in labels])
+    df = val.roi_to_network_connectivity(z, labels, subjects=[f"s{i}" for i in range(n_sub)])
+    names = list(dict.fromkeys(labels))
+    assert list(df.columns) == names
+    for s, name in itertools.product(range(n_sub), names):
+        loop = np.mean(
+            [z[s, e, n] for e in range(n_seeds) for n in range(n_nodes) if labels[n] == name]
+        )
+        assert df.loc[f"s{s}", name] == pytest.approx(loop)
+
+    res = val.one_way_anova(df)
+    ref = stats.f_oneway(*[df[c] for c in df.columns])
+    assert res["F"] == pytest.approx(ref.statistic)
+    assert res["p"] == pytest.approx(ref.pvalue)
+    assert (res["df_between"], res["df_within"]) == (3, 4 * n_sub - 4)
+    allv = df.to_numpy().ravel()
+    ssb = sum(n_sub * (df[c].mean() - allv.mean()) ** 2 for c in df.columns)
+    assert res["eta_squared"] == pytest.approx(ssb / ((allv - allv.mean()) ** 2).sum())
+    assert res["ranking"]["network"].iloc[0] == "SomMot"
+    assert res["ranking"]["mean"].is_monotonic_decreasing
+    ph = res["posthoc"]
+    assert len(ph) == 6
+    for _, row in ph.iterrows():
+        ref = stats.ttest_ind(df[row.network_a], df[row.network_b], equal_var=False)
+        assert row.p == pytest.approx(ref.pvalue)
+    # Holm by its definition (explicit loop over sorted p-values).
+    p = ph["p"].to_numpy()
+    order = np.argsort(p)
+    m = len(p)
+    running, want = 0.0, np.empty(m)
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        want[idx] = running
+    np.testing.assert_allclose(ph["p_holm"], want)
+
+
+def test_holm_against_statsmodels():
+    sm = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.5, 0.04])
+    np.testing.assert_allclose(val.holm(p), sm.multipletests(p, method="holm")[1])
+
+
+# ------------------------------------------------------------- published data
+
+
+def _shared(name):
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"shared reference data not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ige():
+    return nib.load(_shared("IGEnetwork.nii"))
+
+
+@pytest.fixture(scope="module")
+def thalamus(ige):
+    centroids = pd.read_csv(_shared("thalamic_nuclei_centroids_hcpex_mni.csv"))
+    # The thalamus as all voxels within 8 mm of an HCPex thalamic nucleus centroid.
+    return centroids, roi.spheres_mask(centroids, 16, ige.shape, ige.affine)
+
+
+def test_ige_grid_is_flipped(ige):
+    assert ige.affine[0, 0] == -3
+    assert ige.shape == (61, 83, 61)
+    values = np.unique(np.round(ige.get_fdata() * 21, 4))
+    np.testing.assert_allclose(values, np.round(values))  # (n_pos - n_neg)/21
+
+
+def test_ige_thalamic_peak_is_near_centromedian(ige, thalamus):
+    centroids, thal = thalamus
+    pk = val.peak_in_region(ige, thal, "positive")
+    # The thalamic maximum is a plateau of 18/21 studies (8 voxels) on both sides.
+    assert pk["value"] == pytest.approx(18 / 21, abs=1e-6)
+    assert pk["n_ties"] == 8
+    assert (pk["x"], pk["y"], pk["z"]) == (12.0, -18.0, 3.0)
+    cm = centroids[centroids["name"].str.startswith("Thal_Centralmedian")]
+    dist = val.distances_mm(pk, cm)
+    assert dist["label"].iloc[0] == 397  # right CM
+    assert dist["distance_mm"].iloc[0] == pytest.approx(4.25, abs=0.01)
+    assert val.distances_mm(pk, centroids)["label"].iloc[0] == 397  # nearest nucleus
+    # Every voxel of the plateau lies within 10 mm of a CM centroid.
+    data = ige.get_fdata()
+    ijk = np.argwhere(thal & np.isclose(data, 18 / 21))
+    xyz = roi.voxel_to_world(ijk, ige.affine)
+    d = np.linalg.norm(xyz[:, None] - cm[["x", "y", "z"]].to_numpy()[None], axis=2).min(1)
+    assert len(ijk) == 8 and d.max() < 10
+    # The same peak after reorienting the image to RAS (affine handling).
+    ras = to_ras(ige)
+    pk2 = val.peak_in_region(ras, thal[::-1])
+    assert (pk2["x"], pk2["y"], pk2["z"]) == (pk["x"], pk["y"], pk["z"])
+    # Both CM centroids sit in the positive network.
+    for _, row in cm.iterrows():
+        point = row[["x", "y", "z"]].to_numpy(float)
+        v = val.roi_overlap(ige, roi.sphere_mask(point, 1, ige.shape, ige.affine))
+        assert v > 70
+
+
+def test_ige_eeg_electrode_spheres(ige):
+    eeg = pd.read_csv(_shared("eeg1020_okamoto2004_cortical_mni.csv"))
+    data = ige.get_fdata()
+    _, xyz = all_xyz(ige.shape, ige.affine)
+    ras = to_ras(ige)
+    values = {}
+    for _, row in eeg.iterrows():
+        c = row[["x", "y", "z"]].to_numpy(float)
+        mask = roi.sphere_mask(c, 25, ige.shape, ige.affine)
+        values[row["label"]] = val.roi_overlap(ige, mask)
+        inside = np.linalg.norm(xyz - c, axis=1) <= 12.5
+        assert values[row["label"]] == pytest.approx(100 * data.reshape(-1)[inside].mean())
+        assert mask.sum() in range(290, 311)  # (4/3) pi 12.5^3 / 27 = 303 voxels
+        mask_ras = roi.sphere_mask(c, 25, ras.shape, ras.affine)
+        assert val.roi_overlap(ras, mask_ras) == pytest.approx(values[row["label"]])
+    # What the published map shows: positive over the vertex, negative frontally.
+    assert values["Cz"] == pytest.approx(44.74, abs=0.01)
+    assert values["Fz"] == pytest.approx(-50.63, abs=0.01)
+    assert values["C3"] > 0 and values["C4"] > 0
+
+
+def test_ige_spatial_correlation_flip_roundtrip(ige):
+    from nilearn.image import resample_to_img
+
+    ras = to_ras(ige)
+    assert val.spatial_correlation(ige, ras) == pytest.approx(1.0, abs=1e-9)
+    back = resample_to_img(
+        ras, ige, interpolation="nearest", force_resample=True, copy_header=True
+    )
+    np.testing.assert_array_equal(back.get_fdata(), ige.get_fdata())
+    assert val.spatial_correlation(ige, back) == pytest.approx(1.0)
+    # A true left-right mirror is not the same map.
+    mirrored = nib.Nifti1Image(ige.get_fdata()[::-1], ige.affine)
+    assert val.spatial_correlation(ige, mirrored) < 0.99
+
+
+def test_ige_thalamus_against_random_spheres(ige, thalamus):
+    centroids, _ = thalamus
+    cm = centroids[centroids["name"].str.startswith("Thal_Centralmedian")]
+    observed = val.mean_region_overlap(
+        ige, [roi.sphere_mask(c, 6, ige.shape, ige.affine) for c in cm[["x", "y", "z"]].to_numpy()]
+    )
+    brain = ige.get_fdata() != 0
+    null = val.null_distribution_random_spheres(
+        ige, brain, ige.affine, n_select=2, diameter=6, n_draws=2000, rng=0
+    )
+    assert observed > 75
+    assert val.permutation_p(observed, null) < 0.05
