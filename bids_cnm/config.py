@@ -76,6 +76,32 @@ class Config:
         Processes for nipype's MultiProc plugin.
     write_participant_maps : bool
         Whether the participant level writes per-subject z-maps.
+    t_thresholds : tuple of float
+        Further |t| thresholds (sensitivity): overlap maps from the same t-maps.
+    sphere_diameters : tuple of float
+        Further sphere diameters (sensitivity): extra seeds in the same pass.
+    per_coordinate : bool
+        Also one seed per coordinate (sensitivity), in the same pass.
+    subgroups : tuple of str
+        Coordinate-table columns whose levels give subgroup and leave-one-level-out
+        networks.
+    primary_sets : tuple of str
+        Coordinate sets that are the disease's studies (the others are controls).
+    specificity : bool
+        Run the permutation tests of primary vs control networks.
+    control_sets : tuple of str or None
+        Sets compared with the primary ones (default: all other coordinate sets),
+        plus ``random`` when ``random_relocations`` > 0.
+    random_relocations : int
+        Randomly relocated copies of every primary study (control networks).
+    n_permutations : int
+        Label permutations of the specificity tests.
+    specificity_maps : {'t', 'binarized', 'liebermeister'}
+        What the specificity test compares.
+    tfce : bool
+        Threshold-free cluster enhancement in the specificity test.
+    random_seed : int
+        Seed of every random draw (relocations, permutations).
     """
 
     bids_dir: Path
@@ -99,6 +125,19 @@ class Config:
     plugin_config: Path | None = None
     verbosity: int = 0
     write_participant_maps: bool = True
+    t_thresholds: tuple[float, ...] = ()
+    sphere_diameters: tuple[float, ...] = ()
+    per_coordinate: bool = False
+    subgroups: tuple[str, ...] = ()
+    primary_sets: tuple[str, ...] = ("primary",)
+    specificity: bool = False
+    control_sets: tuple[str, ...] | None = None
+    random_relocations: int = 4
+    n_permutations: int = 5000
+    specificity_maps: str = "t"
+    tfce: bool = True
+    random_seed: int = 0
+    analysis_plan: Path | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:

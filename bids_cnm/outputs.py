@@ -14,9 +14,16 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
+from bids_cnm.analyses.sensitivity import (
+    Variant,
+    correlation_matrix,
+    enumerate_variants,
+    variant_maps,
+)
+from bids_cnm.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_tsv
 from bids_cnm.seeds import Seeds, seed_label
-from bids_cnm.stats.overlap import overlap_maps, threshold_label
+from bids_cnm.stats.overlap import threshold_label
 from bids_cnm.stats.peaks import find_peaks
 
 LOGGER = logging.getLogger("bids_cnm.outputs")
@@ -87,84 +94,205 @@ def write_seeds(writer: DerivativesWriter, seeds: Seeds, entities: dict) -> list
                 dict(base, seed=seed_id),
                 seeds.mask(k).astype(np.uint8),
                 seeds.affine,
-                f"Seed {seed_id}: {seeds.diameter:g} mm spheres at the coordinates of "
-                f"study '{row['study']}' (set '{row['set']}'), united.",
+                (
+                    f"Seed {seed_id}: {row['diameter_mm']:g} mm spheres at the coordinates of "
+                    f"study '{row['study']}' (set '{row['set']}'), united."
+                    if row["n_coordinates"]
+                    else f"Seed {seed_id} (set '{row['set']}') given as a mask."
+                ),
                 [],
                 suffix="mask",
                 Coordinates=row["coordinates"],
-                SphereDiameter=seeds.diameter,
+                SphereDiameter=row["diameter_mm"],
+                Set=row["set"],
+                Variant=row["variant"],
             )
         )
-    table = seeds.table.copy()
-    table.insert(5, "diameter_mm", seeds.diameter)
-    paths.append(write_tsv(writer.root / "seeds.tsv", table))
+    paths.append(write_tsv(writer.root / "seeds.tsv", seeds.table))
     return paths
 
 
-def write_group_maps(
-    writer: DerivativesWriter,
-    results: dict[str, np.ndarray],
-    voxels: np.ndarray,
-    seeds: Seeds,
-    entities: dict,
-    thresholds: Iterable[float],
-    n_subjects: int,
-    sources: list[str],
+def write_seed_maps(
+    writer: DerivativesWriter, results: GroupResults, entities: dict, sources: list[str]
 ) -> list[Path]:
-    """Write the seed maps (r, z, t), overlap maps per set and threshold, and peaks.
-
-    Parameters
-    ----------
-    results : dict
-        ``r``, ``z``, ``t`` arrays of shape (V, K) over ``voxels``.
-    voxels : ndarray
-        Flat indices of the analysis mask.
-    thresholds : iterable of float
-        |t| thresholds.
-    """
-    shape, affine = seeds.shape, seeds.affine
+    """Write every seed's mean r, mean z and t-map."""
+    seeds = results.seeds
     paths = []
     for k, seed_id in enumerate(seeds.ids):
+        row = seeds.table.iloc[k]
         for stat in ("r", "z", "t"):
-            values = results[stat][:, k]
-            if stat == "t":
-                # a seed voxel with itself has zero variance; keep it finite on disk
-                big = np.finfo(np.float32).max
-                values = np.clip(np.nan_to_num(values, posinf=big, neginf=-big), -big, big)
             paths.append(
                 writer.write_map(
                     dict(entities, seed=seed_id, stat=stat),
-                    unmask(values, voxels, shape),
-                    affine,
+                    results.volume(getattr(results, stat)[:, k]),
+                    results.affine,
                     STAT_DESCRIPTIONS[stat],
                     sources,
-                    NumberOfSubjects=n_subjects,
+                    NumberOfSubjects=results.n_subjects,
                     Seed=seed_id,
-                    Study=seeds.table["study"].iloc[k],
+                    Study=row["study"],
+                    Set=row["set"],
+                    Variant=row["variant"],
                 )
             )
-    for set_name, members in seeds.table.groupby("set", sort=False):
-        columns = members.index.to_numpy()
-        for threshold in thresholds:
-            maps = overlap_maps(results["t"][:, columns], threshold)
-            ents = dict(entities, set=seed_label(set_name), thresh=threshold_label(threshold))
-            peak_tables = []
-            for desc, values in maps.items():
-                path = writer.write_map(
-                    dict(ents, desc=desc),
-                    unmask(values, voxels, shape),
-                    affine,
-                    OVERLAP_DESCRIPTIONS[desc],
-                    sources,
-                    Threshold=threshold,
-                    NumberOfStudies=len(columns),
-                    Studies=list(members["study"]),
-                    NumberOfSubjects=n_subjects,
-                )
-                paths.append(path)
-                peaks = find_peaks(nb.load(path))
-                peaks.insert(0, "map", desc)
-                peak_tables.append(peaks)
-            peaks_path = writer.path(ents, "peaks", ".tsv")
-            paths.append(write_tsv(peaks_path, pd.concat(peak_tables, ignore_index=True)))
+    return paths
+
+
+def network_entities(entities: dict, variant: Variant) -> dict:
+    """Entities of a variant's overlap maps."""
+    return dict(
+        entities,
+        set=seed_label(variant.set_name),
+        variant=variant.entity,
+        thresh=threshold_label(variant.threshold),
+    )
+
+
+def write_network(
+    writer: DerivativesWriter,
+    results: GroupResults,
+    variant: Variant,
+    maps: dict[str, np.ndarray],
+    entities: dict,
+    sources: list[str],
+) -> list[Path]:
+    """Write a variant's signed/positive/negative overlap maps and their peaks."""
+    ents = network_entities(entities, variant)
+    studies = list(results.seeds.table["study"].iloc[list(variant.columns)])
+    paths, peak_tables = [], []
+    for desc, values in maps.items():
+        path = writer.write_map(
+            dict(ents, desc=desc),
+            results.volume(values),
+            results.affine,
+            OVERLAP_DESCRIPTIONS[desc],
+            sources,
+            Threshold=variant.threshold,
+            Variant=variant.label,
+            NumberOfStudies=len(studies),
+            Studies=studies,
+            NumberOfSubjects=results.n_subjects,
+        )
+        paths.append(path)
+        peaks = find_peaks(nb.load(path))
+        peaks.insert(0, "map", desc)
+        peak_tables.append(peaks)
+    paths.append(write_tsv(writer.path(ents, "peaks", ".tsv"),
+                           pd.concat(peak_tables, ignore_index=True)))
+    return paths
+
+
+#: seed sets that are not coordinate sets: no overlap network of their own
+NON_NETWORK_SETS = frozenset({"dbs", "reference"})
+
+
+def write_networks(
+    writer: DerivativesWriter,
+    results: GroupResults,
+    entities: dict,
+    threshold: float,
+    thresholds: Iterable[float] = (),
+    primary_sets: Iterable[str] = ("primary",),
+    subgroup_columns: Iterable[str] = (),
+    sources: list[str] | None = None,
+) -> list[Path]:
+    """Overlap networks of every coordinate set and variant; sensitivity tables.
+
+    For each primary set, also the per-level and leave-one-level-out subgroup
+    networks and ``desc-sensitivity_correlations.tsv``: the spatial correlation
+    (over the analysis mask) between the signed overlap maps of all variants,
+    with ``desc-sensitivity_variants.tsv`` describing each variant.
+    """
+    sources = sources or []
+    primary_sets = list(primary_sets)
+    paths = []
+    table = results.seeds.table
+    for set_name in dict.fromkeys(table["set"]):
+        if set_name in NON_NETWORK_SETS or not len(results.columns(set_name, "main")):
+            continue
+        variants = enumerate_variants(
+            results, set_name, threshold, list(thresholds),
+            list(subgroup_columns) if set_name in primary_sets else [],
+        )
+        maps = variant_maps(results, variants)
+        for variant in variants:
+            paths += write_network(writer, results, variant, maps[variant.label], entities,
+                                   sources)
+        if set_name not in primary_sets or len(variants) < 2:
+            continue
+        set_ents = dict(entities, set=seed_label(set_name))
+        matrix = correlation_matrix({label: m["overlap"] for label, m in maps.items()})
+        matrix.insert(0, "variant", matrix.index)
+        paths.append(write_tsv(writer.path(dict(set_ents, desc="sensitivity"),
+                                           "correlations", ".tsv"), matrix))
+        described = pd.DataFrame(
+            {
+                "variant": [v.label for v in variants],
+                "seed_variant": [v.variant for v in variants],
+                "threshold": [v.threshold for v in variants],
+                "n_studies": [len(v.columns) for v in variants],
+                "n_positive_voxels": [int((maps[v.label]["overlap"] > 0).sum()) for v in variants],
+                "n_negative_voxels": [int((maps[v.label]["overlap"] < 0).sum()) for v in variants],
+                "r_with_main": matrix["main"].to_numpy(),
+                "file": [
+                    writer.path(dict(network_entities(entities, v), desc="overlap"), "boldmap",
+                                ".nii.gz").name
+                    for v in variants
+                ],
+            }
+        )
+        paths.append(write_tsv(writer.path(dict(set_ents, desc="sensitivity"), "variants",
+                                           ".tsv"), described))
+    return paths
+
+
+SPECIFICITY_DESCRIPTIONS = {
+    "t": "Two-sample t of the study networks (t-maps) vs the control networks; positive "
+    "where the studies' networks are higher.",
+    "stat": "Liebermeister statistic of binarized study vs control networks.",
+    "tfce": "Threshold-free cluster enhancement of the two-sample t.",
+    "logp": "-log10 uncorrected permutation p-value.",
+    "logpFWE": "-log10 family-wise-error corrected p-value (maximum statistic).",
+    "logpFDR": "-log10 Benjamini-Hochberg FDR adjusted p-value.",
+}
+
+
+def write_specificity(
+    writer: DerivativesWriter,
+    results: GroupResults,
+    result,
+    entities: dict,
+    primary_set: str,
+    settings: dict,
+) -> list[Path]:
+    """Write one specificity comparison: statistic maps, significant mask, clusters.
+
+    ``result`` is a :class:`bids_cnm.analyses.specificity.SpecificityResult`.
+    """
+    ents = dict(entities, set=seed_label(primary_set), control=seed_label(result.control))
+    extra = dict(settings, NumberOfStudyNetworks=result.n_primary,
+                 NumberOfControlNetworks=result.n_control)
+    paths = []
+    for name, values in result.maps.items():
+        if name == "significant":
+            continue
+        paths.append(writer.write_map(dict(ents, stat=name), results.volume(values),
+                                      results.affine, SPECIFICITY_DESCRIPTIONS[name], [],
+                                      **extra))
+    significant = result.maps["significant"]
+    path = writer.write_map(
+        dict(ents, desc="significant"), results.volume(significant).astype(np.int8),
+        results.affine,
+        "Voxels where the study networks differ from the control networks "
+        "(p < 0.05 corrected; +1 studies higher, -1 lower).",
+        [], suffix="mask", **extra,
+    )
+    paths.append(path)
+    stat = result.maps.get("t", result.maps.get("stat"))
+    surviving = nb.Nifti1Image(results.volume(stat * (significant != 0)), results.affine)
+    clusters = find_peaks(surviving, fraction=1e-9)
+    paths.append(write_tsv(writer.path(dict(ents, desc="significant"), "clusters", ".tsv"),
+                           clusters))
+    LOGGER.info("specificity %s vs %s: %d significant voxels", primary_set, result.control,
+                int((significant != 0).sum()))
     return paths

@@ -24,6 +24,12 @@ from bids_cnm.errors import InputDataError
 LOGGER = logging.getLogger("bids_cnm.seeds")
 
 
+SEED_COLUMNS = (
+    "id", "set", "study", "variant", "n_coordinates", "coordinates", "diameter_mm", "voxels",
+)
+_NOT_METADATA = frozenset({"study", "x", "y", "z", "set", "space", "source_row"})
+
+
 class CoordinateOutsideMaskWarning(UserWarning):
     """A coordinate's sphere has no voxel inside the analysis mask."""
 
@@ -158,6 +164,8 @@ def make_seeds(
     diameter: float = 6.0,
     per: str = "study",
     source: str = "coordinates",
+    variant: str = "main",
+    id_suffix: str = "",
 ) -> Seeds:
     """Build seeds from a coordinate table.
 
@@ -176,10 +184,19 @@ def make_seeds(
         One seed per study (spheres united) or one per coordinate.
     source : str
         File name used in messages.
+    variant : str
+        Recorded in the table's ``variant`` column (``main`` for the analysis
+        the settings ask for; e.g. ``d3mm`` or ``percoord`` for sensitivity
+        variants that share the same pass over the connectome).
+    id_suffix : str
+        Appended to every seed id (keeps variants' ids unique).
 
     Returns
     -------
     Seeds
+        The table also carries every metadata column of the coordinate table
+        (e.g. ``subtype``, ``modality``), one value per seed: the distinct values
+        of the seed's rows joined by ``+``.
     """
     if per not in ("study", "coordinate"):
         raise ValueError(f"per must be 'study' or 'coordinate', not {per!r}")
@@ -188,6 +205,7 @@ def make_seeds(
     voxel_sets = []
     used: dict[str, int] = {}
     table = coordinates.reset_index(drop=True)
+    meta_columns = [c for c in table.columns if c not in _NOT_METADATA]
     group_keys = ["set", "study"] if per == "study" else ["set", "study", "source_row"]
     for key, group in table.groupby(group_keys, sort=False):
         set_name, study = key[0], key[1]
@@ -218,27 +236,33 @@ def make_seeds(
         base = seed_label(study)
         if per == "coordinate":
             base += f"c{len([r for r in rows if r['study'] == study and r['set'] == set_name]) + 1}"
+        base += id_suffix
         label = base
         if label in used:
             used[base] += 1
             label = f"{base}{set_name if set_name != 'primary' else ''}{used[base]}"
         used.setdefault(label, 1)
+        metadata = {
+            column: "+".join(sorted({str(v) for v in group[column] if str(v) not in ("", "nan")}))
+            for column in meta_columns
+        }
         rows.append(
             {
                 "id": label,
                 "set": set_name,
                 "study": study,
+                "variant": variant,
                 "n_coordinates": len(group),
                 "coordinates": ";".join(
                     f"{x:g},{y:g},{z:g}" for x, y, z in group[["x", "y", "z"]].to_numpy(float)
                 ),
+                "diameter_mm": diameter,
                 "voxels": len(vox),
+                **metadata,
             }
         )
         voxel_sets.append(vox)
-    seeds_table = pd.DataFrame(
-        rows, columns=["id", "set", "study", "n_coordinates", "coordinates", "voxels"]
-    )
+    seeds_table = pd.DataFrame(rows, columns=list(SEED_COLUMNS) + meta_columns)
     LOGGER.info("%d seeds (%s per %s, %g mm spheres)", len(rows), "one", per, diameter)
     return Seeds(seeds_table, voxel_sets, tuple(int(n) for n in shape), np.asarray(affine), diameter)
 
@@ -277,12 +301,13 @@ def load_seeds(path: str) -> Seeds:
     with np.load(path) as f:
         table = pd.read_json(io.StringIO(str(f["table"])), orient="records", dtype=False)
         if table.empty:
-            table = pd.DataFrame(
-                columns=["id", "set", "study", "n_coordinates", "coordinates", "voxels"]
-            )
+            table = pd.DataFrame(columns=list(SEED_COLUMNS))
         table["id"] = table["id"].astype(str)
         table["study"] = table["study"].astype(str)
         table["set"] = table["set"].astype(str)
+        for column in table.columns:
+            if column not in ("n_coordinates", "voxels", "diameter_mm"):
+                table[column] = table[column].fillna("").astype(str)
         voxels = [f[f"voxels_{k}"] for k in range(len(table))]
         return Seeds(
             table,
@@ -291,3 +316,63 @@ def load_seeds(path: str) -> Seeds:
             f["affine"],
             float(f["diameter"]),
         )
+
+
+def concat_seeds(*parts: Seeds) -> Seeds:
+    """Concatenate seed sets on one grid into one, so one pass serves them all.
+
+    Raises
+    ------
+    ValueError
+        When the grids differ or seed ids collide.
+    """
+    first = parts[0]
+    for other in parts[1:]:
+        if other.shape != first.shape or not np.allclose(other.affine, first.affine):
+            raise ValueError("seeds on different grids cannot be concatenated")
+    table = pd.concat([p.table for p in parts], ignore_index=True)
+    duplicated = table["id"][table["id"].duplicated()].tolist()
+    if duplicated:
+        raise ValueError(f"duplicate seed ids: {', '.join(duplicated)}")
+    for column in table.columns:
+        if column not in ("n_coordinates", "voxels", "diameter_mm"):
+            table[column] = table[column].fillna("").astype(str)
+    voxels = [v for p in parts for v in p.voxels]
+    return Seeds(table, voxels, first.shape, first.affine, first.diameter)
+
+
+def seeds_from_masks(
+    masks: list[np.ndarray],
+    ids: list[str],
+    set_name: str,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    studies: list[str] | None = None,
+    variant: str = "main",
+) -> Seeds:
+    """Seeds given as 3-D boolean masks (e.g. DBS volumes of activated tissue).
+
+    Raises
+    ------
+    InputDataError
+        When a mask is empty.
+    """
+    voxels = []
+    for seed_id, mask in zip(ids, masks):
+        vox = np.flatnonzero(np.asarray(mask, dtype=bool).ravel()).astype(np.int64)
+        if len(vox) == 0:
+            raise InputDataError(f"the seed mask of '{seed_id}' is empty on the connectome grid.")
+        voxels.append(vox)
+    table = pd.DataFrame(
+        {
+            "id": [seed_label(i) for i in ids],
+            "set": set_name,
+            "study": studies or list(ids),
+            "variant": variant,
+            "n_coordinates": 0,
+            "coordinates": "",
+            "diameter_mm": 0.0,
+            "voxels": [len(v) for v in voxels],
+        }
+    )
+    return Seeds(table, voxels, tuple(int(n) for n in shape), np.asarray(affine), 0.0)

@@ -87,6 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
     science.add_argument("--t-threshold", type=_positive_float, default=5.1, metavar="T",
                          help="|t| threshold that binarizes each seed network")
 
+    sens = parser.add_argument_group(
+        "sensitivity", "variants computed from the same single pass over the connectome")
+    sens.add_argument("--t-thresholds", nargs="+", type=_positive_float, default=[],
+                      metavar="T", help="further |t| thresholds, e.g. 4.7 5.6 7 9")
+    sens.add_argument("--sphere-diameters", nargs="+", type=_positive_float, default=[],
+                      metavar="MM", help="further sphere diameters, e.g. 3 9")
+    sens.add_argument("--per-coordinate", action="store_true",
+                      help="also one seed per coordinate instead of per study")
+    sens.add_argument("--subgroups", nargs="+", default=[], metavar="COLUMN",
+                      help="coordinate-table columns (e.g. modality subtype): the network of "
+                      "each level and leaving each level out")
+    sens.add_argument("--primary-sets", nargs="+", default=["primary"], metavar="SET",
+                      help="coordinate sets of the disease's studies")
+
+    spec = parser.add_argument_group(
+        "specificity", "permutation tests of the study networks against control networks")
+    spec.add_argument("--specificity", action="store_true",
+                      help="run the specificity tests")
+    spec.add_argument("--control-sets", nargs="+", default=None, metavar="SET",
+                      help="control coordinate sets (default: every non-primary set)")
+    spec.add_argument("--random-relocations", type=int, default=4, metavar="K",
+                      help="randomly relocated copies of every primary study (0: none)")
+    spec.add_argument("--n-permutations", type=_positive_int, default=5000)
+    spec.add_argument("--specificity-maps", choices=["t", "binarized", "liebermeister"],
+                      default="t", help="compare unthresholded t-maps, binarized maps by "
+                      "permutation, or binarized maps by the Liebermeister test")
+    spec.add_argument("--no-tfce", action="store_true", help="voxel-wise t without TFCE")
+    spec.add_argument("--random-seed", type=int, default=0,
+                      help="seed of every random draw (relocations, permutations)")
+
     perf = parser.add_argument_group("performance and execution")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,
                       help="nipype working directory (caches; a re-run resumes from it); "
@@ -100,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="storage of the prepared time series in the work directory: "
                       "float32 is exact; int16 halves the bytes read (r within 1e-5)")
     perf.add_argument("--nipype-plugin", default="MultiProc",
-                      choices=["MultiProc", "Linear"], help="nipype execution plugin")
+                      choices=["MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "PBS"],
+                      help="nipype execution plugin (cluster plugins submit one job per node)")
+    perf.add_argument("--plugin-config", type=Path, default=None, metavar="FILE",
+                      help="JSON or YAML file of nipype plugin_args (e.g. sbatch_args)")
+    perf.add_argument("--mem-gb", type=_positive_float, default=None,
+                      help="memory available to MultiProc, in GB")
     perf.add_argument("--skip-participant-maps", action="store_true",
                       help="participant level: prepare the time series only, write no maps")
     perf.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity",
@@ -144,6 +179,20 @@ def parse_args(argv: list[str] | None = None) -> Config:
         batch_size=args.batch_size,
         nprocs=args.nprocs,
         nipype_plugin=args.nipype_plugin,
+        plugin_config=args.plugin_config.expanduser().resolve() if args.plugin_config else None,
+        mem_gb=args.mem_gb,
         verbosity=args.verbosity,
         write_participant_maps=not args.skip_participant_maps,
+        t_thresholds=tuple(args.t_thresholds),
+        sphere_diameters=tuple(args.sphere_diameters),
+        per_coordinate=args.per_coordinate,
+        subgroups=tuple(args.subgroups),
+        primary_sets=tuple(args.primary_sets),
+        specificity=args.specificity,
+        control_sets=tuple(args.control_sets) if args.control_sets else None,
+        random_relocations=args.random_relocations,
+        n_permutations=args.n_permutations,
+        specificity_maps=args.specificity_maps,
+        tfce=not args.no_tfce,
+        random_seed=args.random_seed,
     )

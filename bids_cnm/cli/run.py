@@ -21,7 +21,14 @@ import numpy as np
 from bids_cnm import __version__
 from bids_cnm.cli.parser import parse_args
 from bids_cnm.config import Config
-from bids_cnm.errors import CNMError, OutputError, ReadError
+from bids_cnm.errors import (
+    CNMError,
+    UsageError,
+    InputDataError,
+    MissingInputError,
+    OutputError,
+    ReadError,
+)
 from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
 from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import bids_name
@@ -44,6 +51,97 @@ def setup_logging(verbosity: int) -> None:
 
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(nipype_level)
+
+
+def check_columns(config: Config, table) -> None:
+    """The sets and columns the command line names must exist in the coordinate table."""
+    source = config.coordinates
+    for column in config.subgroups:
+        if column not in table.columns:
+            raise UsageError(
+                f"--subgroups {column}: {source} has no column '{column}' (columns: "
+                f"{', '.join(map(str, table.columns))})."
+            )
+    sets = set(table["set"])
+    for flag, names in (("--primary-sets", config.primary_sets),
+                        ("--control-sets", config.control_sets or ())):
+        missing = sorted(set(names) - sets)
+        if missing:
+            raise UsageError(
+                f"{flag} {' '.join(missing)}: no such set in {source} (sets: "
+                f"{', '.join(sorted(sets))}); see its 'set' column."
+            )
+
+
+def control_sets(config: Config, seeds_table) -> list[str]:
+    """Control groups of the specificity tests: the named or all other coordinate sets,
+    plus the randomly relocated studies."""
+    from bids_cnm.analyses.specificity import RANDOM_SET
+    from bids_cnm.outputs import NON_NETWORK_SETS
+
+    if config.control_sets is not None:
+        names = list(config.control_sets)
+    else:
+        names = [s for s in dict.fromkeys(seeds_table["set"])
+                 if s not in config.primary_sets and s not in NON_NETWORK_SETS
+                 and s != RANDOM_SET]
+    counts = seeds_table[seeds_table["variant"] == "main"]["set"].value_counts()
+    kept = []
+    for name in names:
+        if counts.get(name, 0) < 2:
+            LOGGER.warning("specificity: set '%s' has %d study network(s); a two-sample test "
+                           "needs at least 2, so it is skipped", name, counts.get(name, 0))
+        else:
+            kept.append(name)
+    if config.random_relocations > 0:
+        kept.append(RANDOM_SET)
+    return kept
+
+
+def build_seeds(config: Config, connectome: Connectome, table, support):
+    """All seeds of one pass: main study seeds, sensitivity variants, relocated controls."""
+    from bids_cnm.analyses.specificity import relocate_coordinates
+    from bids_cnm.seeds import concat_seeds
+    from bids_cnm.stats.overlap import threshold_label
+
+    def seeds_for(data, warn: bool, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            made = make_seeds(data, connectome.shape, connectome.affine, support,
+                              source=str(config.coordinates), **kwargs)
+        if warn:
+            for warning in caught:
+                LOGGER.warning("%s", warning.message)
+        return made
+
+    parts = [seeds_for(table, True, diameter=config.sphere_diameter)]
+    for diameter in config.sphere_diameters:
+        if diameter != config.sphere_diameter:
+            tag = f"d{threshold_label(diameter)}mm"
+            parts.append(seeds_for(table, False, diameter=diameter, variant=tag, id_suffix=tag))
+    if config.per_coordinate:
+        parts.append(seeds_for(table, False, diameter=config.sphere_diameter, per="coordinate",
+                               variant="percoord"))
+    if config.specificity and config.random_relocations > 0:
+        where = support if support is not None else data_support(connectome)
+        relocated = relocate_coordinates(
+            table, where, connectome.affine, config.random_relocations, config.random_seed,
+            sets=list(config.primary_sets),
+        )
+        parts.append(seeds_for(relocated, False, diameter=config.sphere_diameter))
+    seeds = concat_seeds(*parts)
+    LOGGER.info(
+        "coordinates: %d in %d studies, sets %s; %d seed(s) in one pass (%s)",
+        len(table), table["study"].nunique(), sorted(table["set"].unique()), len(seeds),
+        ", ".join(f"{v}: {n}" for v, n in seeds.table["variant"].value_counts().items()),
+    )
+    return seeds
+
+
+def data_support(connectome: Connectome) -> np.ndarray:
+    """Voxels whose first BOLD volume is non-zero in the first subject (no brain masks)."""
+    img = nb.load(connectome.reference)
+    return np.asarray(img.dataobj[..., 0]) != 0
 
 
 def connectivity_hash(config: Config, seeds_hash: str) -> str:
@@ -103,29 +201,10 @@ def resolve_inputs(config: Config) -> RunInputs:
         res=config.res,
         bold_desc=config.bold_desc,
     )
-    LOGGER.info(
-        "connectome: %d subject(s) (%s), space-%s%s, grid %s",
-        len(connectome.subjects),
-        ", ".join(connectome.labels[:8]) + (" …" if len(connectome.subjects) > 8 else ""),
-        connectome.space,
-        f" res-{connectome.res}" if connectome.res else "",
-        "x".join(map(str, connectome.shape)),
-    )
     table = read_coordinates(config.coordinates)
+    check_columns(config, table)
     support = support_mask(connectome)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        seeds = make_seeds(
-            table, connectome.shape, connectome.affine, support,
-            diameter=config.sphere_diameter, source=str(config.coordinates),
-        )
-    for warning in caught:
-        LOGGER.warning("%s", warning.message)
-    LOGGER.info(
-        "coordinates: %d in %d studies, sets %s; %d seed(s) of %g mm spheres",
-        len(table), table["study"].nunique(), sorted(table["set"].unique()), len(seeds),
-        config.sphere_diameter,
-    )
+    seeds = build_seeds(config, connectome, table, support)
     digest = seeds_digest(seeds)
     seeds_file = config.work_dir / f"seeds_{digest}.npz"
     if not seeds_file.exists():
@@ -149,8 +228,9 @@ def resolve_inputs(config: Config) -> RunInputs:
             "space": connectome.space,
         },
         entities=grid_entities(connectome.task, connectome.space, connectome.res),
-        thresholds=[config.t_threshold],
+        thresholds=[config.t_threshold, *config.t_thresholds],
         provenance={"ConnectivityHash": connectivity_hash(config, digest), "SeedsHash": digest},
+        control_sets=control_sets(config, seeds.table) if config.specificity else [],
     )
 
 
@@ -212,9 +292,7 @@ def run(config: Config) -> int:
             "remove_unnecessary_outputs": False,
         }
     )
-    plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
-    if config.mem_gb:
-        plugin_args["memory_gb"] = config.mem_gb
+    plugin_args = plugin_arguments(config)
     LOGGER.info(
         "running %s level with %s (%d process(es)); work directory %s",
         config.analysis_level, config.nipype_plugin, config.nprocs, config.work_dir,
@@ -228,6 +306,32 @@ def run(config: Config) -> int:
         raise _error_from_crash(crash_dir, started - 1) from exc
     LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
     return 0
+
+
+def plugin_arguments(config: Config) -> dict:
+    """nipype ``plugin_args``: MultiProc settings, then the --plugin-config file on top."""
+    args: dict = {}
+    if config.nipype_plugin == "MultiProc":
+        args = {"n_procs": config.nprocs, "raise_insufficient": False}
+        if config.mem_gb:
+            args["memory_gb"] = config.mem_gb
+    if config.plugin_config is not None:
+        path = config.plugin_config
+        if not path.exists():
+            raise MissingInputError(f"--plugin-config {path} does not exist.")
+        try:
+            import yaml
+
+            loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except Exception as exc:
+            raise InputDataError(f"{path}: not valid JSON/YAML ({exc}).") from exc
+        if not isinstance(loaded, dict):
+            raise InputDataError(
+                f"{path}: must hold a mapping of nipype plugin_args "
+                "(e.g. {\"sbatch_args\": \"--time=1:00:00\"})."
+            )
+        args.update(loaded.get("plugin_args", loaded))
+    return args
 
 
 def load_seed_ids(inputs: RunInputs) -> list[str]:

@@ -26,6 +26,7 @@ from nipype.interfaces.base import (
 )
 
 from bids_cnm import connectivity, outputs
+from bids_cnm.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter
 from bids_cnm.seeds import load_seeds
 from bids_cnm.timeseries import open_prepared, prepare_subject, valid_mask
@@ -184,14 +185,54 @@ class AccumulateFromMaps(SimpleInterface):
         return runtime
 
 
-class _GroupOutputsInputSpec(BaseInterfaceInputSpec):
+class _ReduceInputSpec(BaseInterfaceInputSpec):
     stats = InputMultiObject(File(exists=True), mandatory=True)
     seeds = File(exists=True, mandatory=True)
     voxels = File(exists=True, mandatory=True)
+
+
+class _ReduceOutputSpec(TraitedSpec):
+    results = File(exists=True, desc="GroupResults (.npz)")
+
+
+class ReduceConnectivity(SimpleInterface):
+    """Merge the batches' running sums into mean r, mean z and t of every seed."""
+
+    input_spec = _ReduceInputSpec
+    output_spec = _ReduceOutputSpec
+
+    def _run_interface(self, runtime):
+        stats = connectivity.RunningStats.load(self.inputs.stats[0])
+        for path in self.inputs.stats[1:]:
+            stats.merge(connectivity.RunningStats.load(path))
+        final = stats.finalize()
+        big = np.finfo(np.float32).max
+        # a seed voxel with itself has zero variance: keep t finite (and storable)
+        t = np.clip(np.nan_to_num(final["t"], posinf=big, neginf=-big), -big, big)
+        results = GroupResults(
+            seeds=load_seeds(self.inputs.seeds),
+            voxels=np.load(self.inputs.voxels),
+            r=final["r"].astype(np.float32),
+            z=final["z"].astype(np.float32),
+            t=t.astype(np.float32),
+            n_subjects=stats.n,
+        )
+        out = results.save(Path(runtime.cwd) / "results.npz", self.inputs.seeds)
+        LOGGER.info("group level: t-maps of %d seeds over %d subjects", len(results.seeds),
+                    stats.n)
+        self._results["results"] = str(out)
+        return runtime
+
+
+class _GroupOutputsInputSpec(BaseInterfaceInputSpec):
+    results = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     writer = traits.Dict(mandatory=True, desc="DerivativesWriter arguments")
     entities = traits.Dict(mandatory=True)
-    thresholds = traits.List(traits.Float, mandatory=True)
+    threshold = traits.Float(mandatory=True, desc="main |t| threshold")
+    thresholds = traits.List(traits.Float, desc="other |t| thresholds")
+    primary_sets = traits.List(traits.Str, value=["primary"], usedefault=True)
+    subgroups = traits.List(traits.Str, desc="seed metadata columns defining subgroups")
     sources = traits.List(traits.Str)
 
 
@@ -200,23 +241,18 @@ class _FilesOutputSpec(TraitedSpec):
 
 
 class GroupOutputs(SimpleInterface):
-    """Reduce the batches' sums and write the group-level maps."""
+    """Write the seeds, the seed maps, and every overlap network and sensitivity table."""
 
     input_spec = _GroupOutputsInputSpec
     output_spec = _FilesOutputSpec
 
     def _run_interface(self, runtime):
-        stats = connectivity.RunningStats.load(self.inputs.stats[0])
-        for path in self.inputs.stats[1:]:
-            stats.merge(connectivity.RunningStats.load(path))
-        results = stats.finalize()
-        seeds = load_seeds(self.inputs.seeds)
-        voxels = np.load(self.inputs.voxels)
+        results = GroupResults.load(self.inputs.results)
         writer = _writer(self.inputs.writer)
         writer.write_dataset_description()
         entities = dict(self.inputs.entities)
         sources = list(self.inputs.sources)
-        files = outputs.write_seeds(writer, seeds, entities)
+        files = outputs.write_seeds(writer, results.seeds, entities)
         mask_img = nb.load(self.inputs.mask)
         files.append(
             writer.write_map(
@@ -228,10 +264,52 @@ class GroupOutputs(SimpleInterface):
                 suffix="mask",
             )
         )
-        files += outputs.write_group_maps(
-            writer, results, voxels, seeds, entities, self.inputs.thresholds, stats.n, sources
+        files += outputs.write_seed_maps(writer, results, entities, sources)
+        files += outputs.write_networks(
+            writer, results, entities, self.inputs.threshold, self.inputs.thresholds,
+            self.inputs.primary_sets, self.inputs.subgroups, sources,
         )
         LOGGER.info("group level: wrote %d files to %s", len(files), writer.root)
+        self._results["out_files"] = [str(f) for f in files]
+        return runtime
+
+
+class _SpecificityInputSpec(BaseInterfaceInputSpec):
+    results = File(exists=True, mandatory=True)
+    primary_set = traits.Str(mandatory=True)
+    control_set = traits.Str(mandatory=True)
+    n_permutations = traits.Int(5000, usedefault=True)
+    tfce = traits.Bool(True, usedefault=True)
+    maps = traits.Enum("t", "binarized", "liebermeister", usedefault=True)
+    threshold = traits.Float(5.1, usedefault=True)
+    random_seed = traits.Int(0, usedefault=True)
+    writer = traits.Dict(mandatory=True)
+    entities = traits.Dict(mandatory=True)
+
+
+class Specificity(SimpleInterface):
+    """Permutation test of a primary set's networks against one control group."""
+
+    input_spec = _SpecificityInputSpec
+    output_spec = _FilesOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_cnm.analyses.specificity import compare_networks
+
+        results = GroupResults.load(self.inputs.results)
+        result = compare_networks(
+            results, self.inputs.primary_set, self.inputs.control_set,
+            n_permutations=self.inputs.n_permutations, tfce=self.inputs.tfce,
+            maps=self.inputs.maps, threshold=self.inputs.threshold,
+            random_state=self.inputs.random_seed,
+        )
+        files = outputs.write_specificity(
+            _writer(self.inputs.writer), results, result, dict(self.inputs.entities),
+            self.inputs.primary_set,
+            settings={"Method": result.method, "NumberOfPermutations": result.n_permutations,
+                      "Maps": self.inputs.maps, "RandomSeed": self.inputs.random_seed,
+                      "Threshold": self.inputs.threshold},
+        )
         self._results["out_files"] = [str(f) for f in files]
         return runtime
 

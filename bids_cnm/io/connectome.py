@@ -24,7 +24,7 @@ from bids_cnm.errors import (
     where,
 )
 
-LOGGER = logging.getLogger("bids_cnm.connectome")
+LOGGER = logging.getLogger("bids_cnm")
 
 _AFFINE_TOL = 1e-4
 
@@ -255,9 +255,10 @@ def index_connectome(
 
     shape, affine = check_grid(subjects)
     LOGGER.info(
-        "connectome %s: %d subjects, %d runs, space-%s%s, grid %s",
+        "connectome %s: %d subject(s) (%s), %d run(s), space-%s%s, grid %s",
         root,
         len(subjects),
+        ", ".join(s.label for s in subjects[:8]) + (" …" if len(subjects) > 8 else ""),
         sum(len(s.bold) for s in subjects),
         space,
         f" res-{res}" if res else "",

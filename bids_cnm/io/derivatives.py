@@ -2,8 +2,9 @@
 
 Names follow BIDS with four entities BIDS does not define yet, registered in
 the pybids config shipped with the package (``bids_cnm/data/bids_cnm_config.json``):
-``seed-<id>``, ``stat-<r|z|t>``, ``set-<name>`` and ``thresh-<T>`` (``5p1`` for
-5.1).  See ``docs/outputs.md`` for the full scheme.
+``seed-<id>``, ``stat-<r|z|t|...>``, ``set-<name>``, ``thresh-<T>`` (``5p1`` for
+5.1), ``variant-<label>`` (sensitivity variants) and ``control-<set>``
+(specificity comparisons).  See ``docs/outputs.md`` for the full scheme.
 
 Every file is written to a temporary name in its final folder and renamed into
 place, so a crash never leaves a half-written output behind.
@@ -26,7 +27,8 @@ from bids_cnm.errors import OutputError
 
 #: order of entities in file names (BIDS order, then ours)
 ENTITY_ORDER = (
-    "sub", "ses", "task", "run", "space", "res", "set", "seed", "thresh", "stat", "desc",
+    "sub", "ses", "task", "run", "space", "res", "set", "control", "variant", "seed", "thresh",
+    "stat", "desc",
 )
 CODE_URL = "https://github.com/bids-cnm/bids_cnm"
 PYBIDS_CONFIG = Path(__file__).resolve().parent.parent / "data" / "bids_cnm_config.json"

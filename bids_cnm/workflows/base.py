@@ -23,6 +23,8 @@ from bids_cnm.interfaces.cnm import (
     GroupOutputs,
     ParticipantMaps,
     PrepareTimeseries,
+    ReduceConnectivity,
+    Specificity,
 )
 from bids_cnm.io.connectome import Connectome, SubjectData
 
@@ -40,10 +42,15 @@ class RunInputs:
     thresholds: list[float]
     provenance: dict = field(default_factory=dict)
     reuse_maps: dict[str, list[str]] | None = None
+    control_sets: list[str] = field(default_factory=list)
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]", "_", label)
 
 
 def _node_name(prefix: str, label: str) -> str:
-    return f"{prefix}_sub_{re.sub(r'[^a-zA-Z0-9]', '_', label)}"
+    return f"{prefix}_sub_{_safe(label)}"
 
 
 def init_prepare_node(subject: SubjectData, config: Config) -> pe.Node:
@@ -137,18 +144,6 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
         # the participant level wrote each subject's valid-voxel mask last
         mask.inputs.masks = [inputs.reuse_maps[s.label][-1] for s in subjects]
 
-    outputs = pe.Node(
-        GroupOutputs(
-            seeds=str(inputs.seeds_file),
-            writer=inputs.writer,
-            entities=inputs.entities,
-            thresholds=list(inputs.thresholds),
-            sources=[f"bids:connectome:sub-{s.label}" for s in subjects],
-        ),
-        name="group_outputs",
-    )
-    workflow.connect([(mask, outputs, [("voxels", "voxels"), ("mask", "mask")])])
-
     if inputs.reuse_maps is not None:
         from bids_cnm.seeds import load_seeds
 
@@ -179,5 +174,40 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
                 (mask, accumulate, [("voxels", "voxels")]),
                 (accumulate, gather, [("stats", f"in{b + 1}")]),
             ])
-    workflow.connect(gather, "out", outputs, "stats")
+    reduce = pe.Node(ReduceConnectivity(seeds=str(inputs.seeds_file)), name="reduce",
+                     mem_gb=2.0)
+    workflow.connect([
+        (gather, reduce, [("out", "stats")]),
+        (mask, reduce, [("voxels", "voxels")]),
+    ])
+    outputs = pe.Node(
+        GroupOutputs(
+            writer=inputs.writer,
+            entities=inputs.entities,
+            threshold=inputs.thresholds[0],
+            thresholds=list(inputs.thresholds[1:]),
+            primary_sets=list(config.primary_sets),
+            subgroups=list(config.subgroups),
+            sources=[f"bids:connectome:sub-{s.label}" for s in subjects],
+        ),
+        name="group_outputs",
+    )
+    workflow.connect([
+        (reduce, outputs, [("results", "results")]),
+        (mask, outputs, [("mask", "mask")]),
+    ])
+    for primary in config.primary_sets if inputs.control_sets else ():
+        for control in inputs.control_sets:
+            test = pe.Node(
+                Specificity(
+                    primary_set=primary, control_set=control,
+                    n_permutations=config.n_permutations, tfce=config.tfce,
+                    maps=config.specificity_maps, threshold=config.t_threshold,
+                    random_seed=config.random_seed, writer=inputs.writer,
+                    entities=inputs.entities,
+                ),
+                name=f"specificity_{_safe(primary)}_vs_{_safe(control)}",
+                mem_gb=2.0,
+            )
+            workflow.connect(reduce, "results", test, "results")
     return workflow

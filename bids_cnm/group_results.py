@@ -1,0 +1,106 @@
+"""The group-level results every downstream analysis reads.
+
+One pass over the connectome yields, for every seed (studies, variants,
+random relocations, DBS VATs, reference seeds alike), the mean r, mean z and
+t-map over the analysis mask.  :class:`GroupResults` bundles them with the seeds'
+table so analyses (sensitivity, specificity, validation, DBS) select seeds by
+their ``set`` and ``variant`` columns and never touch the connectome again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bids_cnm.io.derivatives import unmask
+from bids_cnm.seeds import Seeds, load_seeds
+
+
+@dataclass
+class GroupResults:
+    """Group-level maps of all seeds over the analysis mask.
+
+    Attributes
+    ----------
+    seeds : Seeds
+        ``seeds.table`` has at least ``id``, ``set``, ``study``, ``variant``.
+    voxels : ndarray of int64, shape (V,)
+        Flat indices of the analysis mask in the grid ``seeds.shape``.
+    r, z, t : ndarray of float32, shape (V, K)
+        Mean r, mean Fisher z and one-sample t per voxel and seed (seed order of
+        ``seeds.table``); t is finite (±float32 max where z has no variance).
+    n_subjects : int
+    node_values : ndarray, shape (n_subjects, K, N), optional
+        Per-subject mean Fisher z of every seed within each ROI node (ROI-to-ROI).
+    node_table : list of dict, optional
+        One entry per node (``name``, ``network``, ...).
+    """
+
+    seeds: Seeds
+    voxels: np.ndarray
+    r: np.ndarray
+    z: np.ndarray
+    t: np.ndarray
+    n_subjects: int
+    node_values: np.ndarray | None = None
+    node_table: list[dict] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Grid shape."""
+        return self.seeds.shape
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Grid affine."""
+        return self.seeds.affine
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The analysis mask as a 3-D boolean array."""
+        out = np.zeros(int(np.prod(self.shape)), dtype=bool)
+        out[self.voxels] = True
+        return out.reshape(self.shape)
+
+    def columns(self, set_name: str | None = None, variant: str | None = "main") -> np.ndarray:
+        """Column indices of the seeds of a set and variant (``None`` matches any)."""
+        table = self.seeds.table
+        keep = np.ones(len(table), dtype=bool)
+        if set_name is not None:
+            keep &= (table["set"] == set_name).to_numpy()
+        if variant is not None:
+            keep &= (table["variant"] == variant).to_numpy()
+        return np.flatnonzero(keep)
+
+    def volume(self, values: np.ndarray) -> np.ndarray:
+        """Put a (V,) or (V, K) array on the 3-D grid."""
+        return unmask(values, self.voxels, self.shape)
+
+    def save(self, path: str | Path, seeds_file: str | Path) -> Path:
+        """Write to ``.npz`` (the seeds are referenced by their file)."""
+        path = Path(path)
+        extra = {}
+        if self.node_values is not None:
+            extra["node_values"] = self.node_values
+        np.savez(
+            path, seeds_file=str(seeds_file), voxels=self.voxels, r=self.r, z=self.z, t=self.t,
+            n_subjects=self.n_subjects, **extra,
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> GroupResults:
+        """Read results written by :meth:`save`."""
+        with np.load(path) as f:
+            seeds = load_seeds(str(f["seeds_file"]))
+            return cls(
+                seeds=seeds,
+                voxels=f["voxels"],
+                r=f["r"],
+                z=f["z"],
+                t=f["t"],
+                n_subjects=int(f["n_subjects"]),
+                node_values=f["node_values"] if "node_values" in f else None,
+            )
