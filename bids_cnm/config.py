@@ -102,6 +102,14 @@ class Config:
         Threshold-free cluster enhancement in the specificity test.
     random_seed : int
         Seed of every random draw (relocations, permutations).
+    analysis_plan : Path or None
+        Validation / DBS / ALE plan file (JSON or YAML).
+    compare_connectome : Path or None
+        A second connectome on which the main network is computed too.
+    compare_participant_filter : tuple of (str, str)
+        Cohort of the second pass (on ``compare_connectome`` or on BIDS_DIR).
+    compare_label : str or None
+        Name of the second pass in file names.
     """
 
     bids_dir: Path
@@ -138,6 +146,9 @@ class Config:
     tfce: bool = True
     random_seed: int = 0
     analysis_plan: Path | None = None
+    compare_connectome: Path | None = None
+    compare_participant_filter: tuple[tuple[str, str], ...] = ()
+    compare_label: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:

@@ -296,3 +296,45 @@ def write_specificity(
     LOGGER.info("specificity %s vs %s: %d significant voxels", primary_set, result.control,
                 int((significant != 0).sum()))
     return paths
+
+
+def write_connectome_comparison(
+    writer: DerivativesWriter,
+    results: GroupResults,
+    other: GroupResults,
+    label: str,
+    entities: dict,
+    threshold: float,
+    primary_sets: Iterable[str],
+    sources: list[str],
+) -> list[Path]:
+    """The main network computed on another connectome or cohort, and its likeness.
+
+    Writes the other connectome's overlap maps (``variant-connectome<label>``) and
+    ``desc-connectomes_correlations.tsv``: the spatial correlation of the two
+    signed overlap maps over the voxels both analysis masks share.
+    """
+    paths = []
+    tag = seed_label(f"connectome{label}")
+    for set_name in primary_sets:
+        variants = enumerate_variants(results, set_name, threshold)[:1]
+        mine = variant_maps(results, variants)["main"]["overlap"]
+        theirs_variant = Variant(f"connectome-{label}", set_name, "main", threshold,
+                                 tuple(other.columns(set_name, "main")), tag)
+        theirs = variant_maps(other, [theirs_variant])[theirs_variant.label]
+        paths += write_network(writer, other, theirs_variant, theirs, entities, sources)
+        shared = np.intersect1d(results.voxels, other.voxels)
+        a = mine[np.searchsorted(results.voxels, shared)]
+        b = theirs["overlap"][np.searchsorted(other.voxels, shared)]
+        r = correlation_matrix({"main": a, tag: b}).iloc[0, 1]
+        table = pd.DataFrame({
+            "network": ["main", theirs_variant.label],
+            "n_subjects": [results.n_subjects, other.n_subjects],
+            "r_with_main": [1.0, r],
+            "n_voxels_compared": [len(shared), len(shared)],
+        })
+        ents = dict(entities, set=seed_label(set_name), desc="connectomes")
+        paths.append(write_tsv(writer.path(ents, "correlations", ".tsv"), table))
+        LOGGER.info("set %s: network on connectome '%s' correlates r = %.3f with the main one",
+                    set_name, label, r)
+    return paths

@@ -143,3 +143,21 @@ def test_cli_sensitivity_and_specificity(tiny_connectome, tmp_path):
         assert (out / f"{stem}_desc-significant_clusters.tsv").exists()
         sidecar = json.loads((out / f"{stem}_stat-tfce_boldmap.json").read_text())
         assert sidecar["NumberOfPermutations"] == 40
+
+
+def test_cli_compare_cohort(tiny_connectome, tiny_coordinates, tmp_path):
+    """The same network on a second cohort of the same connectome, and the likeness table."""
+    out = tmp_path / "out"
+    assert main([str(tiny_connectome), str(out), "group", "--coordinates", str(tiny_coordinates),
+                 "-w", str(tmp_path / "w"), "--participant-filter", "group=HC",
+                 "--compare-participant-filter", "group=IGE", "--nipype-plugin", "Linear"]) == 0
+    prefix = f"{ENTS}_set-primary"
+    other = out / f"{prefix}_variant-connectomeIGE_thresh-5p1_desc-overlap_boldmap.nii.gz"
+    assert other.exists()
+    table = pd.read_csv(out / f"{prefix}_desc-connectomes_correlations.tsv", sep="\t")
+    assert list(table["n_subjects"]) == [4, 4]
+    main_map = nb.load(out / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz").get_fdata()
+    mask = nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").get_fdata() > 0
+    expected = np.corrcoef(main_map[mask], nb.load(other).get_fdata()[mask])[0, 1]
+    assert table["r_with_main"].iloc[1] == pytest.approx(expected, abs=1e-6)
+    assert expected > 0.3  # both cohorts carry the same planted network

@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--subgroups", nargs="+", default=[], metavar="COLUMN",
                       help="coordinate-table columns (e.g. modality subtype): the network of "
                       "each level and leaving each level out")
+    sens.add_argument("--compare-connectome", type=Path, default=None, metavar="DIR",
+                      help="a second connectome (BIDS derivatives) on which the main network "
+                      "is computed too")
+    sens.add_argument("--compare-participant-filter", nargs="+", default=[], type=_filter,
+                      metavar="COLUMN=VALUE",
+                      help="cohort of the second pass (of --compare-connectome, or of "
+                      "bids_dir when only this is given), e.g. group=IGE")
+    sens.add_argument("--compare-label", default=None,
+                      help="name of the second pass in file names (default: from the "
+                      "folder or the filter)")
     sens.add_argument("--primary-sets", nargs="+", default=["primary"], metavar="SET",
                       help="coordinate sets of the disease's studies")
 
@@ -195,4 +205,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         specificity_maps=args.specificity_maps,
         tfce=not args.no_tfce,
         random_seed=args.random_seed,
+        compare_connectome=(args.compare_connectome.expanduser().resolve()
+                            if args.compare_connectome else None),
+        compare_participant_filter=tuple(args.compare_participant_filter),
+        compare_label=args.compare_label,
     )

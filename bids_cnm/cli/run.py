@@ -138,6 +138,32 @@ def build_seeds(config: Config, connectome: Connectome, table, support):
     return seeds
 
 
+def compare_pass(config: Config, connectome: Connectome) -> dict:
+    """The second connectome or cohort (``--compare-*``), on the main one's grid."""
+    if config.compare_connectome is None and not config.compare_participant_filter:
+        return {}
+    root = config.compare_connectome or config.bids_dir
+    other = index_connectome(
+        root,
+        participant_filter=config.compare_participant_filter,
+        task=connectome.task,
+        space=connectome.space,
+        res=connectome.res,
+        bold_desc=config.bold_desc,
+    )
+    if other.shape != connectome.shape or not np.allclose(other.affine, connectome.affine,
+                                                           atol=1e-4):
+        raise InputDataError(
+            f"grid mismatch: {other.reference} (--compare-connectome) is not on the grid of "
+            f"{connectome.reference}; both connectomes must share one template grid."
+        )
+    label = config.compare_label or (
+        "".join(v for _, v in config.compare_participant_filter)
+        if config.compare_connectome is None else Path(root).name
+    )
+    return {"compare": other, "compare_label": label}
+
+
 def data_support(connectome: Connectome) -> np.ndarray:
     """Voxels whose first BOLD volume is non-zero in the first subject (no brain masks)."""
     img = nb.load(connectome.reference)
@@ -231,6 +257,7 @@ def resolve_inputs(config: Config) -> RunInputs:
         thresholds=[config.t_threshold, *config.t_thresholds],
         provenance={"ConnectivityHash": connectivity_hash(config, digest), "SeedsHash": digest},
         control_sets=control_sets(config, seeds.table) if config.specificity else [],
+        **compare_pass(config, connectome),
     )
 
 

@@ -314,6 +314,34 @@ class Specificity(SimpleInterface):
         return runtime
 
 
+class _CompareInputSpec(BaseInterfaceInputSpec):
+    results = File(exists=True, mandatory=True)
+    compare_results = File(exists=True, mandatory=True)
+    label = traits.Str(mandatory=True)
+    writer = traits.Dict(mandatory=True)
+    entities = traits.Dict(mandatory=True)
+    threshold = traits.Float(mandatory=True)
+    primary_sets = traits.List(traits.Str, value=["primary"], usedefault=True)
+    sources = traits.List(traits.Str)
+
+
+class CompareConnectome(SimpleInterface):
+    """The main network on a second connectome or cohort, and how alike they are."""
+
+    input_spec = _CompareInputSpec
+    output_spec = _FilesOutputSpec
+
+    def _run_interface(self, runtime):
+        files = outputs.write_connectome_comparison(
+            _writer(self.inputs.writer), GroupResults.load(self.inputs.results),
+            GroupResults.load(self.inputs.compare_results), self.inputs.label,
+            dict(self.inputs.entities), self.inputs.threshold, self.inputs.primary_sets,
+            list(self.inputs.sources),
+        )
+        self._results["out_files"] = [str(f) for f in files]
+        return runtime
+
+
 class _ParticipantMapsInputSpec(BaseInterfaceInputSpec):
     prepared = Directory(exists=True, mandatory=True)
     seeds = File(exists=True, mandatory=True)

@@ -20,6 +20,7 @@ from bids_cnm.interfaces.cnm import (
     AccumulateConnectivity,
     AccumulateFromMaps,
     AnalysisMask,
+    CompareConnectome,
     GroupOutputs,
     ParticipantMaps,
     PrepareTimeseries,
@@ -43,6 +44,8 @@ class RunInputs:
     provenance: dict = field(default_factory=dict)
     reuse_maps: dict[str, list[str]] | None = None
     control_sets: list[str] = field(default_factory=list)
+    compare: Connectome | None = None
+    compare_label: str = ""
 
 
 def _safe(label: str) -> str:
@@ -53,13 +56,13 @@ def _node_name(prefix: str, label: str) -> str:
     return f"{prefix}_sub_{_safe(label)}"
 
 
-def init_prepare_node(subject: SubjectData, config: Config) -> pe.Node:
+def init_prepare_node(subject: SubjectData, config: Config, prefix: str = "") -> pe.Node:
     """The node that prepares one subject's time series."""
     return pe.Node(
         PrepareTimeseries(
             bold=list(subject.bold), masks=list(subject.masks), dtype=config.cache_dtype
         ),
-        name=_node_name("prepare", subject.label),
+        name=_node_name(f"{prefix}prepare", subject.label),
         mem_gb=1.0,
     )
 
@@ -113,8 +116,87 @@ def batches(items: list, batch_size: int, min_batches: int = 1) -> list[list]:
     return out
 
 
+def init_connectivity_branch(
+    workflow: pe.Workflow,
+    inputs: RunInputs,
+    connectome: Connectome,
+    prefix: str = "",
+    reuse_maps: dict[str, list[str]] | None = None,
+) -> tuple[pe.Node, pe.Node]:
+    """Add one pass over a connectome: prepare, analysis mask, batched sums, reduce.
+
+    Parameters
+    ----------
+    workflow : Workflow
+        Where the nodes are added.
+    inputs : RunInputs
+    connectome : Connectome
+        The subjects of this pass.
+    prefix : str
+        Prefix of node names (another connectome's pass must not share the
+        main pass's nodes); preparation nodes are shared when the BOLD files are.
+    reuse_maps : dict, optional
+        Participant z-maps to read instead of computing connectivity.
+
+    Returns
+    -------
+    mask, reduce : Node
+        Nodes with outputs ``mask``/``voxels`` and ``results``.
+    """
+    config = inputs.config
+    subjects = list(connectome.subjects)
+    mask = pe.Node(AnalysisMask(), name=f"{prefix}analysis_mask")
+    if inputs.support_file is not None:
+        mask.inputs.support = str(inputs.support_file)
+    if reuse_maps is None:
+        prepares = [init_prepare_node(s, config, prefix if connectome.root !=
+                                      inputs.connectome.root else "") for s in subjects]
+        collect = pe.Node(niu.Merge(len(prepares)), name=f"{prefix}collect_prepared")
+        for i, node in enumerate(prepares, 1):
+            workflow.connect(node, "prepared", collect, f"in{i}")
+        workflow.connect(collect, "out", mask, "prepared")
+        groups = batches(list(range(len(subjects))), config.batch_size, config.nprocs)
+        gather = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_stats")
+        for b, members in enumerate(groups):
+            merge = pe.Node(niu.Merge(len(members)), name=f"{prefix}collect_batch_{b}")
+            for j, i in enumerate(members, 1):
+                workflow.connect(prepares[i], "prepared", merge, f"in{j}")
+            accumulate = pe.Node(
+                AccumulateConnectivity(
+                    seeds=str(inputs.seeds_file), batch=f"{prefix}batch {b + 1}/{len(groups)}"
+                ),
+                name=f"{prefix}accumulate_batch_{b}",
+                mem_gb=2.0,
+            )
+            workflow.connect([
+                (merge, accumulate, [("out", "prepared")]),
+                (mask, accumulate, [("voxels", "voxels")]),
+                (accumulate, gather, [("stats", f"in{b + 1}")]),
+            ])
+    else:
+        # the participant level wrote each subject's valid-voxel mask last
+        mask.inputs.masks = [reuse_maps[s.label][-1] for s in subjects]
+        from bids_cnm.seeds import load_seeds
+
+        n_seeds = len(load_seeds(str(inputs.seeds_file)))
+        files = [f for s in subjects for f in reuse_maps[s.label][:-1]]
+        reader = pe.Node(
+            AccumulateFromMaps(zmaps=files, n_seeds=n_seeds), name=f"{prefix}accumulate_from_maps"
+        )
+        workflow.connect(mask, "voxels", reader, "voxels")
+        gather = pe.Node(niu.Merge(1), name=f"{prefix}collect_stats")
+        workflow.connect(reader, "stats", gather, "in1")
+    reduce = pe.Node(ReduceConnectivity(seeds=str(inputs.seeds_file)), name=f"{prefix}reduce",
+                     mem_gb=2.0)
+    workflow.connect([
+        (gather, reduce, [("out", "stats")]),
+        (mask, reduce, [("voxels", "voxels")]),
+    ])
+    return mask, reduce
+
+
 def init_group_wf(inputs: RunInputs) -> pe.Workflow:
-    """Group level: streamed connectivity sums, t-maps, overlap networks, peaks.
+    """Group level: streamed connectivity sums, t-maps, overlap networks, variants, tests.
 
     Connectivity is computed on the fly from the prepared time series, or read
     back from participant-level z-maps when ``inputs.reuse_maps`` is given.
@@ -130,56 +212,9 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
     config = inputs.config
     subjects = list(inputs.connectome.subjects)
     workflow = pe.Workflow(name="cnm_wf", base_dir=str(config.work_dir))
-
-    mask = pe.Node(AnalysisMask(), name="analysis_mask")
-    if inputs.support_file is not None:
-        mask.inputs.support = str(inputs.support_file)
-    if inputs.reuse_maps is None:
-        prepares = [init_prepare_node(s, config) for s in subjects]
-        collect = pe.Node(niu.Merge(len(prepares)), name="collect_prepared")
-        for i, node in enumerate(prepares, 1):
-            workflow.connect(node, "prepared", collect, f"in{i}")
-        workflow.connect(collect, "out", mask, "prepared")
-    else:
-        # the participant level wrote each subject's valid-voxel mask last
-        mask.inputs.masks = [inputs.reuse_maps[s.label][-1] for s in subjects]
-
-    if inputs.reuse_maps is not None:
-        from bids_cnm.seeds import load_seeds
-
-        n_seeds = len(load_seeds(str(inputs.seeds_file)))
-        files = [f for s in subjects for f in inputs.reuse_maps[s.label][:-1]]
-        reader = pe.Node(
-            AccumulateFromMaps(zmaps=files, n_seeds=n_seeds), name="accumulate_from_maps"
-        )
-        workflow.connect(mask, "voxels", reader, "voxels")
-        gather = pe.Node(niu.Merge(1), name="collect_stats")
-        workflow.connect(reader, "stats", gather, "in1")
-    else:
-        groups = batches(list(range(len(subjects))), config.batch_size, config.nprocs)
-        gather = pe.Node(niu.Merge(len(groups)), name="collect_stats")
-        for b, members in enumerate(groups):
-            merge = pe.Node(niu.Merge(len(members)), name=f"collect_batch_{b}")
-            for j, i in enumerate(members, 1):
-                workflow.connect(prepares[i], "prepared", merge, f"in{j}")
-            accumulate = pe.Node(
-                AccumulateConnectivity(
-                    seeds=str(inputs.seeds_file), batch=f"batch {b + 1}/{len(groups)}"
-                ),
-                name=f"accumulate_batch_{b}",
-                mem_gb=2.0,
-            )
-            workflow.connect([
-                (merge, accumulate, [("out", "prepared")]),
-                (mask, accumulate, [("voxels", "voxels")]),
-                (accumulate, gather, [("stats", f"in{b + 1}")]),
-            ])
-    reduce = pe.Node(ReduceConnectivity(seeds=str(inputs.seeds_file)), name="reduce",
-                     mem_gb=2.0)
-    workflow.connect([
-        (gather, reduce, [("out", "stats")]),
-        (mask, reduce, [("voxels", "voxels")]),
-    ])
+    mask, reduce = init_connectivity_branch(
+        workflow, inputs, inputs.connectome, reuse_maps=inputs.reuse_maps
+    )
     outputs = pe.Node(
         GroupOutputs(
             writer=inputs.writer,
@@ -210,4 +245,19 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
                 mem_gb=2.0,
             )
             workflow.connect(reduce, "results", test, "results")
+    if inputs.compare is not None:
+        _, compare_reduce = init_connectivity_branch(workflow, inputs, inputs.compare,
+                                                     prefix="compare_")
+        compare = pe.Node(
+            CompareConnectome(
+                label=inputs.compare_label, writer=inputs.writer, entities=inputs.entities,
+                threshold=inputs.thresholds[0], primary_sets=list(config.primary_sets),
+                sources=[f"bids:compare:sub-{s.label}" for s in inputs.compare.subjects],
+            ),
+            name="compare_connectome",
+        )
+        workflow.connect([
+            (reduce, compare, [("results", "results")]),
+            (compare_reduce, compare, [("results", "compare_results")]),
+        ])
     return workflow
