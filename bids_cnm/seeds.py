@@ -48,36 +48,36 @@ def sphere_voxels(
     shape : tuple of int
         Grid shape (3-D).
     affine : ndarray, shape (4, 4)
-        Voxel-to-world affine (flipped axes allowed).
+        Voxel-to-world affine (flipped, anisotropic or oblique axes allowed).
 
     Returns
     -------
     ndarray of int64
-        Sorted flat (C-order) indices; the nearest in-grid voxel when no voxel
-        centre lies within the radius; empty when the centre is off the grid.
+        Sorted flat (C-order) indices of the voxels whose centre is within the
+        radius (a relative tolerance of 1e-9 keeps voxels exactly on the
+        surface); the nearest voxel when none is; empty when the centre lies more
+        than one voxel outside the grid.
     """
-    center_mm = np.asarray(center_mm, dtype=float)
+    center = np.asarray(center_mm, dtype=float).reshape(3)
+    affine = np.asarray(affine, dtype=float)
+    shape = tuple(int(n) for n in shape[:3])
     radius = diameter_mm / 2.0
     inv = np.linalg.inv(affine)
-    center_vox = inv[:3, :3] @ center_mm + inv[:3, 3]
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    reach = np.ceil(radius / zooms).astype(int) + 1
-    lo = np.maximum(np.floor(center_vox).astype(int) - reach, 0)
-    hi = np.minimum(np.ceil(center_vox).astype(int) + reach, np.asarray(shape[:3]) - 1)
-    if np.any(lo > hi):
+    center_vox = inv[:3, :3] @ center + inv[:3, 3]
+    # a ball of radius r spans r * ||row i of inv(A)|| voxels along axis i (any affine)
+    half = radius * np.linalg.norm(inv[:3, :3], axis=1)
+    lo = np.maximum(np.floor(center_vox - half).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(center_vox + half).astype(int) + 1, np.asarray(shape) - 1)
+    if np.any(center_vox < -1) or np.any(center_vox > np.asarray(shape)) or np.any(lo > hi):
         return np.empty(0, dtype=np.int64)
     grid = np.stack(
         np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), axis=-1
     ).reshape(-1, 3)
-    world = grid @ affine[:3, :3].T + affine[:3, 3]
-    dist = np.linalg.norm(world - center_mm, axis=1)
-    inside = grid[dist <= radius + 1e-6]
+    dist = np.linalg.norm(grid @ affine[:3, :3].T + affine[:3, 3] - center, axis=1)
+    inside = grid[dist <= radius * (1 + 1e-9)]
     if len(inside) == 0:
-        nearest = grid[np.argmin(dist)]
-        if np.linalg.norm(nearest - center_vox) > 1.0:  # the centre is off the grid
-            return np.empty(0, dtype=np.int64)
-        inside = nearest[None]
-    return np.sort(np.ravel_multi_index(inside.T, shape[:3]).astype(np.int64))
+        inside = grid[[np.argmin(dist)]]
+    return np.sort(np.ravel_multi_index(inside.T, shape).astype(np.int64))
 
 
 def seed_label(text: str) -> str:

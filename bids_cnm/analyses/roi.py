@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputDataError, MissingInputError, ReadError
+from ..seeds import sphere_voxels
 
 LOGGER = logging.getLogger(__name__)
 
@@ -154,41 +155,18 @@ def sphere_mask(
     if not np.isfinite(diameter_mm) or diameter_mm <= 0:
         raise ValueError(f"sphere diameter must be > 0 mm, got {diameter_mm}")
     shape = tuple(int(s) for s in shape[:3])
-    affine = np.asarray(affine, dtype=float)
-    radius = diameter_mm / 2.0
-    mask = np.zeros(shape, dtype=bool)
-
-    c_vox = world_to_voxel(center, affine)
-    half = _box_half_extent(radius, affine)
-    lo = np.maximum(np.floor(c_vox - half).astype(int), 0)
-    hi = np.minimum(np.ceil(c_vox + half).astype(int), np.array(shape) - 1)
-    if np.all(hi >= lo):
-        grids = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij")
-        ijk = np.stack([g.ravel() for g in grids], axis=1)
-        dist = np.linalg.norm(voxel_to_world(ijk, affine) - center, axis=1)
-        inside = dist <= radius * (1 + 1e-9)
-        if inside.any():
-            sel = ijk[inside]
-            mask[sel[:, 0], sel[:, 1], sel[:, 2]] = True
-            return mask
-
-    # Fallback: the nearest voxel.  Only meaningful when the centre is in (or
-    # within one voxel of) the field of view; otherwise the coordinate is wrong.
-    if np.any(c_vox < -1) or np.any(c_vox > np.array(shape)):
+    voxels = sphere_voxels(center, diameter_mm, shape, affine)
+    if len(voxels) == 0:
+        c_vox = world_to_voxel(center, affine)
         raise InputDataError(
             f"coordinate ({center[0]:g}, {center[1]:g}, {center[2]:g}) mm lies outside the "
             f"image field of view (voxel {np.round(c_vox, 1).tolist()} on a grid of shape "
             f"{list(shape)}); check that the coordinate is in MNI mm and not in Talairach "
             "space or voxel indices"
         )
-    lo = np.clip(np.floor(c_vox).astype(int) - 1, 0, np.array(shape) - 1)
-    hi = np.clip(np.ceil(c_vox).astype(int) + 1, 0, np.array(shape) - 1)
-    grids = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij")
-    ijk = np.stack([g.ravel() for g in grids], axis=1)
-    dist = np.linalg.norm(voxel_to_world(ijk, affine) - center, axis=1)
-    i, j, k = ijk[int(np.argmin(dist))]
-    mask[i, j, k] = True
-    return mask
+    mask = np.zeros(int(np.prod(shape)), dtype=bool)
+    mask[voxels] = True
+    return mask.reshape(shape)
 
 
 def spheres_mask(
