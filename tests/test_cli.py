@@ -236,3 +236,12 @@ def test_unreadable_bold_in_node_keeps_exit_code(tmp_path, tiny_coordinates, cap
                          tiny_coordinates, "-w", tmp_path / "w", "--nipype-plugin", "Linear")
     assert code == EX_DATAERR and "sub-02" in err and "cannot read the image data" in err
     assert not list((tmp_path / "o").glob("*_boldmap.nii.gz"))
+
+
+def test_skip_participant_maps_prepares_only(tiny_connectome, tiny_coordinates, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert run_cli(tiny_connectome, out, "participant", "--coordinates", tiny_coordinates,
+                   "-w", work, "--participant-label", "03", "--skip-participant-maps",
+                   "--nipype-plugin", "Linear") == 0
+    assert not list(out.rglob("*_boldmap.nii.gz"))
+    assert (work / "cnm_wf" / "prepare_sub_03" / "prepared" / "meta.json").exists()

@@ -82,6 +82,10 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
     workflow = pe.Workflow(name="cnm_wf", base_dir=str(config.work_dir))
     for subject in inputs.connectome.subjects:
         prepare = init_prepare_node(subject, config)
+        if not config.write_participant_maps:
+            # only fill the work directory's cache (e.g. one cluster job per subject)
+            workflow.add_nodes([prepare])
+            continue
         maps = pe.Node(
             ParticipantMaps(
                 seeds=str(inputs.seeds_file),
