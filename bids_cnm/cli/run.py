@@ -292,14 +292,22 @@ def _error_from_crash(crash_dir: Path, since: float) -> CNMError:
     )
 
 
-def run(config: Config) -> int:
-    """Build and run the workflow of ``config.analysis_level``."""
+def run(config: Config, command: tuple[str, ...] = ()) -> int:
+    """Build and run the workflow of ``config.analysis_level``.
+
+    Parameters
+    ----------
+    config : Config
+    command : tuple of str
+        The command line, recorded in the report.
+    """
     started = time.time()
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create OUTPUT_DIR {config.output_dir}: {exc}") from exc
     inputs = resolve_inputs(config)
+    inputs = RunInputs(**{**inputs.__dict__, "command": tuple(command)})
     if config.analysis_level == "participant":
         workflow = init_participant_wf(inputs)
     else:
@@ -370,10 +378,11 @@ def load_seed_ids(inputs: RunInputs) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config = parse_args(argv)
         setup_logging(config.verbosity)
-        return run(config)
+        return run(config, command=("bids_cnm", *map(str, argv)))
     except CNMError as exc:
         print(f"bids_cnm: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

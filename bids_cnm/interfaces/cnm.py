@@ -342,6 +342,31 @@ class CompareConnectome(SimpleInterface):
         return runtime
 
 
+class _ReportInputSpec(BaseInterfaceInputSpec):
+    output_dir = Directory(mandatory=True)
+    command = traits.List(traits.Str, desc="the command line of the run")
+    after = traits.List(traits.Any, desc="outputs of the steps the report shows")
+
+
+class _ReportOutputSpec(TraitedSpec):
+    report = File(exists=True)
+
+
+class GroupReport(SimpleInterface):
+    """Render the HTML report from the derivatives on disk."""
+
+    input_spec = _ReportInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_cnm.reports import build_report
+
+        path = build_report(Path(self.inputs.output_dir), command=list(self.inputs.command))
+        LOGGER.info("report: %s", path)
+        self._results["report"] = str(path)
+        return runtime
+
+
 class _ParticipantMapsInputSpec(BaseInterfaceInputSpec):
     prepared = Directory(exists=True, mandatory=True)
     seeds = File(exists=True, mandatory=True)

@@ -21,6 +21,7 @@ from bids_cnm.interfaces.cnm import (
     AccumulateFromMaps,
     AnalysisMask,
     CompareConnectome,
+    GroupReport,
     GroupOutputs,
     ParticipantMaps,
     PrepareTimeseries,
@@ -46,6 +47,7 @@ class RunInputs:
     control_sets: list[str] = field(default_factory=list)
     compare: Connectome | None = None
     compare_label: str = ""
+    command: tuple[str, ...] = ()
 
 
 def _safe(label: str) -> str:
@@ -235,6 +237,7 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
         (reduce, outputs, [("results", "results")]),
         (mask, outputs, [("mask", "mask")]),
     ])
+    finals = [outputs]
     for primary in config.primary_sets if inputs.control_sets else ():
         for control in inputs.control_sets:
             test = pe.Node(
@@ -249,6 +252,7 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
                 mem_gb=2.0,
             )
             workflow.connect(reduce, "results", test, "results")
+            finals.append(test)
     if inputs.compare is not None:
         _, compare_reduce = init_connectivity_branch(workflow, inputs, inputs.compare,
                                                      prefix="compare_")
@@ -264,4 +268,14 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
             (reduce, compare, [("results", "results")]),
             (compare_reduce, compare, [("results", "compare_results")]),
         ])
+        finals.append(compare)
+    # the report reads the derivatives from disk, once every step has written its own
+    gather = pe.Node(niu.Merge(len(finals)), name="collect_outputs")
+    for i, node in enumerate(finals, 1):
+        workflow.connect(node, "out_files", gather, f"in{i}")
+    report = pe.Node(
+        GroupReport(output_dir=inputs.writer["output_dir"], command=list(inputs.command)),
+        name="report",
+    )
+    workflow.connect(gather, "out", report, "after")
     return workflow
