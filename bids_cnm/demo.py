@@ -1,11 +1,14 @@
 """One command from nothing to an overlap network: ``bids_cnm-demo OUT_DIR``.
 
 Generates the synthetic connectome and demo coordinates
-(:mod:`bids_cnm.demo_data`) under ``OUT_DIR`` unless they are there already,
-then runs the group level on them exactly as a user would::
+(:mod:`bids_cnm.demo_data`) and the demo analysis plan with its validation and
+DBS inputs (:mod:`bids_cnm.demo_plan`) under ``OUT_DIR`` unless they are there
+already, then runs the whole group-level chain on them exactly as a user would::
 
     bids_cnm OUT_DIR/connectome OUT_DIR/derivatives group \\
-        --coordinates OUT_DIR/coordinates.tsv -w OUT_DIR/work
+        --coordinates OUT_DIR/coordinates.tsv -w OUT_DIR/work \\
+        --t-thresholds 4.7 5.6 7 9 --sphere-diameters 3 9 --subgroups modality \\
+        --specificity --n-permutations 1000 --analysis OUT_DIR/plan/plan.yml
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from bids_cnm.cli.run import main as cnm_main
 from bids_cnm.demo_data import make_demo_dataset
+from bids_cnm.demo_plan import make_demo_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         connectome, coordinates = demo.bids_dir, demo.coordinates
         print(f"bids_cnm-demo: generated in {time.perf_counter() - start:.0f} s",
               file=sys.stderr)
+    plan = out / "plan" / "plan.yml"
+    if not plan.exists():
+        plan = make_demo_plan(out, resolution=args.resolution)
     command = [
         str(connectome), str(out / "derivatives"), "group",
         "--coordinates", str(coordinates), "-w", str(out / "work"),
-        "--nprocs", str(args.nprocs), *extra,
+        "--nprocs", str(args.nprocs),
+        # the whole chain: sensitivity variants, specificity, the validation/DBS/ALE plan
+        "--t-thresholds", "4.7", "5.6", "7", "9", "--sphere-diameters", "3", "9",
+        "--subgroups", "modality", "--specificity", "--n-permutations", "1000",
+        "--analysis", str(plan), *extra,
     ]
     print("bids_cnm-demo: bids_cnm " + " ".join(command), file=sys.stderr)
     return cnm_main(command)

@@ -9,6 +9,7 @@ their ``set`` and ``variant`` columns and never touch the connectome again.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class GroupResults:
         Per-subject mean Fisher z of every seed within each ROI node (ROI-to-ROI).
     node_table : list of dict, optional
         One entry per node (``name``, ``network``, ...).
+    subjects : list of str, optional
+        Connectome subject labels (order of ``node_values``).
     """
 
     seeds: Seeds
@@ -46,6 +49,7 @@ class GroupResults:
     n_subjects: int
     node_values: np.ndarray | None = None
     node_table: list[dict] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -86,7 +90,8 @@ class GroupResults:
             extra["node_values"] = self.node_values
         np.savez(
             path, seeds_file=str(seeds_file), voxels=self.voxels, r=self.r, z=self.z, t=self.t,
-            n_subjects=self.n_subjects, **extra,
+            n_subjects=self.n_subjects, node_table=json.dumps(self.node_table, default=float),
+            subjects=np.asarray(self.subjects, dtype=str), **extra,
         )
         return path
 
@@ -103,4 +108,6 @@ class GroupResults:
                 t=f["t"],
                 n_subjects=int(f["n_subjects"]),
                 node_values=f["node_values"] if "node_values" in f else None,
+                node_table=json.loads(str(f["node_table"])) if "node_table" in f else [],
+                subjects=[str(x) for x in f["subjects"]] if "subjects" in f else [],
             )

@@ -132,3 +132,23 @@ def test_rows_of_rejects_missing_voxels():
     np.testing.assert_array_equal(
         connectivity.rows_of(np.array([1, 2, 5, 9]), np.array([2, 9])), [1, 3]
     )
+
+
+def test_node_values_equal_mean_of_zmaps(tiny_connectome, tiny_coordinates, tmp_path):
+    from bids_cnm.node_connectivity import node_zvalues
+    from bids_cnm.seeds import sphere_voxels
+
+    connectome = index_connectome(tiny_connectome)
+    seeds = make_seeds(read_coordinates(tiny_coordinates), connectome.shape, connectome.affine)
+    s = connectome.subjects[1]
+    subject = open_prepared(prepare_subject(s.bold, s.masks, tmp_path / s.label))
+    nodes = [sphere_voxels(c, 10.0, connectome.shape, connectome.affine)
+             for c in ([-20, -24, 12], [20, -24, 12], [0, 0, 0])]
+    # a node partly outside the data: its out-of-mask voxels are left out of the mean
+    nodes.append(np.concatenate([nodes[2], [0]]))
+    values = node_zvalues(subject, seeds, nodes)
+    zmaps = connectivity.subject_zmaps(subject, seeds)
+    for n, vox in enumerate(nodes):
+        rows = np.flatnonzero(np.isin(subject.voxels, vox))
+        np.testing.assert_allclose(values[:, n], zmaps[rows].mean(axis=0), atol=1e-5)
+    assert values[0, 0] > 0.3 and values[0, 1] < -0.3  # network A node +, network B node -

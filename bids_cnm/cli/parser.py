@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--coordinates", type=Path, required=True, metavar="FILE",
                         help="coordinate table: TSV (study, x, y, z [, set, space, subtype, "
                         "modality, ...]), GingerALE/Sleuth text, or NiMARE dataset JSON")
+    inputs.add_argument("--analysis", type=Path, default=None, metavar="PLAN",
+                        help="analysis plan (JSON or YAML): primary/control sets, validation, "
+                        "DBS and ALE analyses (see docs/plan.md); default: the controls "
+                        "summary only")
     inputs.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
                         metavar="LABEL", dest="participant_label",
                         help="connectome subjects to use (with or without 'sub-'); default all")
@@ -176,6 +180,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         output_dir=output_dir,
         analysis_level=args.analysis_level,
         coordinates=args.coordinates.expanduser().resolve(),
+        analysis_plan=args.analysis.expanduser().resolve() if args.analysis else None,
         work_dir=work_dir,
         participant_label=tuple(args.participant_label),
         participant_filter=tuple(args.participant_filter),

@@ -7,6 +7,7 @@ seconds with one line that says what to fix and a BIDS-Apps exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -33,7 +34,11 @@ from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
 from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import bids_name
 from bids_cnm.outputs import grid_entities
-from bids_cnm.seeds import make_seeds, save_seeds, seeds_digest
+from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
+from bids_cnm.interfaces.cnm import save_nodes
+from bids_cnm.io.derivatives import write_json
+from bids_cnm.plan import load_plan
+from bids_cnm.seeds import concat_seeds, make_seeds, save_seeds, seeds_digest
 from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
 
 LOGGER = logging.getLogger("bids_cnm")
@@ -101,7 +106,6 @@ def control_sets(config: Config, seeds_table) -> list[str]:
 def build_seeds(config: Config, connectome: Connectome, table, support):
     """All seeds of one pass: main study seeds, sensitivity variants, relocated controls."""
     from bids_cnm.analyses.specificity import relocate_coordinates
-    from bids_cnm.seeds import concat_seeds
     from bids_cnm.stats.overlap import threshold_label
 
     def seeds_for(data, warn: bool, **kwargs):
@@ -227,11 +231,32 @@ def resolve_inputs(config: Config) -> RunInputs:
         res=config.res,
         bold_desc=config.bold_desc,
     )
+    plan = load_plan(config.analysis_plan)
+    if config.analysis_plan is not None:
+        # the plan declares the study and control sets and the random seed
+        config = dataclasses.replace(
+            config, primary_sets=plan.primary_sets, control_sets=plan.control_sets,
+            random_seed=plan.random_seed,
+        )
+        LOGGER.info("analysis plan %s: primary sets %s", config.analysis_plan,
+                    ", ".join(plan.primary_sets))
     table = read_coordinates(config.coordinates)
     check_columns(config, table)
     support = support_mask(connectome)
     seeds = build_seeds(config, connectome, table, support)
+    extra = plan_seeds(plan, connectome.shape, connectome.affine, support,
+                       existing_ids=seeds.ids)
+    if extra is not None:
+        seeds = concat_seeds(seeds, extra)
+        LOGGER.info("analysis plan: %d extra seed(s) (%s) in the same pass", len(extra),
+                    ", ".join(sorted(set(extra.table["set"]))))
     digest = seeds_digest(seeds)
+    plan_file = config.work_dir / f"plan_{digest}.json"
+    write_json(plan_file, plan.to_dict())
+    nodes_file = None
+    nodes = plan_nodes(plan, connectome.shape, connectome.affine)
+    if nodes is not None:
+        nodes_file = save_nodes(config.work_dir / f"nodes_{digest}.npz", *nodes)
     seeds_file = config.work_dir / f"seeds_{digest}.npz"
     if not seeds_file.exists():
         save_seeds(seeds, str(seeds_file))
@@ -258,6 +283,8 @@ def resolve_inputs(config: Config) -> RunInputs:
         provenance={"ConnectivityHash": connectivity_hash(config, digest), "SeedsHash": digest},
         control_sets=control_sets(config, seeds.table) if config.specificity else [],
         **compare_pass(config, connectome),
+        plan_file=plan_file,
+        nodes_file=nodes_file,
     )
 
 

@@ -28,6 +28,7 @@ from nipype.interfaces.base import (
 from bids_cnm import connectivity, outputs
 from bids_cnm.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter
+from bids_cnm.node_connectivity import node_zvalues
 from bids_cnm.seeds import load_seeds
 from bids_cnm.timeseries import open_prepared, prepare_subject, valid_mask
 
@@ -120,10 +121,30 @@ class _AccumulateInputSpec(BaseInterfaceInputSpec):
     seeds = File(exists=True, mandatory=True, desc="seeds (.npz)")
     voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
     batch = traits.Str("batch", usedefault=True, desc="name used in progress messages")
+    nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz from save_nodes)")
 
 
 class _AccumulateOutputSpec(TraitedSpec):
     stats = File(exists=True, desc="running sums (.npz)")
+    node_values = File(desc="per-subject node values (.npy; only with nodes)")
+
+
+def save_nodes(path: Path, voxels: list[np.ndarray], table: list[dict]) -> Path:
+    """Write ROI-to-ROI nodes (voxel lists and their table) for the accumulate nodes."""
+    import json
+
+    np.savez(path, table=json.dumps(table, default=float),
+             **{f"node_{n}": v for n, v in enumerate(voxels)})
+    return path
+
+
+def load_nodes(path: str) -> tuple[list[np.ndarray], list[dict]]:
+    """Read nodes written by :func:`save_nodes`."""
+    import json
+
+    with np.load(path) as f:
+        table = json.loads(str(f["table"]))
+        return [f[f"node_{n}"] for n in range(len(table))], table
 
 
 class AccumulateConnectivity(SimpleInterface):
@@ -136,12 +157,16 @@ class AccumulateConnectivity(SimpleInterface):
         seeds = load_seeds(self.inputs.seeds)
         voxels = np.load(self.inputs.voxels)
         stats = connectivity.RunningStats.zeros(len(voxels), len(seeds))
+        nodes = load_nodes(self.inputs.nodes)[0] if self.inputs.nodes else None
+        values = []
         n = len(self.inputs.prepared)
         start = time.perf_counter()
         for i, path in enumerate(self.inputs.prepared, 1):
             subject = open_prepared(path)
             rows = connectivity.rows_of(subject.voxels, voxels)
             connectivity.accumulate_subject(stats, subject, seeds, rows)
+            if nodes is not None:
+                values.append(node_zvalues(subject, seeds, nodes))
             elapsed = time.perf_counter() - start
             LOGGER.info(
                 "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
@@ -150,6 +175,9 @@ class AccumulateConnectivity(SimpleInterface):
         out = Path(runtime.cwd) / "stats.npz"
         stats.save(out)
         self._results["stats"] = str(out)
+        if nodes is not None:
+            np.save(Path(runtime.cwd) / "node_values.npy", np.stack(values))
+            self._results["node_values"] = str(Path(runtime.cwd) / "node_values.npy")
         return runtime
 
 
@@ -158,6 +186,7 @@ class _FromMapsInputSpec(BaseInterfaceInputSpec):
                              desc="participant z-maps, subject-major, seeds in seeds order")
     n_seeds = traits.Int(mandatory=True)
     voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
+    nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz from save_nodes)")
 
 
 class AccumulateFromMaps(SimpleInterface):
@@ -171,10 +200,20 @@ class AccumulateFromMaps(SimpleInterface):
         k = self.inputs.n_seeds
         files = list(self.inputs.zmaps)
         stats = connectivity.RunningStats.zeros(len(voxels), k)
+        nodes = load_nodes(self.inputs.nodes)[0] if self.inputs.nodes else None
+        values = []
         for s in range(len(files) // k):
             z = np.empty((len(voxels), k), dtype=np.float32)
+            node_z = np.full((k, len(nodes or [])), np.nan, dtype=np.float32)
             for j in range(k):
-                z[:, j] = np.asarray(nb.load(files[s * k + j]).dataobj).ravel()[voxels]
+                volume = np.asarray(nb.load(files[s * k + j]).dataobj).ravel()
+                z[:, j] = volume[voxels]
+                for n, node in enumerate(nodes or []):
+                    inside = volume[node]
+                    inside = inside[inside != 0]  # zero: no data in this subject
+                    if len(inside):
+                        node_z[j, n] = inside.mean()
+            values.append(node_z)
             r = np.tanh(z)
             stats.add_block(slice(None), r, z)
             stats.n += 1
@@ -182,6 +221,9 @@ class AccumulateFromMaps(SimpleInterface):
         out = Path(runtime.cwd) / "stats.npz"
         stats.save(out)
         self._results["stats"] = str(out)
+        if nodes is not None:
+            np.save(Path(runtime.cwd) / "node_values.npy", np.stack(values))
+            self._results["node_values"] = str(Path(runtime.cwd) / "node_values.npy")
         return runtime
 
 
@@ -189,6 +231,9 @@ class _ReduceInputSpec(BaseInterfaceInputSpec):
     stats = InputMultiObject(File(exists=True), mandatory=True)
     seeds = File(exists=True, mandatory=True)
     voxels = File(exists=True, mandatory=True)
+    node_values = InputMultiObject(File(exists=True), desc="per-batch node values (.npy)")
+    nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz)")
+    subjects = traits.List(traits.Str, desc="subject labels in batch order")
 
 
 class _ReduceOutputSpec(TraitedSpec):
@@ -216,7 +261,11 @@ class ReduceConnectivity(SimpleInterface):
             z=final["z"].astype(np.float32),
             t=t.astype(np.float32),
             n_subjects=stats.n,
+            subjects=list(self.inputs.subjects),
         )
+        if self.inputs.nodes and self.inputs.node_values:
+            results.node_values = np.concatenate([np.load(p) for p in self.inputs.node_values])
+            results.node_table = load_nodes(self.inputs.nodes)[1]
         out = results.save(Path(runtime.cwd) / "results.npz", self.inputs.seeds)
         LOGGER.info("group level: t-maps of %d seeds over %d subjects", len(results.seeds),
                     stats.n)
@@ -342,6 +391,38 @@ class CompareConnectome(SimpleInterface):
         return runtime
 
 
+class _PlanInputSpec(BaseInterfaceInputSpec):
+    results = File(exists=True, mandatory=True)
+    plan = File(exists=True, mandatory=True, desc="the plan as JSON (Plan.to_dict)")
+    coordinates = File(exists=True, mandatory=True)
+    writer = traits.Dict(mandatory=True)
+    entities = traits.Dict(mandatory=True)
+    threshold = traits.Float(mandatory=True)
+
+
+class PlanAnalyses(SimpleInterface):
+    """Run the analysis plan's validation, DBS and ALE analyses on the group results."""
+
+    input_spec = _PlanInputSpec
+    output_spec = _FilesOutputSpec
+
+    def _run_interface(self, runtime):
+        import json
+
+        from bids_cnm.analyses.run_plan import run_plan
+        from bids_cnm.io.coordinates import read_coordinates
+        from bids_cnm.plan import plan_from_dict
+
+        plan = plan_from_dict(json.loads(Path(self.inputs.plan).read_text()))
+        files = run_plan(
+            plan, GroupResults.load(self.inputs.results), _writer(self.inputs.writer),
+            dict(self.inputs.entities), self.inputs.threshold,
+            coordinates=read_coordinates(self.inputs.coordinates),
+        )
+        self._results["out_files"] = [str(f) for f in files]
+        return runtime
+
+
 class _ReportInputSpec(BaseInterfaceInputSpec):
     output_dir = Directory(mandatory=True)
     command = traits.List(traits.Str, desc="the command line of the run")
@@ -362,7 +443,6 @@ class GroupReport(SimpleInterface):
         from bids_cnm.reports import build_report
 
         path = build_report(Path(self.inputs.output_dir), command=list(self.inputs.command))
-        LOGGER.info("report: %s", path)
         self._results["report"] = str(path)
         return runtime
 

@@ -22,6 +22,7 @@ from bids_cnm.interfaces.cnm import (
     AnalysisMask,
     CompareConnectome,
     GroupReport,
+    PlanAnalyses,
     GroupOutputs,
     ParticipantMaps,
     PrepareTimeseries,
@@ -48,6 +49,8 @@ class RunInputs:
     compare: Connectome | None = None
     compare_label: str = ""
     command: tuple[str, ...] = ()
+    plan_file: Path | None = None
+    nodes_file: Path | None = None
 
 
 def _safe(label: str) -> str:
@@ -163,6 +166,7 @@ def init_connectivity_branch(
         workflow.connect(collect, "out", mask, "prepared")
         groups = batches(list(range(len(subjects))), config.batch_size, config.nprocs)
         gather = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_stats")
+        gather_nodes = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_node_values")
         for b, members in enumerate(groups):
             merge = pe.Node(niu.Merge(len(members)), name=f"{prefix}collect_batch_{b}")
             for j, i in enumerate(members, 1):
@@ -174,6 +178,9 @@ def init_connectivity_branch(
                 name=f"{prefix}accumulate_batch_{b}",
                 mem_gb=2.0,
             )
+            if inputs.nodes_file is not None:
+                accumulate.inputs.nodes = str(inputs.nodes_file)
+                workflow.connect(accumulate, "node_values", gather_nodes, f"in{b + 1}")
             workflow.connect([
                 (merge, accumulate, [("out", "prepared")]),
                 (mask, accumulate, [("voxels", "voxels")]),
@@ -191,13 +198,22 @@ def init_connectivity_branch(
         )
         workflow.connect(mask, "voxels", reader, "voxels")
         gather = pe.Node(niu.Merge(1), name=f"{prefix}collect_stats")
+        gather_nodes = pe.Node(niu.Merge(1), name=f"{prefix}collect_node_values")
         workflow.connect(reader, "stats", gather, "in1")
-    reduce = pe.Node(ReduceConnectivity(seeds=str(inputs.seeds_file)), name=f"{prefix}reduce",
-                     mem_gb=2.0)
+        if inputs.nodes_file is not None:
+            reader.inputs.nodes = str(inputs.nodes_file)
+            workflow.connect(reader, "node_values", gather_nodes, "in1")
+    reduce = pe.Node(
+        ReduceConnectivity(seeds=str(inputs.seeds_file), subjects=[s.label for s in subjects]),
+        name=f"{prefix}reduce", mem_gb=2.0,
+    )
     workflow.connect([
         (gather, reduce, [("out", "stats")]),
         (mask, reduce, [("voxels", "voxels")]),
     ])
+    if inputs.nodes_file is not None:
+        reduce.inputs.nodes = str(inputs.nodes_file)
+        workflow.connect(gather_nodes, "out", reduce, "node_values")
     return mask, reduce
 
 
@@ -269,6 +285,17 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
             (compare_reduce, compare, [("results", "compare_results")]),
         ])
         finals.append(compare)
+    if inputs.plan_file is not None:
+        plan = pe.Node(
+            PlanAnalyses(
+                plan=str(inputs.plan_file), coordinates=str(config.coordinates),
+                writer=inputs.writer, entities=inputs.entities, threshold=inputs.thresholds[0],
+            ),
+            name="plan_analyses",
+            mem_gb=2.0,
+        )
+        workflow.connect(reduce, "results", plan, "results")
+        finals.append(plan)
     # the report reads the derivatives from disk, once every step has written its own
     gather = pe.Node(niu.Merge(len(finals)), name="collect_outputs")
     for i, node in enumerate(finals, 1):

@@ -1,0 +1,51 @@
+"""The analysis plan end to end from the CLI on a small demo connectome with the demo plan."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_cnm.cli.run import main
+from bids_cnm.demo_data import SPACE, make_demo_dataset
+from bids_cnm.demo_plan import make_demo_plan
+
+
+@pytest.fixture(scope="module")
+def plan_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    demo = make_demo_dataset(root, n_subjects=6, n_volumes=50)
+    plan = make_demo_plan(root)
+    out = root / "out"
+    code = main([str(demo.bids_dir), str(out), "group", "--coordinates", str(demo.coordinates),
+                 "-w", str(root / "work"), "--analysis", str(plan), "--nprocs", "2"])
+    assert code == 0
+    return out
+
+
+def test_plan_outputs_and_extra_seeds(plan_run):
+    out = plan_run
+    seeds = pd.read_csv(out / "seeds.tsv", sep="\t")
+    assert {"dbs", "reference"} <= set(seeds["set"])
+    g = f"task-rest_space-{SPACE}_res-4"
+    for name in (f"{g}_set-dbs_desc-dbs_boldmap.nii.gz",
+                 f"{g}_set-primary_thresh-5p1_desc-convergent_boldmap.nii.gz",
+                 f"{g}_set-primary_desc-roitoroi_values.tsv",
+                 f"{g}_set-primary_desc-roitoroi_summary.tsv",
+                 "plan.json", "bids_cnm_report.html"):
+        assert (out / name).exists(), name
+    # overlap networks are for coordinate sets only
+    assert not list(out.glob("*_set-dbs_thresh-*_desc-overlap_boldmap.nii.gz"))
+    assert not list(out.glob("*_set-reference_thresh-*"))
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["primary_sets"] == ["primary"]
+
+
+def test_roi_to_roi_values_come_from_every_subject(plan_run):
+    out = plan_run
+    values = pd.read_csv(next(out.glob("*_desc-roitoroi_values.tsv")), sep="\t")
+    assert values.shape[0] >= 6
+    numeric = values.select_dtypes("number")
+    assert np.isfinite(numeric.to_numpy()).all()
