@@ -38,6 +38,10 @@ def expected_group_files(seed_ids, sets, thresholds=("5p1",)) -> set[str]:
                 stem = f"{ENTS}_set-{s}_thresh-{th}_desc-{desc}_boldmap"
                 files |= {f"{stem}.nii.gz", f"{stem}.json"}
             files.add(f"{ENTS}_set-{s}_thresh-{th}_peaks.tsv")
+    # the default analysis plan: the plan as run, and each control set vs the primary set
+    files.add("plan.json")
+    stem = f"{ENTS}_set-primary_thresh-{thresholds[0]}_desc-controls_summary"
+    files |= {f"{stem}.tsv", f"{stem}.json"}
     return files
 
 
