@@ -268,10 +268,15 @@ def make_seeds(
 
 
 def seeds_digest(seeds: Seeds) -> str:
-    """Digest of the seeds' ids and voxels (12 hex digits): equal seeds, equal digest."""
+    """Digest of the seeds' table and voxels (12 hex digits): equal seeds, equal digest.
+
+    The table (every column) is part of it, so seeds saved by a version with other
+    columns are never mistaken for these.
+    """
     import hashlib
 
     h = hashlib.sha256()
+    h.update(seeds.table.to_json(orient="records").encode())
     h.update(np.asarray(seeds.shape, dtype=np.int64).tobytes())
     h.update(np.round(np.asarray(seeds.affine, dtype=float), 6).tobytes())
     for seed_id, vox in zip(seeds.ids, seeds.voxels):
@@ -281,16 +286,32 @@ def seeds_digest(seeds: Seeds) -> str:
 
 
 def save_seeds(seeds: Seeds, path: str) -> str:
-    """Write seeds to an ``.npz`` file (table as records, voxel lists, grid)."""
+    """Write seeds to an ``.npz`` file (table as records, voxel lists, grid), atomically.
+
+    Participant jobs of a cluster array write the same file into a shared work
+    directory: each writes a private temporary and renames it into place, so no
+    job ever reads a half-written file.
+    """
+    import os
+    import tempfile
+
     arrays = {f"voxels_{k}": v for k, v in enumerate(seeds.voxels)}
-    np.savez(
-        path,
-        table=seeds.table.to_json(orient="records"),
-        shape=np.asarray(seeds.shape),
-        affine=seeds.affine,
-        diameter=seeds.diameter,
-        **arrays,
-    )
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".seeds.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(
+            tmp,
+            table=seeds.table.to_json(orient="records"),
+            shape=np.asarray(seeds.shape),
+            affine=seeds.affine,
+            diameter=seeds.diameter,
+            **arrays,
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 

@@ -36,7 +36,7 @@ from bids_cnm.io.derivatives import bids_name
 from bids_cnm.outputs import grid_entities
 from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
 from bids_cnm.interfaces.cnm import save_nodes
-from bids_cnm.io.derivatives import write_json
+from bids_cnm.io.derivatives import write_json, write_nifti
 from bids_cnm.plan import load_plan
 from bids_cnm.seeds import concat_seeds, make_seeds, save_seeds, seeds_digest
 from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
@@ -264,7 +264,7 @@ def resolve_inputs(config: Config) -> RunInputs:
     if support is not None:
         support_file = config.work_dir / f"support_{digest}.nii.gz"
         if not support_file.exists():
-            nb.Nifti1Image(support.astype(np.uint8), connectome.affine).to_filename(support_file)
+            write_nifti(support_file, nb.Nifti1Image(support.astype(np.uint8), connectome.affine))
     settings = config.science_settings()
     settings["coordinates"] = str(config.coordinates)
     return RunInputs(

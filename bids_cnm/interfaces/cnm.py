@@ -132,9 +132,19 @@ class _AccumulateOutputSpec(TraitedSpec):
 def save_nodes(path: Path, voxels: list[np.ndarray], table: list[dict]) -> Path:
     """Write ROI-to-ROI nodes (voxel lists and their table) for the accumulate nodes."""
     import json
+    import os
+    import tempfile
 
-    np.savez(path, table=json.dumps(table, default=float),
-             **{f"node_{n}": v for n, v in enumerate(voxels)})
+    # atomic: participant jobs of a cluster array may write it at the same time
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".nodes.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, table=json.dumps(table, default=float),
+                 **{f"node_{n}": v for n, v in enumerate(voxels)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
