@@ -249,3 +249,52 @@ def test_skip_participant_maps_prepares_only(tiny_connectome, tiny_coordinates, 
                    "--nipype-plugin", "Linear") == 0
     assert not list(out.rglob("*_boldmap.nii.gz"))
     assert (work / "cnm_wf" / "prepare_sub_03" / "prepared" / "meta.json").exists()
+
+
+def test_output_that_cannot_be_created(tiny_connectome, tiny_coordinates, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, err = error_of(capsys, tiny_connectome, blocker / "out", "group", "--coordinates",
+                         tiny_coordinates, "-w", tmp_path / "w")
+    assert code == 73 and "cannot create OUTPUT_DIR" in err
+
+
+def test_connectome_without_masks_uses_data_mask(tmp_path, tiny_coordinates):
+    root = write_tiny_connectome(tmp_path / "conn", n_subjects=3, n_volumes=30,
+                                 two_runs_first=False, with_masks=False)
+    out = tmp_path / "out"
+    assert run_cli(root, out, "group", "--coordinates", tiny_coordinates, "-w", tmp_path / "w",
+                   "--nipype-plugin", "Linear") == 0
+    from conftest import tiny_mask
+
+    mask = nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").get_fdata() > 0
+    np.testing.assert_array_equal(mask, tiny_mask())  # voxels with varying data
+
+
+def test_killed_run_resumes(tiny_connectome, tiny_coordinates, tmp_path):
+    """SIGKILL in the middle of a group run; the same command finishes it, reusing steps."""
+    import os
+    import signal
+    import time
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    command = [sys.executable, "-m", "bids_cnm", str(tiny_connectome), str(out), "group",
+               "--coordinates", str(tiny_coordinates), "-w", str(work),
+               "--nipype-plugin", "Linear"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first = work / "cnm_wf" / "prepare_sub_01" / "prepared" / "meta.json"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    stamp = first.stat().st_mtime_ns
+    # nothing half-written: every map on disk is complete and readable
+    for path in out.rglob("*.nii.gz"):
+        nb.load(path).get_fdata()
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert first.stat().st_mtime_ns == stamp  # the finished step was reused
+    assert (out / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
+    assert not list(out.rglob(".*.part")) and not list(out.rglob(".*.nii.gz"))

@@ -161,6 +161,8 @@ class DerivativesWriter:
             "DatasetType": "derivative",
             "GeneratedBy": [generated],
             "SourceDatasets": [{"URL": self.source_dataset.as_uri()}],
+            # resolves the bids:connectome:... URIs of the sidecars' Sources
+            "DatasetLinks": {"connectome": self.source_dataset.as_uri()},
         }
         return write_json(self.root / "dataset_description.json", description)
 
