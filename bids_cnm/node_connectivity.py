@@ -7,6 +7,8 @@ the nodes' rows only, in the same pass as the voxel-wise sums.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bids_cnm.connectivity import R_MAX, fisher_z, seed_timeseries
@@ -51,3 +53,31 @@ def node_zvalues(
         np.clip(r, -R_MAX, R_MAX, out=r)
         out[:, n] = fisher_z(r).mean(axis=0)
     return out
+
+
+def save_nodes(path: Path, voxels: list[np.ndarray], table: list[dict]) -> Path:
+    """Write ROI-to-ROI nodes (voxel lists and their table) for the accumulate nodes."""
+    import json
+    import os
+    import tempfile
+
+    # atomic: participant jobs of a cluster array may write it at the same time
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".nodes.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, table=json.dumps(table, default=float),
+                 **{f"node_{n}": v for n, v in enumerate(voxels)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_nodes(path: str) -> tuple[list[np.ndarray], list[dict]]:
+    """Read nodes written by :func:`save_nodes`."""
+    import json
+
+    with np.load(path) as f:
+        table = json.loads(str(f["table"]))
+        return [f[f"node_{n}"] for n in range(len(table))], table

@@ -22,21 +22,20 @@ import numpy as np
 from bids_cnm import __version__
 from bids_cnm.cli.parser import parse_args
 from bids_cnm.config import Config
+from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
 from bids_cnm.errors import (
     CNMError,
-    UsageError,
     InputDataError,
     MissingInputError,
     OutputError,
     ReadError,
+    UsageError,
 )
 from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
 from bids_cnm.io.coordinates import read_coordinates
-from bids_cnm.io.derivatives import bids_name
+from bids_cnm.io.derivatives import bids_name, write_json, write_nifti
+from bids_cnm.node_connectivity import save_nodes
 from bids_cnm.outputs import grid_entities
-from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
-from bids_cnm.interfaces.cnm import save_nodes
-from bids_cnm.io.derivatives import write_json, write_nifti
 from bids_cnm.plan import load_plan
 from bids_cnm.seeds import concat_seeds, make_seeds, save_seeds, seeds_digest
 from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf

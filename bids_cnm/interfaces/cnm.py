@@ -28,7 +28,7 @@ from nipype.interfaces.base import (
 from bids_cnm import connectivity, outputs
 from bids_cnm.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter
-from bids_cnm.node_connectivity import node_zvalues
+from bids_cnm.node_connectivity import load_nodes, node_zvalues
 from bids_cnm.seeds import load_seeds
 from bids_cnm.timeseries import open_prepared, prepare_subject, valid_mask
 
@@ -127,34 +127,6 @@ class _AccumulateInputSpec(BaseInterfaceInputSpec):
 class _AccumulateOutputSpec(TraitedSpec):
     stats = File(exists=True, desc="running sums (.npz)")
     node_values = File(desc="per-subject node values (.npy; only with nodes)")
-
-
-def save_nodes(path: Path, voxels: list[np.ndarray], table: list[dict]) -> Path:
-    """Write ROI-to-ROI nodes (voxel lists and their table) for the accumulate nodes."""
-    import json
-    import os
-    import tempfile
-
-    # atomic: participant jobs of a cluster array may write it at the same time
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".nodes.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, table=json.dumps(table, default=float),
-                 **{f"node_{n}": v for n, v in enumerate(voxels)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def load_nodes(path: str) -> tuple[list[np.ndarray], list[dict]]:
-    """Read nodes written by :func:`save_nodes`."""
-    import json
-
-    with np.load(path) as f:
-        table = json.loads(str(f["table"]))
-        return [f[f"node_{n}"] for n in range(len(table))], table
 
 
 class AccumulateConnectivity(SimpleInterface):
