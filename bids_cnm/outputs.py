@@ -272,20 +272,24 @@ def write_specificity(
     ents = dict(entities, set=seed_label(primary_set), control=seed_label(result.control))
     extra = dict(settings, NumberOfStudyNetworks=result.n_primary,
                  NumberOfControlNetworks=result.n_control)
+    descriptions = dict(SPECIFICITY_DESCRIPTIONS)
+    significant_text = ("Voxels where the study networks differ from the control networks "
+                        "(FWE p < 0.05; +1 studies higher, -1 lower).")
+    if result.method == "liebermeister":
+        descriptions["logp"] = "-log10 one-sided Liebermeister p-value (studies more often " \
+            "positively connected than controls)."
+        significant_text = ("Voxels where the studies' networks are positive more often than "
+                            "the controls' (one-sided Liebermeister test, FDR q < 0.05).")
     paths = []
     for name, values in result.maps.items():
         if name == "significant":
             continue
         paths.append(writer.write_map(dict(ents, stat=name), results.volume(values),
-                                      results.affine, SPECIFICITY_DESCRIPTIONS[name], [],
-                                      **extra))
+                                      results.affine, descriptions[name], [], **extra))
     significant = result.maps["significant"]
     path = writer.write_map(
         dict(ents, desc="significant"), results.volume(significant).astype(np.int8),
-        results.affine,
-        "Voxels where the study networks differ from the control networks "
-        "(p < 0.05 corrected; +1 studies higher, -1 lower).",
-        [], suffix="mask", **extra,
+        results.affine, significant_text, [], suffix="mask", **extra,
     )
     paths.append(path)
     stat = result.maps.get("t", result.maps.get("stat"))

@@ -161,3 +161,24 @@ def test_cli_compare_cohort(tiny_connectome, tiny_coordinates, tmp_path):
     expected = np.corrcoef(main_map[mask], nb.load(other).get_fdata()[mask])[0, 1]
     assert table["r_with_main"].iloc[1] == pytest.approx(expected, abs=1e-6)
     assert expected > 0.3  # both cohorts carry the same planted network
+
+
+def test_undefined_t_is_left_out_of_specificity():
+    """A ±float32-max stand-in (one-voxel seed with itself) must not drive the test."""
+    results = synthetic_results(np.random.default_rng(3), effect=0.0)
+    results.t[5, results.columns("primary")[0]] = np.finfo(np.float32).max
+    out = compare_networks(results, "primary", "control", n_permutations=50, tfce=False)
+    assert out.maps["t"][5] == 0.0
+    assert np.isfinite(out.maps["t"]).all()
+
+
+def test_parser_rejects_negative_relocations_and_dedupes(tmp_path):
+    from bids_cnm.cli.parser import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["/data", str(tmp_path / "o"), "group", "--coordinates", "c.tsv",
+                    "--random-relocations", "-1"])
+    assert exc.value.code == 64
+    config = parse_args(["/data", str(tmp_path / "o"), "group", "--coordinates", "c.tsv",
+                         "--t-thresholds", "7", "7", "9", "--sphere-diameters", "3", "3"])
+    assert config.t_thresholds == (7.0, 9.0) and config.sphere_diameters == (3.0,)

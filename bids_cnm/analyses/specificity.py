@@ -145,6 +145,14 @@ def compare_networks(
         )
     group_a = results.t[:, a].T.astype(np.float64)
     group_b = results.t[:, b].T.astype(np.float64)
+    # a one-voxel seed correlates perfectly with itself: its t is a stand-in for
+    # infinity (±float32 max) that would dominate any test; such voxels are left out
+    # (statistic 0, p = 1) rather than compared
+    undefined = np.zeros(group_a.shape[1], dtype=bool)
+    for group in (group_a, group_b):
+        undefined |= (~np.isfinite(group) | (np.abs(group) >= np.finfo(np.float32).max)).any(0)
+    group_a[:, undefined] = 0.0
+    group_b[:, undefined] = 0.0
     mask = results.mask
     start = time.perf_counter()
     if maps == "liebermeister":

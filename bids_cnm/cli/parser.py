@@ -33,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _filter(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE (e.g. group=IGE), got {text!r}")
@@ -121,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the specificity tests")
     spec.add_argument("--control-sets", nargs="+", default=None, metavar="SET",
                       help="control coordinate sets (default: every non-primary set)")
-    spec.add_argument("--random-relocations", type=int, default=4, metavar="K",
+    spec.add_argument("--random-relocations", type=_non_negative_int, default=4, metavar="K",
                       help="randomly relocated copies of every primary study (0: none)")
     spec.add_argument("--n-permutations", type=_positive_int, default=5000)
     spec.add_argument("--specificity-maps", choices=["t", "binarized", "liebermeister"],
@@ -198,8 +205,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         mem_gb=args.mem_gb,
         verbosity=args.verbosity,
         write_participant_maps=not args.skip_participant_maps,
-        t_thresholds=tuple(args.t_thresholds),
-        sphere_diameters=tuple(args.sphere_diameters),
+        # repeated values would only write the same variant twice
+        t_thresholds=tuple(dict.fromkeys(args.t_thresholds)),
+        sphere_diameters=tuple(dict.fromkeys(args.sphere_diameters)),
         per_coordinate=args.per_coordinate,
         subgroups=tuple(args.subgroups),
         primary_sets=tuple(args.primary_sets),
