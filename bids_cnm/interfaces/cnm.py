@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+from threadpoolctl import threadpool_limits
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -122,6 +123,8 @@ class _AccumulateInputSpec(BaseInterfaceInputSpec):
     voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
     batch = traits.Str("batch", usedefault=True, desc="name used in progress messages")
     nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz from save_nodes)")
+    n_threads = traits.Int(0, usedefault=True,
+                           desc="threads of this job (0: all); parallel jobs share the cores")
 
 
 class _AccumulateOutputSpec(TraitedSpec):
@@ -143,17 +146,19 @@ class AccumulateConnectivity(SimpleInterface):
         values = []
         n = len(self.inputs.prepared)
         start = time.perf_counter()
-        for i, path in enumerate(self.inputs.prepared, 1):
-            subject = open_prepared(path)
-            rows = connectivity.rows_of(subject.voxels, voxels)
-            connectivity.accumulate_subject(stats, subject, seeds, rows)
-            if nodes is not None:
-                values.append(node_zvalues(subject, seeds, nodes))
-            elapsed = time.perf_counter() - start
-            LOGGER.info(
-                "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
-                self.inputs.batch, i, n, elapsed / i, elapsed / i * (n - i),
-            )
+        # the engine runs as many workers as BLAS may use threads
+        with threadpool_limits(self.inputs.n_threads or None):
+            for i, path in enumerate(self.inputs.prepared, 1):
+                subject = open_prepared(path)
+                rows = connectivity.rows_of(subject.voxels, voxels)
+                connectivity.accumulate_subject(stats, subject, seeds, rows)
+                if nodes is not None:
+                    values.append(node_zvalues(subject, seeds, nodes))
+                elapsed = time.perf_counter() - start
+                LOGGER.info(
+                    "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
+                    self.inputs.batch, i, n, elapsed / i, elapsed / i * (n - i),
+                )
         out = Path(runtime.cwd) / "stats.npz"
         stats.save(out)
         self._results["stats"] = str(out)

@@ -8,6 +8,7 @@ of the connectome happens once, whatever is analysed afterwards.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,9 @@ def init_connectivity_branch(
                 workflow.connect(prepares[i], "prepared", merge, f"in{j}")
             accumulate = pe.Node(
                 AccumulateConnectivity(
-                    seeds=str(inputs.seeds_file), batch=f"{prefix}batch {b + 1}/{len(groups)}"
+                    seeds=str(inputs.seeds_file), batch=f"{prefix}batch {b + 1}/{len(groups)}",
+                    # batches run side by side: share the cores instead of oversubscribing
+                    n_threads=max(1, (os.cpu_count() or 1) // min(len(groups), config.nprocs)),
                 ),
                 name=f"{prefix}accumulate_batch_{b}",
                 mem_gb=2.0,
