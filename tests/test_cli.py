@@ -6,11 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-import pandas as pd
 import pytest
 
 from bids_cnm import __version__

@@ -137,7 +137,7 @@ def stat_map_ortho(
     fig = new_figure(9.0, 3.2)
     kwargs = {"vmax": vmax, "symmetric_cbar": True} if symmetric else {"vmin": 0.0, "vmax": vmax,
                                                                        "symmetric_cbar": False}
-    display = plotting.plot_stat_map(
+    plotting.plot_stat_map(
         img, display_mode="ortho", cut_coords=cut_coords, threshold=threshold, cmap=cmap,
         figure=fig, title=title, black_bg=False, dim=-0.3, draw_cross=True, **kwargs,
     )
@@ -160,7 +160,7 @@ def stat_map_mosaic(
     fig = new_figure(max(2.0 * len(z_cuts) + 1.0, 6.0), 2.6)
     kwargs = {"vmax": vmax, "symmetric_cbar": True} if symmetric else {"vmin": 0.0, "vmax": vmax,
                                                                        "symmetric_cbar": False}
-    display = plotting.plot_stat_map(
+    plotting.plot_stat_map(
         img, display_mode="z", cut_coords=list(z_cuts), threshold=threshold, cmap=cmap,
         figure=fig, black_bg=False, dim=-0.3, **kwargs,
     )
