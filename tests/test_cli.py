@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -296,3 +297,14 @@ def test_killed_run_resumes(tiny_connectome, tiny_coordinates, tmp_path):
     assert first.stat().st_mtime_ns == stamp  # the finished step was reused
     assert (out / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
     assert not list(out.rglob(".*.part")) and not list(out.rglob(".*.nii.gz"))
+
+
+def test_outputs_are_readable_by_others(group_run):
+    """Atomic writes go through private temporaries; the final files must not stay private."""
+    out, _ = group_run
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask  # what open() would have given
+    for path in (out / "dataset_description.json", out / "seeds.tsv",
+                 out / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz", out / "bids_cnm_report.html"):
+        assert path.stat().st_mode & 0o777 == expected, path

@@ -58,10 +58,27 @@ def bids_name(entities: Mapping[str, object], suffix: str, extension: str) -> st
     return "_".join(parts + [suffix]) + extension
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of a new file as open() would give it (mkstemp makes files private)
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def _temporary(path: Path, suffix: str) -> str:
+    """A temporary file beside ``path`` with the permissions of an ordinary new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return tmp
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    tmp = _temporary(path, ".part")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -83,6 +100,12 @@ def write_json(path: Path, content: Mapping) -> Path:
     return Path(path)
 
 
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically (UTF-8)."""
+    _atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return Path(path)
+
+
 def write_tsv(path: Path, table: pd.DataFrame) -> Path:
     """Write a TSV atomically (``n/a`` for missing values, as BIDS asks)."""
     _atomic_write_bytes(
@@ -94,10 +117,7 @@ def write_tsv(path: Path, table: pd.DataFrame) -> Path:
 def write_nifti(path: Path, img: nb.Nifti1Image) -> Path:
     """Write a NIfTI image atomically (the temporary keeps the final extension)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ext = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=ext)
-    os.close(fd)
+    tmp = _temporary(path, ".nii.gz" if path.name.endswith(".nii.gz") else ".nii")
     try:
         img.to_filename(tmp)
         os.replace(tmp, path)

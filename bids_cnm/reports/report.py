@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shlex
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata, resources
@@ -33,6 +31,7 @@ import pandas as pd
 
 from bids_cnm import __version__
 from bids_cnm.errors import MissingInputError
+from bids_cnm.io.derivatives import write_text
 from bids_cnm.reports import figures
 from bids_cnm.reports import html as H
 from bids_cnm.reports.context import NIFTI, ReportContext, Section, parse_coordinates
@@ -533,19 +532,6 @@ def _render(sections: list[Section], title: str, subtitle: str) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def build_report(
     output_dir: Path,
     command: list[str] | None = None,
@@ -610,6 +596,6 @@ def build_report(
     subtitle = H.esc(str(root))
     html_text = _render([summary, *body, provenance], f"{name}: report", subtitle)
     out = root / REPORT_NAME
-    _write_atomic(out, html_text)
+    write_text(out, html_text)
     LOGGER.info("report: %s (%.1f s)", out, time.perf_counter() - started)
     return out
