@@ -23,7 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TEMPLATEFLOW_HOME=/opt/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0 \
     NILEARN_DATA=/opt/nilearn_data \
-    NIPYPE_NO_ET=1
+    NIPYPE_NO_ET=1 \
+    NUMBA_CACHE_DIR=/tmp/numba_cache
 
 # Install the package (not editable) from the build context; no pip cache in the layer.
 WORKDIR /src
