@@ -48,7 +48,6 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
-from scipy import sparse
 
 from bids_cnm.seeds import Seeds
 from bids_cnm.timeseries import PreparedSubject
@@ -294,30 +293,6 @@ def _single_threaded_blas():
 # Seeds
 
 
-def _seed_weights(seeds: Seeds, positions: np.ndarray) -> sparse.csr_matrix:
-    """``seeds.weights(positions, len(positions))`` by one sorted search for all seeds.
-
-    Equal to :meth:`Seeds.weights` (which intersects every seed with all the
-    subject's voxels, about 1 ms per seed); falls back to it when a seed has no
-    voxel with data, so that it raises its own error.
-    """
-    n = len(positions)
-    sizes = [len(v) for v in seeds.voxels]
-    if n == 0 or not sizes or not np.all(positions[1:] > positions[:-1]):
-        return seeds.weights(positions, n)
-    vox = np.concatenate([np.asarray(v, dtype=np.int64) for v in seeds.voxels])
-    seed_of = np.repeat(np.arange(len(sizes)), sizes)
-    pos = np.minimum(np.searchsorted(positions, vox), n - 1)
-    hit = positions[pos] == vox
-    counts = np.bincount(seed_of[hit], minlength=len(sizes))
-    if np.any(counts == 0):
-        return seeds.weights(positions, n)  # raises InputDataError naming the seed
-    per_seed = (1.0 / counts).astype(np.float32)
-    return sparse.csr_matrix(
-        (per_seed[seed_of[hit]], (seed_of[hit], pos[hit])), shape=(len(sizes), n)
-    )
-
-
 def seed_timeseries(subject: PreparedSubject, seeds: Seeds) -> np.ndarray:
     """Centred, unit-norm mean time course of every seed.
 
@@ -330,7 +305,7 @@ def seed_timeseries(subject: PreparedSubject, seeds: Seeds) -> np.ndarray:
     -------
     ndarray of float32, shape (K, T)
     """
-    weights = _seed_weights(seeds, subject.voxels)
+    weights = seeds.weights(subject.voxels, len(subject.voxels))
     needed = np.unique(weights.indices)  # CSR: column indices = data rows used
     rows = subject.data[needed].astype(np.float32) * subject.scale[needed, None]
     ts = np.asarray(weights[:, needed] @ rows, dtype=np.float64)

@@ -138,21 +138,23 @@ class Seeds:
             Row ``k`` holds ``1/n`` at the ``n`` rows inside seed ``k``; a
             seed voxel missing from the data is left out of the average.
         """
-        rows, cols, vals = [], [], []
-        for k, vox in enumerate(self.voxels):
-            hit = np.intersect1d(positions, vox, assume_unique=True, return_indices=True)[1]
-            if len(hit) == 0:
-                raise InputDataError(
-                    f"seed '{self.table['id'].iloc[k]}' (study "
-                    f"'{self.table['study'].iloc[k]}') has no voxel with valid data in "
-                    "this subject; check the subject's brain mask and BOLD coverage."
-                )
-            rows.append(np.full(len(hit), k))
-            cols.append(hit)
-            vals.append(np.full(len(hit), 1.0 / len(hit), dtype=np.float32))
+        positions = np.asarray(positions, dtype=np.int64)
+        sizes = [len(v) for v in self.voxels]
+        # one sorted search for all seeds' voxels at once (positions are sorted)
+        vox = np.concatenate([np.asarray(v, dtype=np.int64) for v in self.voxels])
+        seed_of = np.repeat(np.arange(len(sizes)), sizes)
+        pos = np.minimum(np.searchsorted(positions, vox), max(len(positions) - 1, 0))
+        hit = positions[pos] == vox if len(positions) else np.zeros(len(vox), dtype=bool)
+        counts = np.bincount(seed_of[hit], minlength=len(sizes))
+        for k in np.flatnonzero(counts == 0):
+            raise InputDataError(
+                f"seed '{self.table['id'].iloc[k]}' (study "
+                f"'{self.table['study'].iloc[k]}') has no voxel with valid data in "
+                "this subject; check the subject's brain mask and BOLD coverage."
+            )
+        per_seed = (1.0 / counts).astype(np.float32)
         return sparse.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(len(self.voxels), n_rows),
+            (per_seed[seed_of[hit]], (seed_of[hit], pos[hit])), shape=(len(sizes), n_rows)
         )
 
 

@@ -152,3 +152,18 @@ def test_node_values_equal_mean_of_zmaps(tiny_connectome, tiny_coordinates, tmp_
         rows = np.flatnonzero(np.isin(subject.voxels, vox))
         np.testing.assert_allclose(values[:, n], zmaps[rows].mean(axis=0), atol=1e-5)
     assert values[0, 0] > 0.3 and values[0, 1] < -0.3  # network A node +, network B node -
+
+
+def test_seed_weights_average_the_seed_voxels_with_data():
+    import pandas as pd
+
+    from bids_cnm.errors import InputDataError
+    from bids_cnm.seeds import Seeds
+
+    table = pd.DataFrame({"id": ["a", "b"], "study": ["A", "B"], "set": ["primary"] * 2})
+    seeds = Seeds(table, [np.array([3, 5, 9]), np.array([5, 40])], (4, 4, 4), np.eye(4), 6.0)
+    positions = np.array([1, 3, 5, 7, 40])  # voxel 9 has no data in this subject
+    dense = seeds.weights(positions, len(positions)).toarray()
+    np.testing.assert_allclose(dense, [[0, 0.5, 0.5, 0, 0], [0, 0, 0.5, 0, 0.5]])
+    with pytest.raises(InputDataError, match="seed 'b'.*no voxel with valid data"):
+        seeds.weights(np.array([1, 3]), 2)

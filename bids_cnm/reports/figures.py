@@ -84,11 +84,6 @@ def finite_data(img: nb.spatialimages.SpatialImage) -> np.ndarray:
     return data
 
 
-def clean_image(img: nb.spatialimages.SpatialImage) -> nb.Nifti1Image:
-    """The image with :func:`finite_data` (3-D, finite) for plotting."""
-    return nb.Nifti1Image(finite_data(img), img.affine)
-
-
 def robust_abs_max(arrays: Sequence[np.ndarray], q: float = 99.5, floor: float = 0.0) -> float:
     """A colour-scale maximum: the ``q``-th percentile of the nonzero |values|."""
     values = [np.abs(a[(a != 0) & np.isfinite(a)]) for a in arrays]
