@@ -2,7 +2,7 @@
 """Benchmark of the group-level connectivity engine (run on demand, never in the tests).
 
 Builds a synthetic resting-state connectome (one gzipped NIfTI per subject on
-nilearn's MNI152 grid), prepares it once with :func:`bids_cnm.timeseries.prepare_subject`,
+nilearn's MNI152 grid), prepares it once with :func:`bids_cnm.engine.timeseries.prepare_subject`,
 then runs exactly what ``AccumulateConnectivity`` runs (``open_prepared``, ``rows_of``,
 ``accumulate_subject`` per subject into ``RunningStats``, then ``finalize``) for each
 seed count, and puts the measured time next to what this machine can do:
@@ -100,9 +100,9 @@ import pandas as pd
 from numba import njit
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from bids_cnm import connectivity
-from bids_cnm.seeds import make_seeds
-from bids_cnm.timeseries import open_prepared, prepare_subject
+from bids_cnm.engine import connectivity
+from bids_cnm.engine.seeds import make_seeds
+from bids_cnm.engine.timeseries import open_prepared, prepare_subject
 
 GSP = {"subjects": 1000, "voxels": 228_000, "volumes": 240, "seeds": 200}
 SPHERE_DIAMETER = 6.0

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from bids_cnm.cli.run import main
-from bids_cnm.demo_data import SPACE, make_demo_dataset
-from bids_cnm.demo_plan import make_demo_plan
+from bids_cnm.demo.data import SPACE, make_demo_dataset
+from bids_cnm.demo.plan import make_demo_plan
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bids_cnm import connectivity
+from bids_cnm.engine import connectivity
 from bids_cnm.io.connectome import index_connectome, support_mask
 from bids_cnm.io.coordinates import read_coordinates
-from bids_cnm.seeds import make_seeds
-from bids_cnm.timeseries import open_prepared, prepare_subject, valid_mask
+from bids_cnm.engine.seeds import make_seeds
+from bids_cnm.engine.timeseries import open_prepared, prepare_subject, valid_mask
 
 
 def reference_zmaps(subject, seed_masks: list[np.ndarray], target: np.ndarray) -> np.ndarray:
@@ -135,8 +135,8 @@ def test_rows_of_rejects_missing_voxels():
 
 
 def test_node_values_equal_mean_of_zmaps(tiny_connectome, tiny_coordinates, tmp_path):
-    from bids_cnm.node_connectivity import node_zvalues
-    from bids_cnm.seeds import sphere_voxels
+    from bids_cnm.engine.nodes import node_zvalues
+    from bids_cnm.engine.seeds import sphere_voxels
 
     connectome = index_connectome(tiny_connectome)
     seeds = make_seeds(read_coordinates(tiny_coordinates), connectome.shape, connectome.affine)
@@ -158,7 +158,7 @@ def test_seed_weights_average_the_seed_voxels_with_data():
     import pandas as pd
 
     from bids_cnm.errors import InputDataError
-    from bids_cnm.seeds import Seeds
+    from bids_cnm.engine.seeds import Seeds
 
     table = pd.DataFrame({"id": ["a", "b"], "study": ["A", "B"], "set": ["primary"] * 2})
     seeds = Seeds(table, [np.array([3, 5, 9]), np.array([5, 40])], (4, 4, 4), np.eye(4), 6.0)

@@ -1,4 +1,4 @@
-"""Tests for the synthetic connectome generator (bids_cnm.demo_data)."""
+"""Tests for the synthetic connectome generator (bids_cnm.demo.data)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from bids_cnm import __version__
-from bids_cnm.demo_data import (
+from bids_cnm.demo.data import (
     NETWORK_BLOBS,
     SPACE,
     DemoDataset,

@@ -432,7 +432,7 @@ def test_yaml_null_key_and_syntax_errors(inputs):
 
 
 def test_demo_plan_uses_every_analysis(tmp_path):
-    from bids_cnm.demo_plan import make_demo_plan
+    from bids_cnm.demo.plan import make_demo_plan
 
     plan = load_plan(make_demo_plan(tmp_path / "demo"))
     val = plan.validation

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from bids_cnm.cli.run import main
-from bids_cnm.demo_data import make_demo_dataset
+from bids_cnm.demo.data import make_demo_dataset
 from bids_cnm.reports import REPORT_NAME, build_report
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -20,10 +20,10 @@ from bids_cnm.analyses.dbs import vat_from_contacts
 from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
 from bids_cnm.analyses.run_plan import run_plan
 from bids_cnm.errors import InputDataError
-from bids_cnm.group_results import GroupResults
+from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter
 from bids_cnm.plan import load_plan, plan_from_dict
-from bids_cnm.seeds import concat_seeds, make_seeds, sphere_voxels
+from bids_cnm.engine.seeds import concat_seeds, make_seeds, sphere_voxels
 
 SHAPE = (20, 24, 20)
 AFFINE = np.array([[4.0, 0, 0, -40], [0, 4.0, 0, -56], [0, 0, 4.0, -32], [0, 0, 0, 1]])
@@ -573,7 +573,7 @@ def test_default_plan_and_runtime_errors(run, tmp_path):
         run_plan(plan, no_nodes, writer, GRID, THRESHOLD)
     study_only = results.seeds.table["set"].isin(["primary", "control"]).to_numpy()
     keep = np.flatnonzero(study_only)
-    from bids_cnm.seeds import Seeds
+    from bids_cnm.engine.seeds import Seeds
 
     seeds = Seeds(results.seeds.table.iloc[keep].reset_index(drop=True),
                   [results.seeds.voxels[k] for k in keep], SHAPE, AFFINE, 6.0)

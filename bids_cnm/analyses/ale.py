@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ..errors import InputDataError
+from bids_cnm.errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 

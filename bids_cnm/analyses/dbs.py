@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import InputDataError
-from .roi import sphere_mask
-from .validation import network_data, permutation_p, spatial_correlation
+from bids_cnm.errors import InputDataError
+from bids_cnm.analyses.roi import sphere_mask
+from bids_cnm.analyses.validation import network_data, permutation_p, spatial_correlation
 
 LOGGER = logging.getLogger(__name__)
 

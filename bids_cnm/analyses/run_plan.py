@@ -1,6 +1,6 @@
 """Run an analysis plan on the group results and write its derivatives.
 
-:func:`run_plan` reads everything from one :class:`~bids_cnm.group_results.GroupResults`
+:func:`run_plan` reads everything from one :class:`~bids_cnm.engine.group_results.GroupResults`
 (the maps of the study seeds and of the plan's own DBS and reference seeds, and the
 per-subject node values for ROI-to-ROI), computes the primary overlap network, runs every
 analysis of the plan with the pure functions of :mod:`bids_cnm.analyses.validation`,
@@ -70,7 +70,7 @@ from bids_cnm.analyses.validation import (
     spatial_correlation,
 )
 from bids_cnm.errors import CNMError, InputDataError, MissingInputError, ReadError
-from bids_cnm.group_results import GroupResults
+from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json, write_tsv
 from bids_cnm.plan import (
     DBS_MAPS,
@@ -85,7 +85,7 @@ from bids_cnm.plan import (
     read_dbs_table,
     sphere_labels,
 )
-from bids_cnm.seeds import seed_label
+from bids_cnm.engine.seeds import seed_label
 from bids_cnm.stats.overlap import overlap_maps, threshold_label
 from bids_cnm.stats.peaks import PEAK_COLUMNS, find_peaks
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bids_cnm.group_results import GroupResults
-from bids_cnm.seeds import seed_label
+from bids_cnm.engine.group_results import GroupResults
+from bids_cnm.engine.seeds import seed_label
 from bids_cnm.stats.overlap import overlap_maps
 
 
@@ -37,7 +37,7 @@ class Variant:
         Seeds are those of this set and seed variant.
     threshold : float
     columns : tuple of int
-        Seed columns of :class:`~bids_cnm.group_results.GroupResults`.
+        Seed columns of :class:`~bids_cnm.engine.group_results.GroupResults`.
     entity : str or None
         The BIDS ``variant`` label in file names (``None`` for the main seeds, whose
         threshold variants differ by their ``thresh`` entity only).

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bids_cnm.group_results import GroupResults
+from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.stats.overlap import binarize
 from bids_cnm.stats.permutation import (
     PermutationResult,

@@ -34,10 +34,10 @@ from bids_cnm.errors import (
 from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
 from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import bids_name, write_json, write_nifti
-from bids_cnm.node_connectivity import save_nodes
-from bids_cnm.outputs import grid_entities
+from bids_cnm.engine.nodes import save_nodes
+from bids_cnm.io.outputs import grid_entities
 from bids_cnm.plan import load_plan
-from bids_cnm.seeds import concat_seeds, make_seeds, save_seeds, seeds_digest
+from bids_cnm.engine.seeds import concat_seeds, make_seeds, save_seeds, seeds_digest
 from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
 
 LOGGER = logging.getLogger("bids_cnm")
@@ -81,7 +81,7 @@ def control_sets(config: Config, seeds_table) -> list[str]:
     """Control groups of the specificity tests: the named or all other coordinate sets,
     plus the randomly relocated studies."""
     from bids_cnm.analyses.specificity import RANDOM_SET
-    from bids_cnm.outputs import NON_NETWORK_SETS
+    from bids_cnm.io.outputs import NON_NETWORK_SETS
 
     if config.control_sets is not None:
         names = list(config.control_sets)
@@ -397,7 +397,7 @@ def plugin_arguments(config: Config) -> dict:
 
 def load_seed_ids(inputs: RunInputs) -> list[str]:
     """Seed ids of a run (from the saved seeds)."""
-    from bids_cnm.seeds import load_seeds
+    from bids_cnm.engine.seeds import load_seeds
 
     return load_seeds(str(inputs.seeds_file)).ids
 

@@ -26,12 +26,13 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_cnm import connectivity, outputs
-from bids_cnm.group_results import GroupResults
+from bids_cnm.engine import connectivity
+from bids_cnm.io import outputs
+from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter
-from bids_cnm.node_connectivity import load_nodes, node_zvalues
-from bids_cnm.seeds import load_seeds
-from bids_cnm.timeseries import open_prepared, prepare_subject, valid_mask
+from bids_cnm.engine.nodes import load_nodes, node_zvalues
+from bids_cnm.engine.seeds import load_seeds
+from bids_cnm.engine.timeseries import open_prepared, prepare_subject, valid_mask
 
 LOGGER = logging.getLogger("bids_cnm")
 

@@ -69,7 +69,7 @@ import numpy as np
 from numba import prange
 from scipy import stats
 
-from .tfce import cached_njit, neighbour_table, tfce_masked
+from bids_cnm.stats.tfce import cached_njit, neighbour_table, tfce_masked
 
 __all__ = [
     "PermutationResult",

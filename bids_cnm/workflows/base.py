@@ -192,7 +192,7 @@ def init_connectivity_branch(
     else:
         # the participant level wrote each subject's valid-voxel mask last
         mask.inputs.masks = [reuse_maps[s.label][-1] for s in subjects]
-        from bids_cnm.seeds import load_seeds
+        from bids_cnm.engine.seeds import load_seeds
 
         n_seeds = len(load_seeds(str(inputs.seeds_file)))
         files = [f for s in subjects for f in reuse_maps[s.label][:-1]]

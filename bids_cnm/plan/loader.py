@@ -57,6 +57,8 @@ __all__ = [
     "read_table",
     "coordinate_table",
     "mask_roi_files",
+    "atlas_labels",
+    "sphere_labels",
     "read_dbs_table",
     "OVERLAP_MAPS",
     "DBS_MAPS",

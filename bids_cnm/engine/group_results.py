@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_cnm.io.derivatives import unmask
-from bids_cnm.seeds import Seeds, load_seeds
+from bids_cnm.engine.seeds import Seeds, load_seeds
 
 
 @dataclass

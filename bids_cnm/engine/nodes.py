@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_cnm.connectivity import R_MAX, fisher_z, seed_timeseries
-from bids_cnm.seeds import Seeds
-from bids_cnm.timeseries import PreparedSubject
+from bids_cnm.engine.connectivity import R_MAX, fisher_z, seed_timeseries
+from bids_cnm.engine.seeds import Seeds
+from bids_cnm.engine.timeseries import PreparedSubject
 
 
 def node_zvalues(

@@ -2,7 +2,7 @@
 
 :func:`make_demo_plan` writes, under ``<demo_dir>/plan/``, inputs shaped like those of the
 reference study (Ji et al. 2025) but placed on the networks planted by
-:mod:`bids_cnm.demo_data`, so each analysis has a known answer:
+:mod:`bids_cnm.demo.data`, so each analysis has a known answer:
 
 ``eeg_fmri.tsv``
     EEG-fMRI activation peaks: ``generalized`` ones on the default-mode-like (DMN) and
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from bids_cnm.analyses.roi import sphere_mask, voxel_to_world, world_to_voxel
-from bids_cnm.demo_data import NETWORK_BLOBS, load_grid_mask, loading_maps
+from bids_cnm.demo.data import NETWORK_BLOBS, load_grid_mask, loading_maps
 
 __all__ = ["make_demo_plan", "DEMO_PLAN_NAME", "main"]
 
@@ -125,7 +125,7 @@ def make_demo_plan(demo_dir: str | os.PathLike, resolution: int = 4,
     Parameters
     ----------
     demo_dir : path
-        The demo folder (as made by :func:`bids_cnm.demo_data.make_demo_dataset`; the
+        The demo folder (as made by :func:`bids_cnm.demo.data.make_demo_dataset`; the
         inputs do not need the connectome, only its grid).
     resolution : int
         Voxel size of the demo grid in mm.
@@ -328,8 +328,8 @@ ale:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bids_cnm.demo_plan DEMO_DIR``: write the demo plan and its inputs."""
-    parser = argparse.ArgumentParser(prog="python -m bids_cnm.demo_plan",
+    """``python -m bids_cnm.demo.plan DEMO_DIR``: write the demo plan and its inputs."""
+    parser = argparse.ArgumentParser(prog="python -m bids_cnm.demo.plan",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("demo_dir", type=Path)
     parser.add_argument("--resolution", type=int, default=4)

@@ -49,10 +49,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from bids_cnm.seeds import Seeds
-from bids_cnm.timeseries import PreparedSubject
+from bids_cnm.engine.seeds import Seeds
+from bids_cnm.engine.timeseries import PreparedSubject
 
-LOGGER = logging.getLogger("bids_cnm.connectivity")
+LOGGER = logging.getLogger("bids_cnm.engine.connectivity")
 
 #: r is clipped to ±R_MAX before Fisher's transform so that a seed voxel that
 #: correlates perfectly with its own seed still has a finite z (|z| <= 7.25).

@@ -20,13 +20,13 @@ from bids_cnm.analyses.sensitivity import (
     enumerate_variants,
     variant_maps,
 )
-from bids_cnm.group_results import GroupResults
+from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_tsv
-from bids_cnm.seeds import Seeds, seed_label
+from bids_cnm.engine.seeds import Seeds, seed_label
 from bids_cnm.stats.overlap import threshold_label
 from bids_cnm.stats.peaks import find_peaks
 
-LOGGER = logging.getLogger("bids_cnm.outputs")
+LOGGER = logging.getLogger("bids_cnm.io.outputs")
 
 STAT_DESCRIPTIONS = {
     "r": "Mean Pearson correlation across connectome subjects between the seed's mean "

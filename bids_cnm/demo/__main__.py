@@ -1,8 +1,8 @@
 """One command from nothing to an overlap network: ``bids_cnm-demo OUT_DIR``.
 
 Generates the synthetic connectome and demo coordinates
-(:mod:`bids_cnm.demo_data`) and the demo analysis plan with its validation and
-DBS inputs (:mod:`bids_cnm.demo_plan`) under ``OUT_DIR`` unless they are there
+(:mod:`bids_cnm.demo.data`) and the demo analysis plan with its validation and
+DBS inputs (:mod:`bids_cnm.demo.plan`) under ``OUT_DIR`` unless they are there
 already, then runs the whole group-level chain on them exactly as a user would::
 
     bids_cnm OUT_DIR/connectome OUT_DIR/derivatives group \\
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bids_cnm.cli.run import main as cnm_main
-from bids_cnm.demo_data import make_demo_dataset
-from bids_cnm.demo_plan import make_demo_plan
+from bids_cnm.demo.data import make_demo_dataset
+from bids_cnm.demo.plan import make_demo_plan
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from scipy import sparse
 
 from bids_cnm.errors import InputDataError
 
-LOGGER = logging.getLogger("bids_cnm.seeds")
+LOGGER = logging.getLogger("bids_cnm.engine.seeds")
 
 
 SEED_COLUMNS = (

@@ -436,7 +436,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, n_subjects: int = 20, n_volume
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: ``python -m bids_cnm.demo_data OUT_DIR [options]``.
+    """Command-line entry point: ``python -m bids_cnm.demo.data OUT_DIR [options]``.
 
     Parameters
     ----------
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status (0 on success).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m bids_cnm.demo_data",
+        prog="python -m bids_cnm.demo.data",
         description="Write a synthetic fMRIPrep-like connectome with planted networks, demo "
                     "coordinates and ground-truth maps.")
     parser.add_argument("out_dir", help="output directory")
