@@ -282,9 +282,13 @@ def test_killed_run_resumes(tiny_connectome, tiny_coordinates, tmp_path):
                "--nipype-plugin", "Linear"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    first = work / "cnm_wf" / "prepare_sub_01" / "prepared" / "meta.json"
+    node = work / "cnm_wf" / "prepare_sub_01"
+    first = node / "prepared" / "meta.json"
+    # a step is finished once nipype has written its result file (killed between the
+    # prepared copy and that file, nipype rightly runs the step again)
+    done = node / "result_prepare_sub_01.pklz"
     deadline = time.time() + 120
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
+    while not done.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
