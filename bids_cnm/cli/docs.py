@@ -36,6 +36,9 @@ _SKIPPED_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 
 _WIDTH = 88
 
+#: the published container image (built and pushed by .github/workflows/release.yml)
+IMAGE = "ghcr.io/bids-cnm/bids_cnm"
+
 
 # ----------------------------------------------------------------------------- the parser
 
@@ -325,7 +328,7 @@ def boutiques_descriptor(parser: argparse.ArgumentParser | None = None) -> dict:
         "command-line": command,
         "container-image": {
             "type": "docker",
-            "image": f"bids_cnm:{__version__}",
+            "image": f"{IMAGE}:{__version__}",
             "entrypoint": True,
         },
         "inputs": [boutiques_input(a) for a in actions],

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf = parser.add_argument_group("performance and execution")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,
                       help="nipype working directory (caches; a re-run resumes from it); "
-                      "default: <output_dir>/../bids_cnm_work")
+                      "default: $BIDS_CNM_WORK_DIR when set (the container sets /work), "
+                      "else <output_dir>/../bids_cnm_work")
     perf.add_argument("--nprocs", "--n-cpus", type=_positive_int,
                       default=min(os.cpu_count() or 1, 8), dest="nprocs",
                       help="processes for nipype's MultiProc plugin")
@@ -164,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_work_dir(output_dir: Path) -> Path:
+    """``$BIDS_CNM_WORK_DIR`` (set in the container image) or a folder beside the outputs."""
+    env = os.environ.get("BIDS_CNM_WORK_DIR")
+    return Path(env) if env else output_dir.parent / "bids_cnm_work"
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     """Parse the command line into a :class:`Config`.
 
@@ -175,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     bids_dir = args.bids_dir.expanduser().resolve()
     output_dir = args.output_dir.expanduser().resolve()
-    work_dir = (args.work_dir or output_dir.parent / "bids_cnm_work").expanduser().resolve()
+    work_dir = (args.work_dir or _default_work_dir(output_dir)).expanduser().resolve()
     for name, path in (("OUTPUT_DIR", output_dir), ("--work-dir", work_dir)):
         if path == bids_dir or bids_dir in path.parents:
             raise UsageError(
