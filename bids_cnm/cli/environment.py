@@ -27,15 +27,19 @@ CACHE_VARIABLES = {
 }
 
 
-def writable_dir(path: str | os.PathLike | None) -> bool:
-    """True when ``path`` is (or can be created as) a folder this user may write into."""
+def writable_dir(path: str | os.PathLike | None, create: bool = False) -> bool:
+    """True when ``path`` is a folder this user may write into.
+
+    With ``create``, a missing folder is made first (for cache folders; never for HOME).
+    """
     if not path:
         return False
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
@@ -69,7 +73,7 @@ def prepare_environment(environ: MutableMapping[str, str] | None = None) -> dict
         changed["HOME"] = str(root / "home")
     for variable, sub in CACHE_VARIABLES.items():
         # unset, each library falls back to a folder under HOME (made writable above)
-        if variable in environ and not writable_dir(environ[variable]):
+        if variable in environ and not writable_dir(environ[variable], create=True):
             changed[variable] = str(root / sub)
     for variable, value in changed.items():
         if variable != "NIPYPE_NO_ET":
