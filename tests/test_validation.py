@@ -95,6 +95,47 @@ def test_sphere_smaller_than_voxel_falls_back_to_nearest_voxel():
     assert mask[4, 8, 2]
 
 
+def test_sphere_fallback_ties_follow_rounding_without_a_systematic_shift():
+    # Centres exactly midway between voxels along some axes: every corner of the cell is
+    # equally near.  The pick must be the voxel numpy.rint gives (half to even), so over
+    # many cells the shifts cancel (argmin's first corner always moved one way).
+    affine = np.diag([2.0, 2, 2, 1])
+    shape = (12, 12, 12)
+    shifts = []
+    for base in itertools.product(range(2, 8), repeat=3):
+        cvox = np.asarray(base, float) + 0.5
+        centre = roi.voxel_to_world(cvox, affine)
+        got = np.argwhere(roi.sphere_mask(centre, 0.5, shape, affine))
+        assert len(got) == 1
+        np.testing.assert_array_equal(got[0], np.rint(cvox))
+        shifts.append(got[0] - cvox)
+    np.testing.assert_allclose(np.mean(shifts, axis=0), 0.0, atol=1e-12)
+
+
+def test_tiny_sphere_fallback_after_the_support_cut():
+    from bids_cnm.engine.seeds import make_seeds, sphere_voxels
+
+    affine = np.diag([4.0, 4, 4, 1])
+    shape = (8, 8, 8)
+    centre = roi.voxel_to_world([3.2, 3.1, 3.3], affine)  # nearest voxel (3, 3, 3)
+    support = np.zeros(shape, bool)
+    support[4, 3, 3] = support[3, 4, 4] = True  # cell corners at distances 3.2 and 3.4 mm
+    # nearest voxel of the support among the cell's corners, by brute force
+    corners = np.array(list(itertools.product((3, 4), repeat=3)))
+    corners = corners[support[tuple(corners.T)]]
+    d = np.linalg.norm(roi.voxel_to_world(corners, affine) - centre, axis=1)
+    want = np.ravel_multi_index(corners[np.argmin(d)], shape)
+    assert sphere_voxels(centre, 1.0, shape, affine, support).tolist() == [want]
+    assert sphere_voxels(centre, 1.0, shape, affine).tolist() == [
+        np.ravel_multi_index((3, 3, 3), shape)]
+    coords = pd.DataFrame({"study": ["s"], "x": [centre[0]], "y": [centre[1]],
+                           "z": [centre[2]], "set": ["primary"], "source_row": [2]})
+    seeds = make_seeds(coords, shape, affine, support=support, diameter=1.0)
+    assert seeds.voxels[0].tolist() == [want]
+    # no corner in the support: no voxel (the seed is then an input error)
+    assert sphere_voxels(centre, 1.0, shape, affine, np.zeros(shape, bool)).size == 0
+
+
 def test_sphere_outside_field_of_view_is_an_input_error():
     with pytest.raises(InputDataError, match="outside the image field of view"):
         roi.sphere_mask([500, 0, 0], 6, SHAPE, FLIPPED)
@@ -215,30 +256,55 @@ def test_random_sphere_masks_centres_in_mask_and_reproducible():
 # ------------------------------------------------------------------- validation
 
 
-def test_roi_overlap_constant_map_and_nan_support():
+def test_roi_overlap_constant_map_and_signed_map():
     net = np.full(SHAPE, 0.25)
     roi_mask = brute_sphere(np.zeros(3), 12, SHAPE, FLIPPED)
     assert val.roi_overlap(net, roi_mask) == pytest.approx(25.0)
-    # NaN voxels of the ROI are ignored, not counted as zero.
-    net2 = net.copy()
-    net2[roi_mask.nonzero()[0][:5], roi_mask.nonzero()[1][:5], roi_mask.nonzero()[2][:5]] = np.nan
-    assert val.roi_overlap(net2, roi_mask) == pytest.approx(25.0)
-    # A signed map: mean x 100.
     rng = np.random.default_rng(0)
     signed = rng.uniform(-1, 1, SHAPE)
     assert val.roi_overlap(nib.Nifti1Image(signed, FLIPPED), roi_mask) == pytest.approx(
         100 * signed[roi_mask].mean()
     )
-    # A 1-D network over an analysis mask gives the same answer.
-    brain = np.ones(SHAPE, bool)
-    brain[:3] = False
-    assert val.roi_overlap(signed[brain], roi_mask, mask=brain) == pytest.approx(
-        100 * signed[roi_mask & brain].mean()
-    )
     with pytest.raises(ValueError, match="empty"):
         val.roi_overlap(net, np.zeros(SHAPE, bool))
     with pytest.raises(ValueError, match="finite"):
-        val.roi_overlap(np.full(SHAPE, np.nan), roi_mask)
+        val.roi_overlap(np.full(SHAPE, np.nan), roi_mask, denominator="mask")
+    with pytest.raises(ValueError, match="denominator"):
+        val.roi_overlap(net, roi_mask, denominator="brain")
+
+
+def test_roi_overlap_sphere_crossing_the_brain_edge():
+    # The brain is the half x < 0 of the grid (x axis flipped: high i); a 25 mm sphere
+    # centred on the edge has about half its voxels outside it.
+    _, xyz = all_xyz(SHAPE, FLIPPED)
+    brain = (xyz[:, 0] < 0).reshape(SHAPE)
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0.2, 1.0, SHAPE)
+    net = np.where(brain, values, np.nan)  # networks are NaN outside the mask
+    centre = np.array([0.0, 0.0, 0.0])
+    inside_sphere = np.linalg.norm(xyz - centre, axis=1) <= 12.5
+    sphere = inside_sphere.reshape(SHAPE)
+    assert 0 < (sphere & ~brain).sum() < sphere.sum()
+    # Ji et al.: sum over the ROI / all its voxels (outside the brain = 0)
+    study = 100 * values[sphere & brain].sum() / sphere.sum()
+    in_mask = 100 * values[sphere & brain].mean()
+    assert val.roi_overlap(net, sphere, mask=brain) == pytest.approx(study)
+    assert val.roi_overlap(net, sphere) == pytest.approx(study)  # NaN = outside
+    assert val.roi_overlap(net, sphere, brain, "mask") == pytest.approx(in_mask)
+    assert study < in_mask
+    # a 1-D network over the mask: the same numbers
+    assert val.roi_overlap(values[brain], sphere, brain) == pytest.approx(study)
+    assert val.roi_overlap(values[brain], sphere, brain, "mask") == pytest.approx(in_mask)
+    # an undefined value inside the mask (NaN t) is neither a 0 nor counted
+    sphere_voxel = tuple(np.argwhere(sphere & brain)[0])
+    net2 = net.copy()
+    net2[sphere_voxel] = np.nan
+    keep = sphere & brain
+    keep[sphere_voxel] = False
+    want = 100 * values[keep].sum() / (sphere.sum() - 1)
+    assert val.roi_overlap(net2, sphere, mask=brain) == pytest.approx(want)
+    assert val.roi_overlap(net2, sphere, brain, "mask") == pytest.approx(
+        100 * values[keep].mean())
 
 
 def _regions(n=30, seed=0):
@@ -286,23 +352,63 @@ def test_null_random_regions_matches_loop_and_analytic_moments():
     assert val.mean_region_overlap(net, regions[:4]) == pytest.approx(region_means[:4].mean())
 
 
-def test_null_random_spheres_matches_explicit_masks():
+@pytest.mark.parametrize("denominator", ["roi", "mask"])
+def test_null_random_spheres_matches_explicit_masks(denominator):
     rng = np.random.default_rng(6)
     net = rng.normal(size=SHAPE)
-    net[0, 0, 0] = np.nan  # NaN voxels are ignored as in roi_overlap
     brain = np.zeros(SHAPE, bool)
     brain[2:19, 2:23, 2:17] = True
+    net[5, 5, 5] = np.nan  # an undefined value inside the mask: never counted
     null, centers = val.null_distribution_random_spheres(
-        net, brain, FLIPPED, n_select=3, diameter=10, n_draws=40, rng=9, return_centers=True
+        net, brain, FLIPPED, n_select=3, diameter=10, n_draws=40, rng=9, return_centers=True,
+        denominator=denominator,
     )
     assert centers.shape == (40, 3, 3)
+    finite = np.isfinite(net)
     for d in range(40):
-        spheres = [roi.sphere_mask(c, 10, SHAPE, FLIPPED) for c in centers[d]]
-        want = np.mean([val.roi_overlap(net, s) for s in spheres])
-        assert null[d] == pytest.approx(want)
+        per_sphere = []
+        for c in centers[d]:
+            sphere = brute_sphere(c, 10, SHAPE, FLIPPED)
+            used = sphere & brain & finite
+            count = used.sum() if denominator == "mask" else (
+                sphere.sum() - (sphere & brain & ~finite).sum())
+            per_sphere.append(100 * net[used].sum() / count)
+        assert null[d] == pytest.approx(np.mean(per_sphere))
     # Same generator consumption as random_sphere_masks: identical centres.
     _, c2 = roi.random_sphere_masks(120, 10, brain, FLIPPED, rng=9, return_centers=True)
     np.testing.assert_allclose(c2, centers.reshape(-1, 3))
+
+
+def test_null_sphere_centres_lie_in_the_cortical_shell_or_a_user_mask():
+    # A ball-shaped brain on a 2 mm grid; the shell is every brain voxel within 5 mm of
+    # a voxel centre outside the brain (brute force over all outside voxels).
+    affine = np.diag([2.0, 2, 2, 1])
+    shape = (24, 24, 24)
+    ijk = np.indices(shape).reshape(3, -1).T
+    xyz = ijk * 2.0
+    brain = (np.linalg.norm(xyz - 23.0, axis=1) <= 18).reshape(shape)
+    outside = xyz[~brain.ravel()]
+    inside_idx = np.flatnonzero(brain.ravel())
+    depth = np.array([np.sqrt(((outside - xyz[v]) ** 2).sum(1).min()) for v in inside_idx])
+    want = np.zeros(brain.size, bool)
+    want[inside_idx[depth <= 5]] = True
+    shell = roi.cortex_shell(brain, affine, 5.0)
+    np.testing.assert_array_equal(shell.ravel(), want)
+    assert 0 < shell.sum() < brain.sum()
+    net = np.random.default_rng(2).normal(size=shape)
+    _, centres = val.null_distribution_random_spheres(
+        net, brain, affine, 4, 6.0, n_draws=200, rng=1, return_centers=True, centres=shell)
+    vox = np.rint(roi.world_to_voxel(centres.reshape(-1, 3), affine)).astype(int)
+    assert shell[tuple(vox.T)].all()
+    # a user mask: one octant of the brain
+    octant = brain & (np.indices(shape)[0] < 12) & (np.indices(shape)[1] < 12)
+    _, centres = val.null_distribution_random_spheres(
+        net, brain, affine, 4, 6.0, n_draws=200, rng=1, return_centers=True, centres=octant)
+    vox = np.rint(roi.world_to_voxel(centres.reshape(-1, 3), affine)).astype(int)
+    assert octant[tuple(vox.T)].all()
+    # the grid's edge counts as outside: a brain filling the grid has its faces as shell
+    full = roi.cortex_shell(np.ones((6, 6, 6), bool), affine, 2.0)
+    assert full[0].all() and not full[1:5, 1:5, 1:5].any()
 
 
 def test_permutation_p():
@@ -376,14 +482,39 @@ def test_peak_in_region():
     assert [pk["x"], pk["y"], pk["z"]] == roi.voxel_to_world([4, 5, 6], FLIPPED).tolist()
     assert val.peak_in_region(img, region, "negative")["value"] == -3.0
     assert val.peak_in_region(img, region, "abs")["value"] == -3.0
-    # A plateau: the tied voxel nearest the plateau's centroid, in any orientation.
-    plateau = np.zeros(SHAPE)
-    plateau[3:6, 4, 4] = 1.0
-    plateau[9, 4, 4] = 1.0
-    p1 = val.peak_in_region(nib.Nifti1Image(plateau, FLIPPED), region)
-    p2 = val.peak_in_region(to_ras(nib.Nifti1Image(plateau, FLIPPED)), region[::-1])
-    assert p1["n_ties"] == 4 and (p1["i"], p1["j"], p1["k"]) == (5, 4, 4)
-    assert (p1["x"], p1["y"], p1["z"]) == (p2["x"], p2["y"], p2["z"])
+    assert pk["n_plateaus"] == 1
+
+
+def test_peak_plateaus_reports_every_tied_plateau():
+    region = np.zeros(SHAPE, bool)
+    region[:12, :12, :12] = True
+    plateau = np.zeros(SHAPE, np.float32)
+    plateau[3:6, 4, 4] = 1.0      # a line of 3: placed at its middle voxel
+    plateau[9, 4, 4] = 1.0        # a single voxel, not touching the line
+    plateau[7, 8, 9] = plateau[8, 9, 10] = 1.0  # corner-connected: one plateau of 2
+    plateau[2, 2, 2] = 0.5
+    img = nib.Nifti1Image(plateau, FLIPPED)
+    refs = pd.DataFrame({"label": ["a", "b"], "x": [0.0, 20.0], "y": [0.0, -20.0],
+                         "z": [0.0, -10.0]})
+    table = val.peak_plateaus(img, region, references=refs)
+    # expected by hand: sizes 3, 2, 1; each placed at the voxel nearest its centroid,
+    # for the pair (equidistant) the one with the smaller x (x = 30 - 3i: i = 8)
+    want = [((4, 4, 4), 3), ((8, 9, 10), 2), ((9, 4, 4), 1)]
+    assert table["plateau"].tolist() == [1, 2, 3]
+    assert table["n_voxels"].tolist() == [3, 2, 1]
+    assert (table["value"] == 1.0).all()
+    for (ijk, _), (_, row) in zip(want, table.iterrows()):
+        xyz = roi.voxel_to_world(ijk, FLIPPED)
+        assert [row.x, row.y, row.z] == xyz.tolist()
+        d = np.linalg.norm(refs[["x", "y", "z"]].to_numpy() - xyz, axis=1)
+        assert row.nearest_reference == refs["label"].iloc[np.argmin(d)]
+        assert row.nearest_distance_mm == pytest.approx(d.min())
+    # The same world coordinates in the other orientation.
+    again = val.peak_plateaus(to_ras(img), region[::-1])
+    np.testing.assert_array_equal(again[["x", "y", "z"]], table[["x", "y", "z"]])
+    pk = val.peak_in_region(img, region)
+    assert (pk["n_ties"], pk["n_plateaus"]) == (6, 3)
+    assert (pk["i"], pk["j"], pk["k"]) == (4, 4, 4)
 
 
 def test_distances_mm():
