@@ -842,7 +842,11 @@ def _posthoc(names: list[str], groups: list[np.ndarray], ranking: pd.DataFrame,
     for ia, ib in itertools.combinations(order, 2):
         a, b = groups[ia], groups[ib]
         row = {"network_a": names[ia], "network_b": names[ib]}
-        if kind == "welch":
+        if kind == "welch" and min(a.size, b.size) < 2:
+            # a network of one unit has no variance of its own: no pairwise test
+            row.update(test="welch", statistic=np.nan, df=np.nan, p=np.nan,
+                       mean_diff=float(a.mean() - b.mean()), hedges_g=np.nan)
+        elif kind == "welch":
             res = compare_groups(a, b)
             row.update(test="welch", statistic=res["t"], df=res["df"], p=res["p"],
                        mean_diff=res["mean_diff"], hedges_g=res["hedges_g"])
@@ -858,15 +862,18 @@ def _posthoc(names: list[str], groups: list[np.ndarray], ranking: pd.DataFrame,
                        median_diff=float(np.median(a - b)))
         rows.append(row)
     posthoc = pd.DataFrame(rows)
-    posthoc.insert(posthoc.columns.get_loc("p") + 1, "p_holm", holm(posthoc["p"].to_numpy()))
+    p = posthoc["p"].to_numpy(dtype=float)
+    adjusted = np.full(p.size, np.nan)
+    adjusted[np.isfinite(p)] = holm(p[np.isfinite(p)])  # over the tests that were made
+    posthoc.insert(posthoc.columns.get_loc("p") + 1, "p_holm", adjusted)
     return posthoc
 
 
 def _independent_anova(groups: list[np.ndarray], names: list[str], unit: str) -> dict:
-    if any(g.size < 2 for g in groups):
-        small = [n for n, g in zip(names, groups) if g.size < 2]
-        raise ValueError(f"network(s) {small} have fewer than 2 {unit}; the ANOVA needs >= 2 "
-                         "per network")
+    empty = [n for n, g in zip(names, groups) if g.size == 0]
+    if empty or sum(g.size for g in groups) <= len(groups):
+        raise ValueError(f"network(s) {empty or names} have too few {unit}: the ANOVA needs "
+                         f"one or more per network and more {unit} than networks")
     f, p = stats.f_oneway(*groups)
     allv = np.concatenate(groups)
     grand = allv.mean()

@@ -63,8 +63,10 @@ def sphere_voxels(
         Sorted flat (C-order) indices of the voxels whose centre is within the
         radius (a relative tolerance of 1e-9 keeps voxels exactly on the
         surface) and inside ``support``.  When there is none, the fallback: the
-        nearest voxel of ``support`` among the (up to 8) voxels at the corners of
-        the grid cell that holds the centre; ties in distance go to the voxel
+        nearest voxel of ``support`` among the voxels within one step of the
+        centre along every axis (the corners of the grid cell that holds the
+        centre, plus the neighbours of a centre exactly on a voxel or on the
+        grid's edge); ties in distance go to the voxel
         that rounding the continuous voxel index gives (``numpy.rint``, half to
         even), so no direction is favoured.  Empty when the centre lies more than
         one voxel outside the grid or no corner voxel is in ``support``.
@@ -90,9 +92,10 @@ def sphere_voxels(
     usable = np.ones(len(grid), dtype=bool) if flat_support is None else flat_support[flat]
     inside = usable & (dist <= radius * (1 + 1e-9))
     if not inside.any():
-        # the corners of the grid cell holding the centre, cut to the support first
-        corner = np.all((grid >= np.floor(center_vox)) & (grid <= np.floor(center_vox) + 1), 1)
-        candidates = np.flatnonzero(corner & usable)
+        # the voxels within one step of the centre along every axis (the corners of
+        # its grid cell), cut to the support first
+        near = np.all(np.abs(grid - center_vox) <= 1 + 1e-9, axis=1)
+        candidates = np.flatnonzero(near & usable)
         if len(candidates) == 0:
             return np.empty(0, dtype=np.int64)
         nearest = dist[candidates] <= dist[candidates].min() * (1 + 1e-9) + 1e-12
