@@ -391,6 +391,10 @@ def test_roi_overlap_null_models(run):
         p = (np.sum(null >= summary["observed"] - 1e-9) + 1) / (n_draws + 1)
         assert summary["p_null"] == pytest.approx(p)
         assert summary["p_null"] < 0.05  # the ROIs sit on the planted network
+    groups = read(run, f"{base}Groups_summary.tsv").iloc[0]
+    # ROIs spread through the brain: the default 'auto' draws centres anywhere in the mask
+    assert groups["null_within"] == "brain" and groups["denominator"] == "roi"
+    assert groups["n_candidate_centres"] == run["results"].mask.sum()
     # the atlas null draws 2 of all regions: its mean is the mean of the regions' overlaps
     results = run["results"]
     vol = overlap_volume(results)
@@ -554,6 +558,13 @@ def test_ale_inputs_and_maps(run):
     summary = read(run, "space-MNI152NLin6Asym_res-2_set-primary_desc-ale_summary.tsv").iloc[0]
     assert summary["n_studies"] == 4 and summary["n_foci"] == 8
     assert summary["max_z"] == pytest.approx(z.max())
+    # clusters counted with face (6-) connectivity, as NiMARE forms them
+    from scipy import ndimage
+
+    thr = image(run, "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-aleclusterfwe_"
+                     "statmap.nii.gz")
+    faces = ndimage.generate_binary_structure(3, 1)
+    assert summary["n_clusters"] == ndimage.label(thr != 0, structure=faces)[1]
 
 
 def test_runs_are_reproducible(run, tmp_path):
