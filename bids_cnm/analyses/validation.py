@@ -694,12 +694,8 @@ def peak_in_region(
 
     Parameters
     ----------
-    img : nibabel image
-        The map (3-D).
-    region_mask : ndarray of bool
-        Region on the image grid.
-    sign : {'positive', 'negative', 'abs'}
-        Maximum, minimum, or maximum absolute value.
+    img, region_mask, sign
+        As for :func:`peak_plateaus`.
 
     Returns
     -------
