@@ -69,7 +69,8 @@ class Config:
     cache_dtype : {'int16', 'float32'}
         Storage of the prepared (masked, standardized) time series in the work
         directory.  ``float32`` (default) is exact; ``int16`` with one scale per
-        voxel halves the bytes read, with r within 1e-5 and t within 0.1%.
+        voxel halves the bytes read; each stored value is within half a step,
+        ``max|x| / 65534`` of its voxel's series, of the float32 value.
     batch_size : int
         Maximum number of subjects accumulated by one group-level job.
     nprocs : int

@@ -79,6 +79,20 @@ def test_source_conversion_and_validation(caplog):
         ale.coordinates_to_nimare_source(zero)
 
 
+def test_experiments_are_keyed_by_set_and_study():
+    # Two sets may both hold a study named 'study00': two experiments, each with its own
+    # foci and sample size, not one merged study.
+    a = _synthetic(2, seed=1).assign(set="IGE")
+    b = _synthetic(2, seed=2).assign(set="control")
+    src = ale.coordinates_to_nimare_source(pd.concat([a, b], ignore_index=True))
+    assert sorted(src) == ["IGE:study00", "IGE:study01", "control:study00", "control:study01"]
+    for name, table in (("IGE", a), ("control", b)):
+        rows = table[table.study == "study00"]
+        c = src[f"{name}:study00"]["contrasts"]["1"]
+        assert c["coords"]["x"] == rows.x.tolist() and len(c["coords"]["x"]) == 5
+        assert c["metadata"]["sample_sizes"] == [int(rows.sample_size.iloc[0])]
+
+
 def test_ale_peak_at_planted_cluster():
     maps = ale.run_ale(_synthetic(), n_iters=50, random_state=0)
     assert set(maps) == EXPECTED_MAPS

@@ -86,7 +86,9 @@ def full_plan() -> dict:
                  "masks": {"folder": "masks", "table": "masks.tsv"},
                  "compare": {"column": "group", "a": "yes", "b": "no"}},
                 {"name": "Electrodes", "spheres": {"table": "spheres.tsv", "diameter": 25},
-                 "null_model": {"kind": "spheres", "n_draws": 50, "alternative": "two-sided"}},
+                 "denominator": "mask",
+                 "null_model": {"kind": "spheres", "n_draws": 50, "alternative": "two-sided",
+                                "within": "cortex", "shell_mm": 6}},
                 {"name": "Atlas", "network": {"image": "image.nii.gz"},
                  "atlas": {"image": "atlas.nii.gz", "labels": "atlas.tsv", "select": ["thal"]},
                  "null_model": {"kind": "regions", "n_draws": 50}},
@@ -96,7 +98,7 @@ def full_plan() -> dict:
                  "network": ["overlap", "overlap:control"], "stat": "z"},
                 {"name": "Img", "image": "image.nii.gz", "network": "dbs"},
             ],
-            "roi_to_roi": {"nodes": "nodes.tsv", "diameter": 6},
+            "roi_to_roi": {"nodes": "nodes.tsv", "diameter": 6, "test": "friedman"},
             "peaks": [
                 {"name": "Thal", "map": "convergent", "references": "refs.tsv",
                  "region": {"atlas": {"image": "atlas.nii.gz", "labels": "atlas.tsv",
@@ -166,6 +168,11 @@ def test_full_plan_loads_with_defaults_and_absolute_paths(inputs, tmp_path, monk
     assert rois[3].atlas.select == ("thal",)
     assert rois[2].null_model.n_draws == 50 and rois[2].null_model.kind == "spheres"
     assert rois[0].network == "overlap" and rois[0].statistic == "mean_of_regions"
+    # the study's conventions by default, the others as asked
+    assert rois[0].denominator == "roi" and rois[2].denominator == "mask"
+    assert (rois[2].null_model.within, rois[2].null_model.shell_mm) == ("cortex", 6.0)
+    assert rois[3].null_model.within == "auto" and rois[3].null_model.within_mask is None
+    assert plan.validation.roi_to_roi.test == "friedman"
     sc = plan.validation.spatial_correlation
     assert sc[0].network == ("overlap", "overlap:control") and sc[0].seed_id == "refScan"
     assert sc[1].network == ("dbs",) and sc[1].image == (inputs / "image.nii.gz").resolve()
@@ -337,6 +344,23 @@ CASES = [
     ("validation.peaks[0].region", {}, InputDataError,
      ["validation.peaks[0].region: none of spheres, atlas, mask given"]),
     ("ale.sets", [], InputDataError, ["ale.sets: the list is empty"]),
+    ("validation.roi_overlap[0].denominator", "brain", InputDataError,
+     ["validation.roi_overlap[0].denominator: 'brain' is not allowed", "roi, mask"]),
+    ("validation.roi_overlap[2].null_model.within", "surface", InputDataError,
+     ["validation.roi_overlap[2].null_model.within: 'surface' is not allowed",
+      "auto, brain, cortex, mask"]),
+    ("validation.roi_overlap[2].null_model.within", "mask", InputDataError,
+     ["validation.roi_overlap[2].null_model.within_mask: within: mask and within_mask go "
+      "together"]),
+    ("validation.roi_overlap[2].null_model.within_mask", "masks/m0.nii.gz", InputDataError,
+     ["validation.roi_overlap[2].null_model.within_mask: within: mask and within_mask"]),
+    ("validation.roi_overlap[2].null_model.shell_mm", 0, InputDataError,
+     ["validation.roi_overlap[2].null_model.shell_mm: 0 is out of range"]),
+    ("validation.roi_overlap[3].null_model.within", "cortex", InputDataError,
+     ["validation.roi_overlap[3].null_model.within: a region null draws atlas regions"]),
+    ("validation.roi_to_roi.test", "anova", InputDataError,
+     ["validation.roi_to_roi.test: 'anova' is not allowed",
+      "nodes, repeated_measures, friedman"]),
     ("validation.roi_to_roi.sets", ["reference"], InputDataError,
      ["validation.roi_to_roi.sets[0]: 'reference' seeds are not study seeds"]),
 ]

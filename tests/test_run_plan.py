@@ -361,7 +361,9 @@ def test_roi_overlap_values_and_group_comparison(run):
         src = table[table["name"] == row["roi"]].iloc[0]
         sphere = roi.sphere_mask(src[["x", "y", "z"]].to_numpy(float), 8, SHAPE, AFFINE)
         assert row["n_voxels"] == sphere.sum()
-        assert row["overlap_pct"] == pytest.approx(100 * np.nanmean(vol[sphere]))
+        # Ji et al.: sum over the sphere / its voxel count (outside the mask = 0)
+        assert row["overlap_pct"] == pytest.approx(100 * np.nansum(vol[sphere]) / sphere.sum())
+        assert row["denominator"] == "roi"
     summary = read(run, f"{PREFIX}_set-primary_thresh-5p1_desc-roioverlapGroups_summary.tsv")
     s = summary.iloc[0]
     assert s["observed"] == pytest.approx(values["overlap_pct"].mean())
@@ -389,6 +391,10 @@ def test_roi_overlap_null_models(run):
         p = (np.sum(null >= summary["observed"] - 1e-9) + 1) / (n_draws + 1)
         assert summary["p_null"] == pytest.approx(p)
         assert summary["p_null"] < 0.05  # the ROIs sit on the planted network
+    groups = read(run, f"{base}Groups_summary.tsv").iloc[0]
+    # ROIs spread through the brain: the default 'auto' draws centres anywhere in the mask
+    assert groups["null_within"] == "brain" and groups["denominator"] == "roi"
+    assert groups["n_candidate_centres"] == run["results"].mask.sum()
     # the atlas null draws 2 of all regions: its mean is the mean of the regions' overlaps
     results = run["results"]
     vol = overlap_volume(results)
@@ -413,7 +419,7 @@ def test_lesion_masks_resampled(run):
     files = [run["inputs"] / "lesions" / f for f in values["file"]]
     masks = roi.load_mask_images(files, nib.Nifti1Image(np.zeros(SHAPE), AFFINE))
     for mask, value in zip(masks, values["overlap_pct"]):
-        assert value == pytest.approx(100 * np.nanmean(vol[mask]))
+        assert value == pytest.approx(100 * np.nansum(vol[mask]) / mask.sum())
     summary = read(run, f"{PREFIX}_set-primary_thresh-5p1_desc-roioverlapLesions_summary.tsv")
     assert summary["mean_a"].iloc[0] > summary["mean_b"].iloc[0] + 50
 
@@ -501,14 +507,26 @@ def test_roi_to_roi(run):
     for net in ("A", "B", "C"):
         expected = z[:, :, nodes == net].reshape(len(z), -1).mean(1)
         np.testing.assert_allclose(values[net], expected)
+    # the study's units: one value per node (mean z over subjects and seeds)
+    node_means = z.mean(axis=(0, 1))
+    nodes_table = read(run, f"{PREFIX}_set-primary_desc-roitoroinodes_values.tsv")
+    np.testing.assert_allclose(nodes_table["mean_z"], node_means)
+    assert list(nodes_table["network"]) == list(nodes)
     summary = read(run, f"{PREFIX}_set-primary_desc-roitoroi_summary.tsv").iloc[0]
-    f, p = stats.f_oneway(values["A"], values["B"], values["C"])
-    assert summary["F"] == pytest.approx(f) and summary["p"] == pytest.approx(p, rel=1e-6)
+    f, p = stats.f_oneway(*[node_means[nodes == net] for net in ("A", "B", "C")])
+    assert summary["test"] == "nodes" and summary["statistic_name"] == "F"
+    assert summary["statistic"] == pytest.approx(f) and summary["p"] == pytest.approx(p,
+                                                                                    rel=1e-6)
+    assert (summary["df_between"], summary["df_within"]) == (2, len(nodes) - 3)
+    assert summary["n_units"] == len(nodes)
     assert summary["top_network"] == "A" and summary["n_seeds"] == 4
     ranking = read(run, f"{PREFIX}_set-primary_desc-roitoroi_ranking.tsv")
-    assert list(ranking["network"]) == ["A", "C", "B"]
+    by_mean = sorted(("A", "B", "C"), key=lambda net: -node_means[nodes == net].mean())
+    assert list(ranking["network"]) == by_mean and by_mean[0] == "A"
     posthoc = read(run, f"{PREFIX}_set-primary_desc-roitoroi_posthoc.tsv")
-    assert len(posthoc) == 3 and (posthoc["p_holm"] >= posthoc["p"]).all()
+    tested = posthoc.dropna(subset=["p"])  # network C has one node: no pairwise test
+    assert len(posthoc) == 3 and len(tested) == 1
+    assert (tested["p_holm"] >= tested["p"]).all()
 
 
 def test_peaks_at_the_planted_location(run):
@@ -540,6 +558,13 @@ def test_ale_inputs_and_maps(run):
     summary = read(run, "space-MNI152NLin6Asym_res-2_set-primary_desc-ale_summary.tsv").iloc[0]
     assert summary["n_studies"] == 4 and summary["n_foci"] == 8
     assert summary["max_z"] == pytest.approx(z.max())
+    # clusters counted with face (6-) connectivity, as NiMARE forms them
+    from scipy import ndimage
+
+    thr = image(run, "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-aleclusterfwe_"
+                     "statmap.nii.gz")
+    faces = ndimage.generate_binary_structure(3, 1)
+    assert summary["n_clusters"] == ndimage.label(thr != 0, structure=faces)[1]
 
 
 def test_runs_are_reproducible(run, tmp_path):

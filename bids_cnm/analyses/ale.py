@@ -38,8 +38,11 @@ def coordinates_to_nimare_source(
     Parameters
     ----------
     coordinates : DataFrame
-        Columns ``study, x, y, z`` (MNI mm) and optionally ``sample_size`` (or
-        ``n``) per study.  One study is one experiment (contrast ``"1"``).
+        Columns ``study, x, y, z`` (MNI mm) and optionally ``set`` and
+        ``sample_size`` (or ``n``) per study.  One study of one set is one
+        experiment (contrast ``"1"``): experiments are keyed by (set, study),
+        ``"<set>:<study>"`` when there is a ``set`` column, so equal study names
+        in two sets stay two experiments.
     default_sample_size : int
         Used (with a logged warning) when there is no sample-size column; rows
         with an empty sample size get it too.
@@ -98,14 +101,20 @@ def coordinates_to_nimare_source(
 
     src: dict = {}
     table["study"] = table["study"].astype(str)
-    for study, rows in table.groupby("study", sort=False):
+    keys = ["set", "study"] if "set" in table.columns else ["study"]
+    if "set" in table.columns:
+        table["set"] = table["set"].astype(str)
+    for key, rows in table.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        experiment = ":".join(str(k) for k in key)
+        study = key[-1]
         sizes = np.unique(rows["_n"])
         if sizes.size > 1:
             raise InputDataError(
                 f"{source}, row {rows.index[0] + 2}, column '{n_column}': study '{study}' has "
                 f"different sample sizes {sizes.tolist()}; give one per study"
             )
-        src[study] = {
+        src[experiment] = {
             "contrasts": {
                 "1": {
                     "coords": {
@@ -134,7 +143,7 @@ def run_ale(
 ) -> dict[str, nib.Nifti1Image]:
     """ALE meta-analysis of coordinates with Monte-Carlo FWE correction (NiMARE).
 
-    Builds a :class:`nimare.dataset.Dataset` (one study = one experiment),
+    Builds a :class:`nimare.dataset.Dataset` (one experiment per (set, study)),
     fits :class:`nimare.meta.cbma.ale.ALE` (ALE kernel with sample-size
     dependent FWHM, approximate null) and corrects with
     ``nimare.correct.FWECorrector(method='montecarlo', n_iters, voxel_thresh,

@@ -31,6 +31,7 @@ __all__ = [
     "atlas_label_masks",
     "load_mask_images",
     "random_sphere_masks",
+    "cortex_shell",
 ]
 
 
@@ -493,3 +494,39 @@ def random_sphere_masks(
     if return_centers:
         return masks, centers
     return masks
+
+
+def cortex_shell(brain_mask: np.ndarray, affine: np.ndarray, depth_mm: float = 5.0) -> np.ndarray:
+    """The outer shell of a brain mask: where electrode-like ROIs lie.
+
+    A voxel of the mask belongs to the shell when its centre lies within
+    ``depth_mm`` of the centre of the nearest voxel outside the mask (voxels
+    beyond the grid's edge count as outside).  The distance is the exact
+    Euclidean distance transform with the grid's voxel sizes (the norms of the
+    affine's columns; exact for axis-aligned grids, flipped or not).  On a 2 mm
+    grid the default 5 mm keeps the two outermost layers of voxels.
+
+    Parameters
+    ----------
+    brain_mask : ndarray of bool, 3-D
+        The analysis (brain) mask.
+    affine : ndarray, shape (4, 4)
+        Grid affine.
+    depth_mm : float
+        Shell thickness in mm (> 0).
+
+    Returns
+    -------
+    ndarray of bool
+        The shell, a subset of ``brain_mask``.
+    """
+    from scipy import ndimage
+
+    if not np.isfinite(depth_mm) or depth_mm <= 0:
+        raise ValueError(f"shell depth must be > 0 mm, got {depth_mm}")
+    brain = np.asarray(brain_mask, dtype=bool)
+    sizes = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+    # pad with one layer of "outside" so the grid's edge is a boundary too
+    padded = np.pad(brain, 1, constant_values=False)
+    depth = ndimage.distance_transform_edt(padded, sampling=sizes)[1:-1, 1:-1, 1:-1]
+    return brain & (depth <= depth_mm * (1 + 1e-9))

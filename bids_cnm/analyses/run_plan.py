@@ -7,9 +7,10 @@ analysis of the plan with the pure functions of :mod:`bids_cnm.analyses.validati
 :mod:`~bids_cnm.analyses.dbs`, :mod:`~bids_cnm.analyses.roi` and
 :mod:`~bids_cnm.analyses.ale`, and writes maps, tables and JSON sidecars atomically.
 
-Networks are taken over the analysis mask: voxels outside it are NaN, so an ROI's %
-overlap is the mean network value over its voxels inside the mask (x 100), and random
-spheres are counted the same way.
+Networks are taken over the analysis mask: voxels outside it are NaN.  An ROI's % overlap
+is by default the sum of the network's values in the ROI over the number of ROI voxels
+(outside the mask a voxel counts as 0; Ji et al. 2025), or with ``denominator: mask`` the
+mean over the ROI's voxels inside the mask (x 100); random spheres are counted the same way.
 
 File names (``<grid>`` = the run's ``task``/``space``/``res`` entities, ``<net>`` = the
 ``set``/``thresh`` entities of the network analysed, ``<Name>`` = the entry's name)::
@@ -52,18 +53,20 @@ from bids_cnm.analyses.dbs import (
 from bids_cnm.analyses.plan_seeds import DBS_SET, REFERENCE_SET, plan_nodes
 from bids_cnm.analyses.roi import (
     atlas_label_masks,
+    cortex_shell,
     load_mask_images,
     sphere_mask,
     voxel_to_world,
+    world_to_voxel,
 )
 from bids_cnm.analyses.validation import (
     compare_groups,
     distances_mm,
     mean_region_overlap,
+    network_anova,
     null_distribution_random_regions,
     null_distribution_random_spheres,
-    one_way_anova,
-    peak_in_region,
+    peak_plateaus,
     permutation_p,
     roi_overlap,
     roi_to_network_connectivity,
@@ -110,10 +113,18 @@ _ALE_SPACE = {"mni152_2mm": ("MNI152NLin6Asym", "2"), "ale_2mm": ("MNI152NLin6As
 
 _COLUMN_DESCRIPTIONS = {
     "roi": "ROI name (sphere label, mask file name or atlas region).",
-    "n_voxels": "Voxels of the ROI on the connectome grid.",
-    "n_voxels_in_mask": "ROI voxels inside the analysis mask (those averaged).",
-    "overlap_pct": "% overlap: mean network value over the ROI's voxels in the analysis "
-                   "mask x 100 (n/a: no voxel in the mask).",
+    "n_voxels_in_mask": "ROI voxels inside the analysis mask with a finite network value.",
+    "overlap_pct": "% overlap x 100, as the column 'denominator' says: 'roi' = sum of the "
+                   "network's values in the ROI / number of ROI voxels (voxels outside the "
+                   "analysis mask count as 0; Ji et al. 2025); 'mask' = mean over the ROI's "
+                   "voxels inside the analysis mask (n/a: no voxel in the mask).",
+    "denominator": "What the % overlap divides by: 'roi' (all ROI voxels, outside the "
+                   "analysis mask counted as 0) or 'mask' (ROI voxels inside the mask).",
+    "null_within": "Where the random sphere centres were drawn: 'brain' (the analysis mask), "
+                   "'cortex' (its outer shell) or 'mask' (a user mask within the analysis "
+                   "mask).",
+    "plateau": "Tied extreme plateau (1, 2, ...: largest first); one row each.",
+    "n_voxels": "Voxels of the ROI on the connectome grid (peaks: of the plateau).",
     "observed": "Observed statistic: mean of the ROIs' % overlaps (mean_of_regions) or % "
                 "overlap of all their voxels pooled (pooled).",
     "null_mean": "Mean of the null distribution.",
@@ -457,7 +468,7 @@ class _Runner:
         n_in = np.array([int((m & finite).sum()) for m in rois])
         for j, mask in enumerate(rois):
             if n_in[j]:
-                overlaps[j] = roi_overlap(vol, mask)
+                overlaps[j] = roi_overlap(vol, mask, self.mask, item.denominator)
         valid = np.isfinite(overlaps)
         if not valid.any():
             raise self.error(key, "no ROI has a voxel inside the analysis mask; check the "
@@ -469,17 +480,19 @@ class _Runner:
         per_roi["n_voxels"] = [int(m.sum()) for m in rois]
         per_roi["n_voxels_in_mask"] = n_in
         per_roi["overlap_pct"] = overlaps
+        per_roi["denominator"] = item.denominator
         kept = [m for m, ok in zip(rois, valid) if ok]
         summary: dict = {
             "analysis": item.name, "network": info.name, "rois": item.kind,
             "n_rois": len(rois), "n_rois_in_mask": int(valid.sum()),
-            "statistic": item.statistic,
-            "observed": mean_region_overlap(vol, kept, statistic=item.statistic),
+            "statistic": item.statistic, "denominator": item.denominator,
+            "observed": mean_region_overlap(vol, kept, self.mask, item.statistic,
+                                            item.denominator),
         }
         ents = self.ents(info.entities, desc=f"roioverlap{item.name}")
         if item.null_model is not None:
             summary.update(self._null(item, key, vol, kept, summary["observed"], ents,
-                                      sources))
+                                      sources, table))
         if item.compare is not None:
             c = item.compare
             groups = per_roi[c.column].astype(str).str.strip().to_numpy()
@@ -501,14 +514,14 @@ class _Runner:
             })
         self.write_table(ents, "values", per_roi,
                          f"% overlap of each ROI of '{item.name}' with {info.description}.",
-                         sources, Network=info.name)
+                         sources, Network=info.name, OverlapDenominator=item.denominator)
         self.write_table(ents, "summary", pd.DataFrame([summary]),
                          f"ROI overlap '{item.name}' with {info.description}: observed "
                          "statistic, null model and group comparison.", sources,
-                         Network=info.name)
+                         Network=info.name, OverlapDenominator=item.denominator)
 
     def _null(self, item: ROIOverlap, key: str, vol: np.ndarray, kept: list,
-              observed: float, ents: dict, sources: list) -> dict:
+              observed: float, ents: dict, sources: list, table: pd.DataFrame) -> dict:
         null = item.null_model
         n_select = len(kept)
         rng = self.rng(f"roioverlap{item.name}")
@@ -527,14 +540,17 @@ class _Runner:
                                      f"{n_select} ROIs but only {len(usable)} atlas regions "
                                      "to draw from; use a finer atlas")
                 draws = null_distribution_random_regions(
-                    vol, usable, n_select, null.n_draws, rng, statistic=item.statistic)
+                    vol, usable, n_select, null.n_draws, rng, self.mask, item.statistic,
+                    denominator=item.denominator)
                 out["n_candidate_regions"] = len(usable)
             else:
                 diameter = null.diameter if null.diameter is not None else item.spheres.diameter
+                within, centres = self.null_centres(item, key, table)
                 draws = null_distribution_random_spheres(
                     vol, self.mask, self.affine, n_select, diameter, null.n_draws, rng,
-                    statistic=item.statistic)
-                out["null_diameter_mm"] = diameter
+                    statistic=item.statistic, denominator=item.denominator, centres=centres)
+                out.update({"null_diameter_mm": diameter, "null_within": within,
+                            "n_candidate_centres": int(centres.sum())})
         except ValueError as exc:
             raise self.error(f"{key}.null_model", str(exc)) from exc
         out.update({
@@ -548,6 +564,42 @@ class _Runner:
                          f"Null distribution of '{item.name}': {null.n_draws} draws of "
                          f"{n_select} random {what}.", sources)
         return out
+
+    def null_centres(self, item: ROIOverlap, key: str, table: pd.DataFrame
+                     ) -> tuple[str, np.ndarray]:
+        """Where the random spheres' centres may lie: the rule used and its mask."""
+        null = item.null_model
+        nkey = f"{key}.null_model"
+        shell = cortex_shell(self.mask, self.affine, null.shell_mm)
+        within = null.within
+        if within == "auto":
+            # electrode-like ROIs (every centre in the outer shell or outside the mask)
+            # get a location-matched null: otherwise the p-value mixes depth with overlap
+            within = "brain"
+            if item.spheres is not None:
+                ijk = np.rint(world_to_voxel(table[["x", "y", "z"]].to_numpy(float),
+                                             self.affine)).astype(int)
+                on_grid = np.all((ijk >= 0) & (ijk < np.asarray(self.shape)), axis=1)
+                where_ok = np.ones(len(ijk), dtype=bool)
+                idx = tuple(ijk[on_grid].T)
+                where_ok[on_grid] = shell[idx] | ~self.mask[idx]
+                if where_ok.all():
+                    within = "cortex"
+        if within == "brain":
+            centres = self.mask
+        elif within == "cortex":
+            centres = shell
+        else:
+            try:
+                user = load_mask_images([null.within_mask], self.grid)[0]
+            except CNMError as exc:
+                raise type(exc)(f"{self.plan.label}, {nkey}.within_mask: {exc.message}"
+                                ) from exc
+            centres = user & self.mask
+        if not centres.any():
+            raise self.error(f"{nkey}.within", f"no voxel of the analysis mask is allowed as a "
+                             f"centre ('{within}'); use a larger mask or shell_mm")
+        return within, centres
 
     def spatial(self, i: int, item) -> None:
         key = f"validation.spatial_correlation[{i}]"
@@ -592,10 +644,10 @@ class _Runner:
         cols = self.columns(sets, f"{key}.sets")
         subjects = getattr(self.results, "subjects", None) or [
             str(s + 1) for s in range(values.shape[0])]
-        conn = roi_to_network_connectivity(values[:, cols, :],
-                                           [n["network"] for n in nodes], subjects)
+        node_networks = [n["network"] for n in nodes]
+        conn = roi_to_network_connectivity(values[:, cols, :], node_networks, subjects)
         try:
-            anova = one_way_anova(conn)
+            anova = network_anova(values[:, cols, :], node_networks, spec.test)
         except ValueError as exc:
             raise self.error(key, str(exc)) from exc
         ents = self.ents({"set": "".join(seed_label(s) for s in sets)}, desc="roitoroi")
@@ -605,17 +657,31 @@ class _Runner:
         self.write_table(ents, "values", table,
                          "Per connectome subject, mean Fisher z between the study seeds and "
                          "the nodes of each network.", sources)
+        if spec.test == "nodes":
+            node_table = pd.DataFrame({
+                "node": [n["name"] if isinstance(n.get("name"), str) and n["name"]
+                         else f"node{k + 1}" for k, n in enumerate(nodes)],
+                "network": node_networks, "mean_z": anova["node_means"]})
+            self.write_table(self.ents(ents, desc="roitoroinodes"), "values", node_table,
+                             "Per node, the mean Fisher z over connectome subjects and study "
+                             "seeds: the units of the ANOVA.", sources)
+        effect = next(k for k in ("eta_squared", "partial_eta_squared", "kendall_w")
+                      if k in anova)
         self.write_table(ents, "summary", pd.DataFrame([{
-            "F": anova["F"], "df_between": anova["df_between"],
-            "df_within": anova["df_within"], "p": anova["p"],
-            "eta_squared": anova["eta_squared"], "n_subjects": values.shape[0],
+            "test": anova["test"], "unit": anova["unit"],
+            "statistic_name": anova["statistic_name"], "statistic": anova["statistic"],
+            "df_between": anova["df_between"], "df_within": anova["df_within"],
+            "p": anova["p"], "effect_size_name": effect, "effect_size": anova[effect],
+            "n_units": anova["n_units"], "n_subjects": values.shape[0],
             "n_seeds": len(cols), "n_nodes": len(nodes), "n_networks": conn.shape[1],
             "top_network": anova["ranking"]["network"].iloc[0],
-        }]), "One-way ANOVA of the mean connectivity across networks.", sources)
+        }]), f"Comparison of the connectivity across networks ({anova['test']}: units "
+             f"are {anova['unit']}).", sources, ANOVATest=anova["test"])
         self.write_table(ents, "ranking", anova["ranking"],
-                         "Networks ranked by mean connectivity to the study seeds.", sources)
+                         f"Networks ranked by mean connectivity to the study seeds (over "
+                         f"{anova['unit']}).", sources)
         self.write_table(ents, "posthoc", anova["posthoc"],
-                         "Post-hoc Welch tests between networks (Holm-corrected p).", sources)
+                         "Post-hoc tests between networks (Holm-corrected p).", sources)
 
     def peak(self, i: int, item) -> None:
         key = f"validation.peaks[{i}]"
@@ -624,27 +690,34 @@ class _Runner:
         img = nib.Nifti1Image(self.volume(values), self.affine)
         masks, _, sources = self.region_masks(item.region, f"{key}.region")
         region = np.logical_or.reduce(masks)
-        try:
-            pk = peak_in_region(img, region, item.sign)
-        except ValueError as exc:
-            raise self.error(f"{key}.region", f"{exc} (inside the analysis mask)") from exc
-        row = {"analysis": item.name, "map": info.name, "sign": item.sign,
-               "x": pk["x"], "y": pk["y"], "z": pk["z"], "value": pk["value"],
-               "n_ties": pk["n_ties"], "region_voxels": int((region & self.mask).sum())}
-        ents = self.ents(info.entities, desc=f"peak{item.name}")
-        sources = [s for s in sources if s is not None] + self.sources
+        refs = None
         if item.references is not None:
             refs = coordinate_table(item.references, f"{key}.references", self.plan.label,
                                     columns=("label", "x", "y", "z"))
-            dist = distances_mm(pk, refs)
-            row.update({"nearest_reference": dist["label"].iloc[0],
-                        "nearest_distance_mm": float(dist["distance_mm"].iloc[0])})
+        try:
+            plateaus = peak_plateaus(img, region, item.sign, refs)
+        except ValueError as exc:
+            raise self.error(f"{key}.region", f"{exc} (inside the analysis mask)") from exc
+        table = plateaus.drop(columns=["i", "j", "k"])
+        table.insert(0, "analysis", item.name)
+        table.insert(1, "map", info.name)
+        table.insert(2, "sign", item.sign)
+        table["n_plateaus"] = len(plateaus)
+        table["region_voxels"] = int((region & self.mask).sum())
+        ents = self.ents(info.entities, desc=f"peak{item.name}")
+        sources = [s for s in sources if s is not None] + self.sources
+        if refs is not None:
+            dist = pd.concat([distances_mm(row, refs).assign(plateau=row["plateau"])
+                              for row in plateaus.to_dict("records")], ignore_index=True)
+            dist = dist[["plateau"] + [c for c in dist.columns if c != "plateau"]]
             self.write_table(ents, "distances", dist,
-                             f"Distances from the peak of {info.description} in the region "
-                             f"to the reference coordinates.", [item.references] + sources)
-        self.write_table(ents, "peaks", pd.DataFrame([row]),
+                             f"Distances from each tied peak plateau of {info.description} in "
+                             f"the region to the reference coordinates.",
+                             [item.references] + sources)
+        self.write_table(ents, "peaks", table,
                          f"Peak ({item.sign}) of {info.description} inside the region "
-                         f"'{item.name}' (MNI mm).", sources)
+                         f"'{item.name}' (MNI mm): one row per plateau of voxels that tie "
+                         "at the extreme value.", sources)
 
     def ale(self) -> None:
         spec = self.plan.ale
@@ -665,8 +738,10 @@ class _Runner:
             coords = coords.drop(columns=[c for c in ("sample_size", "n")
                                           if c != spec.sample_size_column and c in coords])
             coords = coords.rename(columns={spec.sample_size_column: "sample_size"})
+        keys = [c for c in ("set", "study") if c in coords.columns]
+        n_experiments = len(coords.drop_duplicates(keys))
         LOGGER.info("analysis plan: ALE of %d foci from %d studies (%d Monte-Carlo iterations)",
-                    len(coords), coords["study"].nunique(), spec.n_iters)
+                    len(coords), n_experiments, spec.n_iters)
         try:
             maps = ale_mod.run_ale(
                 coords, n_iters=spec.n_iters, voxel_thresh=spec.voxel_thresh,
@@ -678,7 +753,7 @@ class _Runner:
         space, res = _ALE_SPACE[spec.target]
         base = {k: v for k, v in self.base.items() if k not in ("task", "space", "res")}
         base.update(space=space, res=res, set="".join(seed_label(s) for s in sets))
-        common = dict(NumberOfStudies=int(coords["study"].nunique()),
+        common = dict(NumberOfStudies=int(n_experiments),
                       NumberOfFoci=len(coords), Iterations=spec.n_iters,
                       VoxelThreshold=spec.voxel_thresh,
                       ClusterThreshold=spec.cluster_threshold, Template=spec.target,
@@ -693,7 +768,8 @@ class _Runner:
         thr = np.asarray(maps[ale_mod.THRESHOLDED_MAP].dataobj, dtype=float)
         z_img = maps["z"]
         z = np.asarray(z_img.dataobj, dtype=float)
-        labels, n_clusters = ndimage.label(thr != 0, structure=np.ones((3, 3, 3)))
+        # clusters by faces (6-connectivity), as NiMARE forms them for its FWE correction
+        labels, n_clusters = ndimage.label(thr != 0)
         peak_ijk = np.unravel_index(int(np.argmax(z)), z.shape)
         peak = voxel_to_world(np.asarray(peak_ijk), z_img.affine)
         from nilearn.image import resample_to_img

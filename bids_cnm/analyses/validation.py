@@ -33,10 +33,12 @@ __all__ = [
     "mean_region_overlap",
     "null_distribution_random_regions",
     "null_distribution_random_spheres",
+    "network_anova",
     "permutation_p",
     "compare_groups",
     "spatial_correlation",
     "peak_in_region",
+    "peak_plateaus",
     "distances_mm",
     "roi_to_network_connectivity",
     "holm",
@@ -70,33 +72,69 @@ def network_data(network: NetworkLike) -> np.ndarray:
     return data
 
 
+DENOMINATORS = ("roi", "mask")
+
+
 def _flat(
     network: NetworkLike, roi_mask: np.ndarray, mask: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Network values and ROI as matching 1-D vectors."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Network values, ROI and analysis mask as matching 1-D vectors.
+
+    Returns ``values``, ``roi``, ``inside`` (the element is inside the analysis
+    mask) and ``n_outside``: ROI voxels that the vectors do not hold (a 3-D ROI
+    on a 1-D network over ``mask``), all outside the analysis mask.
+    """
     values = network_data(network)
     roi = np.asarray(roi_mask, dtype=bool)
     if values.ndim == 1:
+        n_outside = 0
         if roi.ndim == 3:
             if mask is None:
                 raise ValueError(
                     "a 1-D network needs the analysis `mask` to place a 3-D ROI on it"
                 )
-            roi = roi[np.asarray(mask, dtype=bool)]
+            brain = np.asarray(mask, dtype=bool)
+            n_outside = int((roi & ~brain).sum())
+            roi = roi[brain]
         if roi.shape != values.shape:
             raise ValueError(f"ROI has {roi.shape} elements, network {values.shape}")
-        return values, roi
+        return values, roi, np.ones(values.shape, dtype=bool), n_outside
     if roi.shape != values.shape:
         raise ValueError(f"ROI shape {roi.shape} differs from network shape {values.shape}")
-    if mask is not None:
-        roi = roi & np.asarray(mask, dtype=bool)
-    return values.ravel(), roi.ravel()
+    # without a mask, the non-finite voxels are the ones outside the analysis mask
+    inside = np.isfinite(values) if mask is None else np.asarray(mask, dtype=bool)
+    return values.ravel(), roi.ravel(), inside.ravel(), 0
+
+
+def _check_denominator(denominator: str) -> None:
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"denominator must be one of {DENOMINATORS}, not {denominator!r}")
+
+
+def _sum_count(
+    network: NetworkLike, roi_mask: np.ndarray, mask: np.ndarray | None, denominator: str
+) -> tuple[float, int]:
+    """Sum of the ROI's network values and the count they are divided by."""
+    _check_denominator(denominator)
+    values, roi, inside, n_outside = _flat(network, roi_mask, mask)
+    finite = np.isfinite(values)
+    used = roi & inside & finite
+    total = float(values[used].sum())
+    if denominator == "mask":
+        return total, int(used.sum())
+    # Ji et al.: every ROI voxel counts; outside the analysis mask its value is 0.
+    # A non-finite value inside the mask (undefined t) is not a 0: it is left out.
+    undefined = int((roi & inside & ~finite).sum())
+    return total, int(roi.sum()) + n_outside - undefined
 
 
 def roi_overlap(
-    network: NetworkLike, roi_mask: np.ndarray, mask: np.ndarray | None = None
+    network: NetworkLike,
+    roi_mask: np.ndarray,
+    mask: np.ndarray | None = None,
+    denominator: str = "roi",
 ) -> float:
-    """% overlap of an ROI with the network: mean network value in the ROI x 100.
+    """% overlap of an ROI with the network.
 
     Parameters
     ----------
@@ -105,34 +143,41 @@ def roi_overlap(
     roi_mask : ndarray of bool
         ROI on the network grid (3-D, or 1-D over ``mask``).
     mask : ndarray of bool, optional
-        Analysis mask: required for a 1-D network with a 3-D ROI; for a 3-D
-        network it restricts the ROI.
+        Analysis mask: required for a 1-D network with a 3-D ROI.  For a 3-D
+        network without it, the voxels with a non-finite value are taken as
+        the ones outside the mask.
+    denominator : {'roi', 'mask'}
+        ``roi`` (Ji et al. 2025): the sum of the network's values inside the ROI
+        divided by the number of ROI voxels on the grid, voxels outside the
+        analysis mask counting as 0.  ``mask``: the mean over the ROI's voxels
+        inside the analysis mask.  Either way, a non-finite value inside the
+        mask (an undefined t) is left out of the sum and of the count.
 
     Returns
     -------
     float
-        ``100 * mean(network[roi])`` over the ROI voxels where the network is not
-        NaN.  Signed for a signed network.
+        ``100 * sum / count``; signed for a signed network.
 
     Raises
     ------
     ValueError
-        If the ROI is empty or none of its voxels has a finite network value.
+        If the ROI is empty or none of its voxels counts.
     """
-    values, roi = _flat(network, roi_mask, mask)
-    if not roi.any():
+    if not np.asarray(roi_mask, dtype=bool).any():
         raise ValueError("the ROI is empty on the network grid")
-    inside = values[roi]
-    inside = inside[np.isfinite(inside)]  # outside the network's support: ignored
-    if inside.size == 0:
+    total, count = _sum_count(network, roi_mask, mask, denominator)
+    if count == 0:
         raise ValueError("no voxel of the ROI has a finite network value")
-    return float(100.0 * inside.mean())
+    return float(100.0 * total / count)
 
 
 def region_overlaps(
-    network: NetworkLike, region_masks: Sequence[np.ndarray], mask: np.ndarray | None = None
+    network: NetworkLike,
+    region_masks: Sequence[np.ndarray],
+    mask: np.ndarray | None = None,
+    denominator: str = "roi",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-region sum of finite network values and count of finite voxels.
+    """Per-region sum of finite network values and the count they are divided by.
 
     Parameters
     ----------
@@ -142,20 +187,17 @@ def region_overlaps(
         Regions on the network grid.
     mask : ndarray of bool, optional
         Analysis mask (see :func:`roi_overlap`).
+    denominator : {'roi', 'mask'}
+        See :func:`roi_overlap`.
 
     Returns
     -------
     sums, counts : ndarray, shape (n_regions,)
         ``sums[r] / counts[r] * 100`` is :func:`roi_overlap` of region ``r``.
     """
-    sums = np.empty(len(region_masks))
-    counts = np.empty(len(region_masks))
-    for r, region in enumerate(region_masks):
-        values, roi = _flat(network, region, mask)
-        inside = values[roi]
-        finite = np.isfinite(inside)
-        sums[r] = inside[finite].sum()
-        counts[r] = finite.sum()
+    pairs = [_sum_count(network, region, mask, denominator) for region in region_masks]
+    sums = np.array([p[0] for p in pairs], dtype=float)
+    counts = np.array([p[1] for p in pairs], dtype=float)
     return sums, counts
 
 
@@ -169,6 +211,7 @@ def mean_region_overlap(
     region_masks: Sequence[np.ndarray],
     mask: np.ndarray | None = None,
     statistic: str = "mean_of_regions",
+    denominator: str = "roi",
 ) -> float:
     """The observed statistic matching the random-region null.
 
@@ -184,6 +227,8 @@ def mean_region_overlap(
         ``mean_of_regions``: the mean of the regions' % overlaps (each region
         weighs the same); ``pooled``: the % overlap of their union counted with
         multiplicity (large regions weigh more).
+    denominator : {'roi', 'mask'}
+        See :func:`roi_overlap`.
 
     Returns
     -------
@@ -191,7 +236,7 @@ def mean_region_overlap(
         % overlap.
     """
     _check_statistic(statistic)
-    sums, counts = region_overlaps(network, region_masks, mask)
+    sums, counts = region_overlaps(network, region_masks, mask, denominator)
     if np.any(counts == 0):
         raise ValueError(f"region(s) {np.flatnonzero(counts == 0).tolist()} have no finite voxel")
     if statistic == "pooled":
@@ -208,6 +253,7 @@ def null_distribution_random_regions(
     mask: np.ndarray | None = None,
     statistic: str = "mean_of_regions",
     return_draws: bool = False,
+    denominator: str = "roi",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Null of the mean % overlap of ``n_select`` regions drawn at random.
 
@@ -235,6 +281,8 @@ def null_distribution_random_regions(
         See :func:`mean_region_overlap`; use the same for the observed value.
     return_draws : bool
         Also return the drawn region indices, shape ``(n_draws, n_select)``.
+    denominator : {'roi', 'mask'}
+        See :func:`roi_overlap`; use the same for the observed value.
 
     Returns
     -------
@@ -243,7 +291,7 @@ def null_distribution_random_regions(
     """
     _check_statistic(statistic)
     rng = np.random.default_rng(rng)
-    sums, counts = region_overlaps(network, region_masks, mask)
+    sums, counts = region_overlaps(network, region_masks, mask, denominator)
     n_regions = len(sums)
     if not 1 <= n_select <= n_regions:
         raise ValueError(f"n_select must be within 1..{n_regions}, got {n_select}")
@@ -286,21 +334,28 @@ def null_distribution_random_spheres(
     rng: np.random.Generator | int | None = None,
     statistic: str = "mean_of_regions",
     return_centers: bool = False,
+    denominator: str = "roi",
+    centres: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Null of the mean % overlap of ``n_select`` spheres at random brain locations.
+    """Null of the mean % overlap of ``n_select`` spheres at random locations.
 
     Centres are voxel centres drawn uniformly (with replacement) from
-    ``brain_mask``, as in :func:`bids_cnm.analyses.roi.random_sphere_masks`;
-    spheres are clipped to the grid but not to the brain mask (like observed
-    coordinate spheres).  Every candidate sphere's sum is computed once by a
-    3-D correlation with the sphere kernel, so draws are index arithmetic.
+    ``centres`` (default: ``brain_mask``; e.g. a cortical shell from
+    :func:`bids_cnm.analyses.roi.cortex_shell` for electrode-like ROIs, so that
+    the null matches the observed spheres' depth), as in
+    :func:`bids_cnm.analyses.roi.random_sphere_masks`.  Spheres are clipped to
+    the grid but not to the brain mask (like observed coordinate spheres) and
+    counted as :func:`roi_overlap` counts them.  Every candidate sphere's sum
+    and count is a 3-D correlation with the sphere kernel, computed once, so
+    draws are index arithmetic.
 
     Parameters
     ----------
     network : nibabel image or ndarray (3-D)
         The network (a 3-D grid is needed for spheres).
     brain_mask : ndarray of bool
-        Voxels allowed as centres.
+        The analysis mask: outside it a sphere's voxels count as 0 (``roi``) or
+        not at all (``mask``).
     affine : ndarray, shape (4, 4)
         Grid affine.
     n_select : int
@@ -315,6 +370,10 @@ def null_distribution_random_spheres(
         See :func:`mean_region_overlap`.
     return_centers : bool
         Also return the centres in mm, shape ``(n_draws, n_select, 3)``.
+    denominator : {'roi', 'mask'}
+        See :func:`roi_overlap`.
+    centres : ndarray of bool, optional
+        Voxels allowed as sphere centres (default ``brain_mask``).
 
     Returns
     -------
@@ -322,16 +381,18 @@ def null_distribution_random_spheres(
         Null % overlaps.
     """
     _check_statistic(statistic)
+    _check_denominator(denominator)
     rng = np.random.default_rng(rng)
     values = network_data(network)
     if values.ndim != 3:
         raise ValueError("random spheres need a 3-D network")
     brain_mask = np.asarray(brain_mask, dtype=bool)
-    if brain_mask.shape != values.shape:
-        raise ValueError("brain mask and network differ in shape")
-    candidates = np.argwhere(brain_mask)
+    allowed = brain_mask if centres is None else np.asarray(centres, dtype=bool)
+    if brain_mask.shape != values.shape or allowed.shape != values.shape:
+        raise ValueError("brain mask, centre mask and network differ in shape")
+    candidates = np.argwhere(allowed)
     if len(candidates) == 0:
-        raise ValueError("brain mask is empty")
+        raise ValueError("the mask of allowed sphere centres is empty")
     # A voxel-centred sphere is a fixed set of index offsets, so every
     # candidate centre's sphere sum and count is one 3-D correlation with the
     # sphere kernel (zero padding = clipping at the grid edge); draws then only
@@ -341,13 +402,20 @@ def null_distribution_random_spheres(
     kernel = np.zeros(tuple(2 * half + 1))
     kernel[tuple((offsets + half).T)] = 1.0
     finite = np.isfinite(values)
-    filled = np.where(finite, values, 0.0)
-    sphere_sum = ndimage.correlate(filled, kernel, mode="constant", cval=0.0)[brain_mask]
-    sphere_count = np.rint(
-        ndimage.correlate(finite.astype(float), kernel, mode="constant", cval=0.0)
-    )[brain_mask]
+    used = brain_mask & finite
+    if denominator == "mask":
+        counted = used
+    else:  # every grid voxel of the sphere, except undefined values inside the mask
+        counted = ~(brain_mask & ~finite)
+    filled = np.where(used, values, 0.0)
+
+    def at_centres(image: np.ndarray) -> np.ndarray:
+        return ndimage.correlate(image, kernel, mode="constant", cval=0.0)[allowed]
+
+    sphere_sum = at_centres(filled)
+    sphere_count = np.rint(at_centres(counted.astype(float)))
     if np.any(sphere_count == 0):
-        raise ValueError("a sphere around a brain-mask voxel has no finite network voxel")
+        raise ValueError("a sphere around an allowed centre has no finite network voxel")
 
     picks = rng.integers(0, len(candidates), size=(n_draws, n_select))
     s, c = sphere_sum[picks], sphere_count[picks]
@@ -532,15 +600,25 @@ def spatial_correlation(
     return float(np.clip((x @ y) / den, -1.0, 1.0))
 
 
-def peak_in_region(
-    img: nib.spatialimages.SpatialImage, region_mask: np.ndarray, sign: str = "positive"
-) -> dict:
-    """Location and value of the extreme of a map inside a region.
+PLATEAU_COLUMNS = ["plateau", "x", "y", "z", "i", "j", "k", "value", "n_voxels"]
 
-    Ties (plateaus are common in count maps such as the IGE overlap, whose
-    values are k/21) are broken by choosing, among the tied voxels, the one
-    nearest (in mm) to their centroid, then the smallest (x, y, z).  This makes
-    the result independent of the grid orientation.
+
+def peak_plateaus(
+    img: nib.spatialimages.SpatialImage,
+    region_mask: np.ndarray,
+    sign: str = "positive",
+    references: pd.DataFrame | None = None,
+    label_column: str = "label",
+) -> pd.DataFrame:
+    """Every plateau of the extreme value of a map inside a region.
+
+    The voxels of the region (with a finite value) that share the extreme value
+    exactly are split into plateaus: sets of such voxels connected by faces,
+    edges or corners.  Count maps such as the IGE overlap (values k/21) often
+    hold the same maximum in several places (both thalami), and a single peak
+    would hide all but one of them.  Each plateau is placed at its voxel nearest
+    (in mm, rounded to 1e-6) to the plateau's centroid, then the smallest
+    (x, y, z), which does not depend on the grid's orientation.
 
     Parameters
     ----------
@@ -550,41 +628,88 @@ def peak_in_region(
         Region on the image grid.
     sign : {'positive', 'negative', 'abs'}
         Maximum, minimum, or maximum absolute value.
+    references : DataFrame, optional
+        Reference coordinates (``label_column``, x, y, z in mm): each plateau
+        gets its nearest reference and the distance to it.
+    label_column : str
+        Label column of ``references``.
 
     Returns
     -------
-    dict
-        ``x, y, z`` (mm), ``i, j, k`` (voxel), ``value`` and ``n_ties`` (number
-        of voxels sharing the extreme value).
+    DataFrame
+        One row per plateau: ``plateau`` (1, 2, ...), ``x, y, z`` (mm), ``i, j,
+        k`` (voxel), ``value``, ``n_voxels`` and, with references,
+        ``nearest_reference`` and ``nearest_distance_mm``; ordered by
+        ``n_voxels`` (largest first), then x, y, z.  A unique peak is one row.
+
+    Raises
+    ------
+    ValueError
+        If the region has no finite voxel or ``sign`` is unknown.
     """
     data = network_data(img)
     region = np.asarray(region_mask, dtype=bool)
     if data.ndim != 3 or region.shape != data.shape:
         raise ValueError(f"region shape {region.shape} differs from image shape {data.shape}")
+    if sign not in ("positive", "negative", "abs"):
+        raise ValueError("sign must be 'positive', 'negative' or 'abs'")
     keep = region & np.isfinite(data)
     if not keep.any():
         raise ValueError("the region has no finite voxel")
-    ijk = np.argwhere(keep)
-    vals = data[keep]
-    if sign == "positive":
-        score = vals
-    elif sign == "negative":
-        score = -vals
-    elif sign == "abs":
-        score = np.abs(vals)
-    else:
-        raise ValueError("sign must be 'positive', 'negative' or 'abs'")
-    tied = np.flatnonzero(score == score.max())
-    xyz = voxel_to_world(ijk[tied], img.affine)
-    dist = np.linalg.norm(xyz - xyz.mean(0), axis=1)
-    order = np.lexsort((xyz[:, 2], xyz[:, 1], xyz[:, 0], np.round(dist, 6)))
-    best = tied[order[0]]
-    i, j, k = (int(v) for v in ijk[best])
-    x, y, z = (float(v) for v in voxel_to_world(ijk[best], img.affine))
-    return {
-        "x": x, "y": y, "z": z, "i": i, "j": j, "k": k,
-        "value": float(vals[best]), "n_ties": int(tied.size),
-    }
+    score = {"positive": data, "negative": -data, "abs": np.abs(data)}[sign]
+    best = score[keep].max()
+    tied = keep & (score == best)
+    labels, n_plateaus = ndimage.label(tied, structure=np.ones((3, 3, 3), dtype=bool))
+    rows = []
+    for label in range(1, n_plateaus + 1):
+        ijk = np.argwhere(labels == label)
+        xyz = voxel_to_world(ijk, img.affine)
+        dist = np.linalg.norm(xyz - xyz.mean(0), axis=1)
+        pick = np.lexsort((xyz[:, 2], xyz[:, 1], xyz[:, 0], np.round(dist, 6)))[0]
+        i, j, k = (int(v) for v in ijk[pick])
+        rows.append({
+            "x": float(xyz[pick, 0]), "y": float(xyz[pick, 1]), "z": float(xyz[pick, 2]),
+            "i": i, "j": j, "k": k, "value": float(data[i, j, k]), "n_voxels": len(ijk),
+        })
+    out = pd.DataFrame(rows)
+    out = out.sort_values(["n_voxels", "x", "y", "z"], ascending=[False, True, True, True],
+                          kind="stable").reset_index(drop=True)
+    out.insert(0, "plateau", np.arange(1, len(out) + 1))
+    if references is not None:
+        nearest = [distances_mm(row, references, label_column).iloc[0]
+                   for row in out[["x", "y", "z"]].to_dict("records")]
+        out["nearest_reference"] = [n["label"] for n in nearest]
+        out["nearest_distance_mm"] = [float(n["distance_mm"]) for n in nearest]
+    return out
+
+
+def peak_in_region(
+    img: nib.spatialimages.SpatialImage, region_mask: np.ndarray, sign: str = "positive"
+) -> dict:
+    """Location and value of the extreme of a map inside a region.
+
+    The first plateau of :func:`peak_plateaus` (the largest).  When
+    ``n_plateaus`` > 1 the extreme is not unique: report every plateau
+    (:func:`peak_plateaus`), not this one alone.
+
+    Parameters
+    ----------
+    img, region_mask, sign
+        As for :func:`peak_plateaus`.
+
+    Returns
+    -------
+    dict
+        ``x, y, z`` (mm), ``i, j, k`` (voxel), ``value``, ``n_ties`` (voxels
+        sharing the extreme value, over all plateaus) and ``n_plateaus``.
+    """
+    plateaus = peak_plateaus(img, region_mask, sign)
+    first = plateaus.iloc[0]
+    out = {key: float(first[key]) for key in ("x", "y", "z", "value")}
+    out.update({key: int(first[key]) for key in ("i", "j", "k")})
+    out["n_ties"] = int(plateaus["n_voxels"].sum())
+    out["n_plateaus"] = len(plateaus)
+    return out
 
 
 def distances_mm(
@@ -689,17 +814,92 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
+ANOVA_TESTS = ("nodes", "repeated_measures", "friedman")
+
+
+def _ranking(names: list[str], groups: list[np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "network": names,
+        "mean": [g.mean() for g in groups],
+        "sd": [g.std(ddof=1) if g.size > 1 else np.nan for g in groups],
+        "n": [g.size for g in groups],
+    }).sort_values("mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _posthoc(names: list[str], groups: list[np.ndarray], ranking: pd.DataFrame,
+             kind: str) -> pd.DataFrame:
+    """Pairwise tests in ranking order with Holm's adjustment.
+
+    ``welch`` for independent units (nodes), ``paired`` t for subjects
+    (repeated measures), ``wilcoxon`` signed-rank for the Friedman test.
+    """
+    order = [names.index(n) for n in ranking["network"]]
+    rows = []
+    for ia, ib in itertools.combinations(order, 2):
+        a, b = groups[ia], groups[ib]
+        row = {"network_a": names[ia], "network_b": names[ib]}
+        if kind == "welch" and min(a.size, b.size) < 2:
+            # a network of one unit has no variance of its own: no pairwise test
+            row.update(test="welch", statistic=np.nan, df=np.nan, p=np.nan,
+                       mean_diff=float(a.mean() - b.mean()), hedges_g=np.nan)
+        elif kind == "welch":
+            res = compare_groups(a, b)
+            row.update(test="welch", statistic=res["t"], df=res["df"], p=res["p"],
+                       mean_diff=res["mean_diff"], hedges_g=res["hedges_g"])
+        elif kind == "paired":
+            res = stats.ttest_rel(a, b)
+            diff = a - b
+            row.update(test="paired_t", statistic=float(res.statistic), df=float(a.size - 1),
+                       p=float(res.pvalue), mean_diff=float(diff.mean()),
+                       cohens_dz=float(diff.mean() / diff.std(ddof=1)))
+        else:
+            res = stats.wilcoxon(a, b)
+            row.update(test="wilcoxon", statistic=float(res.statistic), p=float(res.pvalue),
+                       median_diff=float(np.median(a - b)))
+        rows.append(row)
+    posthoc = pd.DataFrame(rows)
+    p = posthoc["p"].to_numpy(dtype=float)
+    adjusted = np.full(p.size, np.nan)
+    adjusted[np.isfinite(p)] = holm(p[np.isfinite(p)])  # over the tests that were made
+    posthoc.insert(posthoc.columns.get_loc("p") + 1, "p_holm", adjusted)
+    return posthoc
+
+
+def _independent_anova(groups: list[np.ndarray], names: list[str], unit: str) -> dict:
+    empty = [n for n, g in zip(names, groups) if g.size == 0]
+    if empty or sum(g.size for g in groups) <= len(groups):
+        raise ValueError(f"network(s) {empty or names} have too few {unit}: the ANOVA needs "
+                         f"one or more per network and more {unit} than networks")
+    f, p = stats.f_oneway(*groups)
+    allv = np.concatenate(groups)
+    grand = allv.mean()
+    ss_between = sum(g.size * (g.mean() - grand) ** 2 for g in groups)
+    ss_total = ((allv - grand) ** 2).sum()
+    ranking = _ranking(names, groups)
+    return {
+        "test": "one_way", "unit": unit, "statistic_name": "F",
+        "F": float(f), "statistic": float(f),
+        "df_between": int(len(groups) - 1),
+        "df_within": int(allv.size - len(groups)),
+        "p": float(p), "n_units": int(allv.size),
+        "eta_squared": float(ss_between / ss_total) if ss_total > 0 else float("nan"),
+        "ranking": ranking,
+        "posthoc": _posthoc(names, groups, ranking, "welch"),
+    }
+
+
 def one_way_anova(values: np.ndarray | pd.DataFrame, names: Sequence[str] | None = None) -> dict:
     """One-way ANOVA across networks, with ranking and Holm-corrected post hoc tests.
 
-    Each column (network) is a group of subject values, as in the reference
-    study's between-network comparison (scipy.stats.f_oneway; note the groups
-    share subjects, so this ignores the pairing).
+    Each column (network) is a group of independent values (NaNs dropped),
+    compared with scipy.stats.f_oneway and Welch post-hoc tests.  For the
+    reference study's test, whose units are the nodes, see
+    :func:`network_anova`.
 
     Parameters
     ----------
-    values : ndarray or DataFrame, shape (n_subjects, n_networks)
-        E.g. the output of :func:`roi_to_network_connectivity`.
+    values : ndarray or DataFrame, shape (n_units, n_networks)
+        One column per network.
     names : sequence of str, optional
         Network names (default: DataFrame columns or ``net0..``).
 
@@ -708,46 +908,99 @@ def one_way_anova(values: np.ndarray | pd.DataFrame, names: Sequence[str] | None
     dict
         ``F, df_between, df_within, p, eta_squared`` (SS_between / SS_total),
         ``ranking`` (DataFrame network, mean, sd, n sorted by decreasing mean)
-        and ``posthoc`` (DataFrame of all pairs: network_a, network_b, t, df,
-        p, p_holm, mean_diff, hedges_g; Welch tests, pairs in ranking order).
+        and ``posthoc`` (DataFrame of all pairs: network_a, network_b, test,
+        statistic (t), p, p_holm, df, mean_diff, hedges_g; pairs in ranking order).
     """
     if isinstance(values, pd.DataFrame):
         names = list(values.columns) if names is None else list(names)
         values = values.to_numpy(dtype=float)
     values = np.asarray(values, dtype=float)
     if values.ndim != 2 or values.shape[1] < 2:
-        raise ValueError("values must be (subjects, networks) with >= 2 networks")
+        raise ValueError("values must be (units, networks) with >= 2 networks")
     if names is None:
         names = [f"net{n}" for n in range(values.shape[1])]
     names = [str(n) for n in names]
     groups = [col[~np.isnan(col)] for col in values.T]
-    f, p = stats.f_oneway(*groups)
-    allv = np.concatenate(groups)
-    grand = allv.mean()
-    ss_between = sum(g.size * (g.mean() - grand) ** 2 for g in groups)
-    ss_total = ((allv - grand) ** 2).sum()
-    ranking = pd.DataFrame({
-        "network": names,
-        "mean": [g.mean() for g in groups],
-        "sd": [g.std(ddof=1) for g in groups],
-        "n": [g.size for g in groups],
-    }).sort_values("mean", ascending=False, kind="stable").reset_index(drop=True)
-    order = [names.index(n) for n in ranking["network"]]
-    rows = []
-    for ia, ib in itertools.combinations(order, 2):
-        res = compare_groups(groups[ia], groups[ib])
-        rows.append({
-            "network_a": names[ia], "network_b": names[ib], "t": res["t"], "df": res["df"],
-            "p": res["p"], "mean_diff": res["mean_diff"], "hedges_g": res["hedges_g"],
-        })
-    posthoc = pd.DataFrame(rows)
-    posthoc.insert(5, "p_holm", holm(posthoc["p"].to_numpy()))
+    return _independent_anova(groups, names, "values")
+
+
+def network_anova(
+    z_values: np.ndarray, node_networks: Sequence[str], test: str = "nodes"
+) -> dict:
+    """Compare the seeds' connectivity across the networks of a parcellation.
+
+    Parameters
+    ----------
+    z_values : ndarray, shape (n_subjects, n_seeds, n_nodes)
+        Fisher-z connectivity of each seed with each node, per subject.
+    node_networks : sequence of str, length n_nodes
+        Network label of each node.
+    test : {'nodes', 'repeated_measures', 'friedman'}
+        ``nodes`` (the reference study's units: F(11, 651) for 663 nodes in 12
+        networks): one value per node, its mean z over subjects and seeds
+        (NaNs ignored), then a one-way ANOVA across networks with the nodes as
+        independent units, df (G - 1, n_nodes - G), and Welch post-hoc tests.
+        ``repeated_measures``: each subject's mean z per network
+        (:func:`roi_to_network_connectivity`), a one-way repeated-measures
+        ANOVA with subjects as the repeated factor, df (G - 1, (G - 1)(N - 1)),
+        partial eta squared, and paired post-hoc t-tests.  ``friedman``: the
+        same subject x network table ranked within subject
+        (scipy.stats.friedmanchisquare), with Wilcoxon signed-rank post-hoc
+        tests.  Subjects with a NaN network value are dropped from the last two.
+
+    Returns
+    -------
+    dict
+        ``test``, ``unit`` (nodes or subjects), ``statistic_name`` (F or chi2),
+        ``statistic``, ``df_between``, ``df_within`` (None for Friedman),
+        ``p``, ``n_units``, an effect size (``eta_squared``,
+        ``partial_eta_squared`` or ``kendall_w``), ``ranking`` (network, mean,
+        sd, n over the units) and ``posthoc`` (pairs with Holm-adjusted p).
+    """
+    if test not in ANOVA_TESTS:
+        raise ValueError(f"test must be one of {ANOVA_TESTS}, not {test!r}")
+    z = np.asarray(z_values, dtype=float)
+    if z.ndim == 2:
+        z = z[:, None, :]
+    labels = np.asarray([str(v) for v in node_networks])
+    names = list(dict.fromkeys(labels.tolist()))
+    if len(names) < 2:
+        raise ValueError("the nodes belong to fewer than 2 networks")
+    if test == "nodes":
+        with np.errstate(invalid="ignore"):
+            block = z.reshape(-1, z.shape[2])
+            finite = np.isfinite(block)
+            node_mean = np.where(finite, block, 0).sum(0) / finite.sum(0)
+        groups = [node_mean[(labels == n) & np.isfinite(node_mean)] for n in names]
+        out = _independent_anova(groups, names, "nodes")
+        out["test"] = "nodes"
+        out["node_means"] = node_mean
+        return out
+    table = roi_to_network_connectivity(z, labels).to_numpy()
+    table = table[np.all(np.isfinite(table), axis=1)]
+    n, g = table.shape
+    if n < 2:
+        raise ValueError("fewer than 2 subjects have a value for every network")
+    groups = [table[:, k] for k in range(g)]
+    ranking = _ranking(names, groups)
+    if test == "friedman":
+        chi2, p = stats.friedmanchisquare(*groups)
+        return {
+            "test": "friedman", "unit": "subjects", "statistic_name": "chi2",
+            "statistic": float(chi2), "df_between": g - 1, "df_within": None,
+            "p": float(p), "n_units": n, "kendall_w": float(chi2 / (n * (g - 1))),
+            "ranking": ranking, "posthoc": _posthoc(names, groups, ranking, "wilcoxon"),
+        }
+    grand = table.mean()
+    ss_networks = n * ((table.mean(0) - grand) ** 2).sum()
+    ss_subjects = g * ((table.mean(1) - grand) ** 2).sum()
+    ss_error = ((table - grand) ** 2).sum() - ss_networks - ss_subjects
+    df1, df2 = g - 1, (g - 1) * (n - 1)
+    f = (ss_networks / df1) / (ss_error / df2)
     return {
-        "F": float(f),
-        "df_between": int(len(groups) - 1),
-        "df_within": int(allv.size - len(groups)),
-        "p": float(p),
-        "eta_squared": float(ss_between / ss_total) if ss_total > 0 else float("nan"),
-        "ranking": ranking,
-        "posthoc": posthoc,
+        "test": "repeated_measures", "unit": "subjects", "statistic_name": "F",
+        "F": float(f), "statistic": float(f), "df_between": df1, "df_within": df2,
+        "p": float(stats.f.sf(f, df1, df2)), "n_units": n,
+        "partial_eta_squared": float(ss_networks / (ss_networks + ss_error)),
+        "ranking": ranking, "posthoc": _posthoc(names, groups, ranking, "paired"),
     }

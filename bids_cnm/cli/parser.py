@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at most this many subjects per group-level connectivity job")
     perf.add_argument("--cache-dtype", choices=["float32", "int16"], default="float32",
                       help="storage of the prepared time series in the work directory: "
-                      "float32 is exact; int16 halves the bytes read (r within 1e-5)")
+                      "float32 is exact; int16 halves the bytes read (each value within half a "
+                      "step, max(abs(x))/65534, of float32)")
     perf.add_argument("--nipype-plugin", default="MultiProc",
                       choices=["MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "PBS"],
                       help="nipype execution plugin (cluster plugins submit one job per node)")

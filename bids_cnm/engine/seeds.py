@@ -35,7 +35,11 @@ class CoordinateOutsideMaskWarning(UserWarning):
 
 
 def sphere_voxels(
-    center_mm: np.ndarray, diameter_mm: float, shape: tuple[int, ...], affine: np.ndarray
+    center_mm: np.ndarray,
+    diameter_mm: float,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    support: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the flat indices of the voxels of one sphere.
 
@@ -49,18 +53,28 @@ def sphere_voxels(
         Grid shape (3-D).
     affine : ndarray, shape (4, 4)
         Voxel-to-world affine (flipped, anisotropic or oblique axes allowed).
+    support : ndarray of bool, optional
+        Flat (C-order) or 3-D mask of the voxels a sphere may hold (the analysis
+        mask); the sphere is cut to it *before* the nearest-voxel fallback.
 
     Returns
     -------
     ndarray of int64
         Sorted flat (C-order) indices of the voxels whose centre is within the
         radius (a relative tolerance of 1e-9 keeps voxels exactly on the
-        surface); the nearest voxel when none is; empty when the centre lies more
-        than one voxel outside the grid.
+        surface) and inside ``support``.  When there is none, the fallback: the
+        nearest voxel of ``support`` among the voxels within one step of the
+        centre along every axis (the corners of the grid cell that holds the
+        centre, plus the neighbours of a centre exactly on a voxel or on the
+        grid's edge); ties in distance go to the voxel
+        that rounding the continuous voxel index gives (``numpy.rint``, half to
+        even), so no direction is favoured.  Empty when the centre lies more than
+        one voxel outside the grid or no corner voxel is in ``support``.
     """
     center = np.asarray(center_mm, dtype=float).reshape(3)
     affine = np.asarray(affine, dtype=float)
     shape = tuple(int(n) for n in shape[:3])
+    flat_support = None if support is None else np.asarray(support, dtype=bool).ravel()
     radius = diameter_mm / 2.0
     inv = np.linalg.inv(affine)
     center_vox = inv[:3, :3] @ center + inv[:3, 3]
@@ -74,10 +88,23 @@ def sphere_voxels(
         np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), axis=-1
     ).reshape(-1, 3)
     dist = np.linalg.norm(grid @ affine[:3, :3].T + affine[:3, 3] - center, axis=1)
-    inside = grid[dist <= radius * (1 + 1e-9)]
-    if len(inside) == 0:
-        inside = grid[[np.argmin(dist)]]
-    return np.sort(np.ravel_multi_index(inside.T, shape).astype(np.int64))
+    flat = np.ravel_multi_index(grid.T, shape).astype(np.int64)
+    usable = np.ones(len(grid), dtype=bool) if flat_support is None else flat_support[flat]
+    inside = usable & (dist <= radius * (1 + 1e-9))
+    if not inside.any():
+        # the voxels within one step of the centre along every axis (the corners of
+        # its grid cell), cut to the support first
+        near = np.all(np.abs(grid - center_vox) <= 1 + 1e-9, axis=1)
+        candidates = np.flatnonzero(near & usable)
+        if len(candidates) == 0:
+            return np.empty(0, dtype=np.int64)
+        nearest = dist[candidates] <= dist[candidates].min() * (1 + 1e-9) + 1e-12
+        tied = candidates[nearest]
+        # among equidistant corners, the one np.rint picks (half to even): unbiased
+        off_round = np.abs(grid[tied] - np.rint(center_vox)).sum(axis=1)
+        inside = np.zeros(len(grid), dtype=bool)
+        inside[tied[np.argmin(off_round)]] = True
+    return np.sort(flat[inside])
 
 
 def seed_label(text: str) -> str:
@@ -213,9 +240,9 @@ def make_seeds(
         set_name, study = key[0], key[1]
         parts = []
         for _, row in group.iterrows():
-            vox = sphere_voxels(row[["x", "y", "z"]].to_numpy(float), diameter, shape, affine)
-            if flat_support is not None:
-                vox = vox[flat_support[vox]]
+            vox = sphere_voxels(
+                row[["x", "y", "z"]].to_numpy(float), diameter, shape, affine, flat_support
+            )
             if len(vox) == 0:
                 warnings.warn(
                     f"{source}, row {row.get('source_row', '?')}: coordinate "

@@ -63,6 +63,9 @@ __all__ = [
     "OVERLAP_MAPS",
     "DBS_MAPS",
     "RESERVED_SETS",
+    "OVERLAP_DENOMINATORS",
+    "NULL_WITHIN",
+    "ROI_TO_ROI_TESTS",
 ]
 
 #: maps of a set's overlap (``overlap`` alone means the primary sets')
@@ -77,6 +80,12 @@ CONTACT_COLUMNS = ("side", "x", "y", "z", "amplitude")
 VAT_COLUMNS = ("vat", "vat_left", "vat_right")
 ALE_TARGETS = ("mni152_2mm", "mni152_1mm", "ale_2mm")
 VAT_MODELS = ("kuncel2008", "maedler2012", "dembek2017")
+#: what an ROI's % overlap divides by (see ``ROIOverlap``)
+OVERLAP_DENOMINATORS = ("roi", "mask")
+#: where a random-sphere null draws its centres
+NULL_WITHIN = ("auto", "brain", "cortex", "mask")
+#: the between-network test of ROI-to-ROI connectivity
+ROI_TO_ROI_TESTS = ("nodes", "repeated_measures", "friedman")
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _MAP_REF = re.compile(r"^(overlap|posoverlap|negoverlap)(?::(.+))?$")
@@ -130,6 +139,9 @@ class Null:
     diameter: float | None = None
     atlas: Atlas | None = None
     alternative: str = "greater"
+    within: str = "auto"
+    within_mask: Path | None = None
+    shell_mm: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,12 @@ class Compare:
 
 @dataclass(frozen=True)
 class ROIOverlap:
-    """% overlap (mean network value x 100) of a set of ROIs, with null and comparison."""
+    """% overlap of a set of ROIs (x 100), with null and comparison.
+
+    ``denominator``: ``roi`` (Ji et al. 2025: sum of the network's values in the ROI over
+    the number of ROI voxels, outside the analysis mask counted as 0) or ``mask`` (mean
+    over the ROI's voxels inside the analysis mask).
+    """
 
     name: str
     network: str | Image = "overlap"
@@ -153,6 +170,7 @@ class ROIOverlap:
     null_model: Null | None = None
     compare: Compare | None = None
     statistic: str = "mean_of_regions"
+    denominator: str = "roi"
 
     @property
     def kind(self) -> str:
@@ -184,6 +202,7 @@ class ROIToROI:
     nodes: Path
     diameter: float = 6.0
     sets: tuple[str, ...] | None = None
+    test: str = "nodes"
 
 
 @dataclass(frozen=True)
@@ -564,6 +583,9 @@ _NULL = _record(Null, {
     "diameter": (_float(0, strict=True), False),
     "atlas": (_ATLAS, False),
     "alternative": (_str(("greater", "less", "two-sided")), False),
+    "within": (_str(NULL_WITHIN), False),
+    "within_mask": (_path(), False),
+    "shell_mm": (_float(0, strict=True), False),
 })
 _COMPARE = _record(Compare, {
     "column": (_str(), True),
@@ -579,6 +601,7 @@ _ROI_OVERLAP = _record(ROIOverlap, {
     "null_model": (_NULL, False),
     "compare": (_COMPARE, False),
     "statistic": (_str(("mean_of_regions", "pooled")), False),
+    "denominator": (_str(OVERLAP_DENOMINATORS), False),
 }, one_of=("spheres", "masks", "atlas"))
 _SPATIAL = _record(SpatialCorrelation, {
     "name": (_str(label=True), True),
@@ -592,6 +615,7 @@ _ROI_TO_ROI = _record(ROIToROI, {
     "nodes": (_path(), True),
     "diameter": (_float(0, strict=True), False),
     "sets": (_SETS, False),
+    "test": (_str(ROI_TO_ROI_TESTS), False),
 })
 _REGION = _record(Region, {
     "spheres": (_SPHERES, False),
@@ -1162,6 +1186,14 @@ def _check_plan(plan: Plan, ctx: _Ctx) -> None:
                     raise ctx.error(f"{nkey}.diameter",
                                     "the random spheres' diameter is unknown",
                                     "add null_model.diameter (mm)")
+                if (null.within == "mask") != (null.within_mask is not None):
+                    raise ctx.error(f"{nkey}.within_mask",
+                                    "within: mask and within_mask go together",
+                                    "give both (within: mask, within_mask: <NIfTI>) or neither")
+            if null.kind == "regions" and (null.within != "auto" or null.within_mask
+                                           is not None or null.shell_mm != 5.0):
+                raise ctx.error(f"{nkey}.within", "a region null draws atlas regions, not "
+                                "sphere centres", "remove within, within_mask and shell_mm")
 
     for i, item in enumerate(val.spatial_correlation):
         key = f"validation.spatial_correlation[{i}]"

@@ -45,19 +45,25 @@ def find_peaks(
     """
     from nilearn.reporting import get_clusters_table
 
-    data = np.nan_to_num(np.asarray(img.dataobj, dtype=float))
+    data = np.asanyarray(img.dataobj)
+    if data.dtype.kind != "f":
+        data = data.astype(np.float64)  # integer counts: float64 holds them exactly
+    data = np.nan_to_num(data)
     peak = np.abs(data).max() if data.size else 0.0
     if peak == 0:
         return pd.DataFrame(columns=PEAK_COLUMNS)
-    threshold = fraction * peak
-    # get_clusters_table wants a strict threshold; nudge below so that ties at
-    # exactly `threshold` (frequent in overlap maps) count as suprathreshold.
-    threshold = float(np.nextafter(threshold, 0))
+    # get_clusters_table keeps voxels strictly above the threshold and compares in
+    # the data's dtype (a Python float meets a float32 array as float32), so the
+    # threshold is built in that dtype and nudged one step below: values at exactly
+    # `fraction * max` (frequent in overlap maps, k/n) then count as suprathreshold.
+    dtype = data.dtype.type
+    threshold = dtype(fraction) * dtype(peak)
+    threshold = float(np.nextafter(threshold, dtype(0)))
     with warnings.catch_warnings():
         # "no clusters found" for an empty sign, and plateau notes: expected here
         warnings.simplefilter("ignore", UserWarning)
         table = get_clusters_table(
-            nb.Nifti1Image(data.astype(np.float32), img.affine),
+            nb.Nifti1Image(data, img.affine),
             stat_threshold=threshold,
             cluster_threshold=min_cluster_voxels,
             two_sided=True,
