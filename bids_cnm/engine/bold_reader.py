@@ -14,8 +14,8 @@ sequential, and writes whole cache lines of a block's volumes into each output
 row; rows are in C order of the 3-D grid (``np.flatnonzero(mask.ravel())``), the
 order the prepared cache uses.
 
-Public functions: :func:`read_masked_runs`, :func:`valid_voxels`,
-:func:`open_decompressed`.
+Public functions: :func:`read_masked_runs`, :func:`valid_voxels` (rows of decoded
+runs), :func:`valid_mask` (3-D, streamed) and :func:`open_decompressed`.
 """
 
 from __future__ import annotations
@@ -134,6 +134,51 @@ def _voxel_order(mask: np.ndarray | None, shape: tuple[int, int, int]):
     return fortran[order].astype(np.int64), order.astype(np.int64), len(rows)
 
 
+class _Blocks:
+    """A run's header facts and an iterator over blocks of its decoded volumes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open_decompressed(self.path)
+        except OSError as exc:
+            raise ReadError(f"{self.path}: cannot open ({exc}).") from exc
+        try:
+            header = _read_header(self._file, self.path)
+        except (OSError, EOFError) as exc:
+            self._file.close()
+            raise ReadError(f"{self.path}: cannot decompress the header ({exc}).") from exc
+        dims = header.get_data_shape()
+        if len(dims) != 4 or any(int(n) > 1 for n in dims[4:]):
+            self._file.close()
+            raise InputDataError(f"{self.path}: a BOLD run must be 4-D, found shape {dims}.")
+        self.shape = tuple(int(n) for n in dims[:3])
+        self.n_volumes = int(dims[3])
+        self.dtype = header.get_data_dtype()
+        slope, inter = header.get_slope_inter()
+        self.slope = 1.0 if slope is None else float(slope)
+        self.inter = 0.0 if inter is None else float(inter)
+        #: nibabel writes slope 1, inter 0 for float data: no arithmetic then
+        self.scaled = (self.slope, self.inter) != (1.0, 0.0)
+
+    def __iter__(self):
+        """Yield ``(block, n_used, t0)``: raw volumes ``block[:n_used]`` from volume t0."""
+        n_vox = int(np.prod(self.shape))
+        block = np.empty((min(BLOCK_VOLUMES, self.n_volumes), n_vox), dtype=self.dtype)
+        flat = memoryview(block.reshape(-1).view(np.uint8))
+        with self._file as f:
+            for t0 in range(0, self.n_volumes, block.shape[0]):
+                n_used = min(block.shape[0], self.n_volumes - t0)
+                try:
+                    _read_exact(f, flat[: n_used * n_vox * self.dtype.itemsize], self.path)
+                except (OSError, EOFError) as exc:
+                    raise ReadError(f"{self.path}: cannot decompress ({exc}).") from exc
+                native = block if self.dtype.isnative else block.astype(
+                    self.dtype.newbyteorder("=")
+                )
+                yield native, n_used, t0
+
+
 def read_masked_run(
     path: str | Path, mask: np.ndarray | None = None, _order=None
 ) -> np.ndarray:
@@ -152,47 +197,70 @@ def read_masked_run(
         Equal to ``np.asarray(nb.load(path).dataobj, dtype=np.float32)[mask]``
         up to float32 rounding of the scaling.
     """
-    path = Path(path)
-    try:
-        f = open_decompressed(path)
-    except OSError as exc:
-        raise ReadError(f"{path}: cannot open ({exc}).") from exc
-    with f:
-        try:
-            header = _read_header(f, path)
-        except (OSError, EOFError) as exc:
-            raise ReadError(f"{path}: cannot decompress the header ({exc}).") from exc
-        dims = header.get_data_shape()
-        if len(dims) != 4 or any(int(n) > 1 for n in dims[4:]):
-            raise InputDataError(f"{path}: a BOLD run must be 4-D, found shape {dims}.")
-        shape = tuple(int(n) for n in dims[:3])
-        n_volumes = int(dims[3])
-        if mask is not None and tuple(mask.shape) != shape:
-            raise InputDataError(
-                f"{path}: grid {shape} differs from the mask's {tuple(mask.shape)}."
-            )
-        src, dst, n_rows = _order if _order is not None else _voxel_order(mask, shape)
-        dtype = header.get_data_dtype()
-        slope, inter = header.get_slope_inter()
-        slope = 1.0 if slope is None else float(slope)
-        inter = 0.0 if inter is None else float(inter)
-        scaled = (slope, inter) != (1.0, 0.0)  # nibabel writes 1, 0 for float data
-        n_vox = int(np.prod(shape))
-        block = np.empty((min(BLOCK_VOLUMES, n_volumes), n_vox), dtype=dtype)
-        flat = memoryview(block.reshape(-1).view(np.uint8))
-        out = np.empty((n_rows, n_volumes), dtype=np.float32)
-        for t0 in range(0, n_volumes, block.shape[0]):
-            n_used = min(block.shape[0], n_volumes - t0)
-            try:
-                _read_exact(f, flat[: n_used * n_vox * dtype.itemsize], path)
-            except (OSError, EOFError) as exc:
-                raise ReadError(f"{path}: cannot decompress ({exc}).") from exc
-            native = block if dtype.isnative else block.astype(dtype.newbyteorder("="))
-            if scaled:
-                _copy_block(native, n_used, src, dst, out, t0, slope, inter)
-            else:
-                _copy_block_raw(native, n_used, src, dst, out, t0)
+    blocks = _Blocks(path)
+    if mask is not None and tuple(mask.shape) != blocks.shape:
+        blocks._file.close()
+        raise InputDataError(
+            f"{path}: grid {blocks.shape} differs from the mask's {tuple(mask.shape)}."
+        )
+    src, dst, n_rows = _order if _order is not None else _voxel_order(mask, blocks.shape)
+    out = np.empty((n_rows, blocks.n_volumes), dtype=np.float32)
+    for block, n_used, t0 in blocks:
+        if blocks.scaled:
+            _copy_block(block, n_used, src, dst, out, t0, blocks.slope, blocks.inter)
+        else:
+            _copy_block_raw(block, n_used, src, dst, out, t0)
     return out
+
+
+@njit(nogil=True, cache=True)
+def _update_range(block, n_used, low, high, finite):  # pragma: no cover - numba
+    for b in range(n_used):
+        for s in range(block.shape[1]):
+            x = np.float64(block[b, s])
+            if not np.isfinite(x):
+                finite[s] = False
+            else:
+                if x < low[s]:
+                    low[s] = x
+                if x > high[s]:
+                    high[s] = x
+
+
+def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
+    """3-D mask of the voxels finite and varying in every run, in constant memory.
+
+    Streams each run block by block (never holding a run), so it can derive a
+    brain mask from a connectome's data at the decoder's speed.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        4-D NIfTI runs on one grid.
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+    """
+    keep = None
+    for path in paths:
+        blocks = _Blocks(path)
+        n_vox = int(np.prod(blocks.shape))
+        if keep is not None and keep.size != n_vox:
+            blocks._file.close()
+            raise InputDataError(f"grid mismatch: {path} has shape {blocks.shape}, "
+                                 f"{paths[0]} has {keep_shape}.")
+        low = np.full(n_vox, np.inf)
+        high = np.full(n_vox, -np.inf)
+        finite = np.ones(n_vox, dtype=bool)
+        for block, n_used, _ in blocks:
+            _update_range(block, n_used, low, high, finite)
+        # scaling is monotonic (slope != 0), so it cannot make a constant voxel vary
+        varies = finite & (high > low) & (blocks.slope != 0)
+        keep = varies if keep is None else keep & varies
+        keep_shape = blocks.shape
+    assert keep is not None
+    return keep.reshape(keep_shape, order="F")
 
 
 def read_masked_runs(
