@@ -71,11 +71,11 @@ def scan(source: Path, options: ImportOptions) -> ImportPlan:
             check_same_grid(img.shape[:3], img.affine, reference[1], reference[2], path,
                             reference[0])
         subjects.append(SourceSubject(folder.name, bids_label(folder.name, folder),
-                                      _writer(paths, options)))
+                                      _LinkRuns(paths, options)))
     assert reference is not None
     if options.mask is not None:
         given_mask, _ = load_mask(options.mask, reference[1], reference[2])
-        subjects = [SourceSubject(s.name, s.label, _writer(s.write.paths, options, given_mask))
+        subjects = [SourceSubject(s.name, s.label, _LinkRuns(s.write.paths, options, given_mask))
                     for s in subjects]
     unique_labels(subjects, source)
     return ImportPlan(tuple(int(n) for n in reference[1]), np.asarray(reference[2]),
@@ -83,7 +83,7 @@ def scan(source: Path, options: ImportOptions) -> ImportPlan:
                       "GSP1000 (Brain Genomics Superstruct Project), imported", REPETITION_TIME)
 
 
-class _writer:
+class _LinkRuns:
     """Link the runs, then write the given or the data-derived brain mask."""
 
     def __init__(self, paths: list[Path], options: ImportOptions, mask=None) -> None:
