@@ -5,4 +5,4 @@ May import :mod:`bids_cnm.engine`, :mod:`bids_cnm.stats`, :mod:`bids_cnm.errors`
 (for variant names only) :mod:`bids_cnm.analyses.sensitivity`.
 """
 
-__all__ = ["connectome", "coordinates", "derivatives", "outputs"]
+__all__ = ["connectome", "coordinates", "derivatives", "importers", "outputs"]

@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Benchmark of subject preparation on a GSP1000-shaped subject (run on demand, not in tests).
+
+Generates one synthetic subject of the exact GSP1000 shape (2 mm MNI152 grid,
+91 x 109 x 91, two gzipped float32 runs of 120 volumes, ~230k brain voxels) into
+a cache folder, then times on the same files:
+
+* **decoder**: inflating the runs into a reused buffer, nothing else (the rate
+  no reader of these files can beat);
+* **reader**: :func:`bids_cnm.engine.bold_reader.read_masked_runs` (inflate +
+  in-mask copy + scaling into ``(V, T)`` float32);
+* **nibabel**: ``np.asarray(img.dataobj, dtype=np.float32)[mask]`` per run (how
+  preparation read the data before);
+* **prepare**: reader + valid voxels + standardization + writing the float32
+  copy (what a preparation node does per subject),
+
+and prints MB/s of decompressed data, reader / decoder (target <= 1.3) and the
+extrapolated 1000-subject preparation time on ``--cores`` cores (target < 20 min).
+
+Usage::
+
+    python benchmarks/bench_prepare.py [--cache DIR] [--repeats 3] [--cores 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from bids_cnm.engine.bold_reader import (
+    BLOCK_VOLUMES,
+    decoder_name,
+    open_decompressed,
+    read_masked_runs,
+    valid_voxels,
+)
+
+SHAPE = (91, 109, 91)
+#: FSL's MNI152 2 mm grid (the GSP1000 files' grid)
+AFFINE = np.array(
+    [[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]]
+)
+N_VOLUMES = 120
+N_RUNS = 2
+TARGET_VOXELS = 230_000
+
+
+def brain_mask() -> np.ndarray:
+    """An ellipsoid 'brain' of about 230k voxels centred in the grid."""
+    ii, jj, kk = np.indices(SHAPE, dtype=np.float32)
+    c = (np.asarray(SHAPE) - 1) / 2
+    d2 = ((ii - c[0]) / 36.5) ** 2 + ((jj - c[1]) / 46.0) ** 2 + ((kk - c[2]) / 33.0) ** 2
+    # pick the radius that gives the target count (about 25 % of the grid)
+    radius = np.sort(d2.ravel())[TARGET_VOXELS - 1]
+    return d2 <= radius
+
+
+def make_subject(folder: Path) -> list[Path]:
+    """Write (once) two GSP-shaped runs: BOLD-like float32, zero outside the brain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"sub-0001_bld00{r + 1}_rest_bench.nii.gz" for r in range(N_RUNS)]
+    if all(p.exists() for p in paths):
+        return paths
+    rng = np.random.default_rng(0)
+    mask = brain_mask()
+    base = rng.uniform(300, 900, SHAPE).astype(np.float32)
+    loading = rng.standard_normal(SHAPE).astype(np.float32)
+    for path in paths:
+        data = np.empty(SHAPE + (N_VOLUMES,), dtype=np.float32)
+        for t in range(N_VOLUMES):
+            vol = base + 8 * loading * rng.standard_normal() + 10 * rng.standard_normal(
+                SHAPE, dtype=np.float32
+            )
+            data[..., t] = vol * mask
+        img = nb.Nifti1Image(data, AFFINE)
+        img.header.set_zooms((2.0, 2.0, 2.0, 3.0))
+        tmp = path.with_name(path.name + ".part.nii.gz")
+        img.to_filename(tmp)
+        os.replace(tmp, path)
+    return paths
+
+
+def decoded_bytes(paths: list[Path]) -> int:
+    """Bytes of decompressed voxel data in the runs."""
+    total = 0
+    for p in paths:
+        img = nb.load(p)
+        total += int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+    return total
+
+
+def time_decoder(paths: list[Path]) -> float:
+    """Seconds to inflate the runs into a reused buffer (the decoder's own rate)."""
+    buf = bytearray(BLOCK_VOLUMES * int(np.prod(SHAPE)) * 4)
+    view = memoryview(buf)
+    start = time.perf_counter()
+    for path in paths:
+        with open_decompressed(path) as f:
+            while f.readinto(view):
+                pass
+    return time.perf_counter() - start
+
+
+def time_reader(paths: list[Path], mask: np.ndarray) -> float:
+    start = time.perf_counter()
+    runs = read_masked_runs(paths, mask)
+    seconds = time.perf_counter() - start
+    del runs
+    return seconds
+
+
+def time_nibabel(paths: list[Path], mask: np.ndarray) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        volume = np.asarray(nb.load(path).dataobj, dtype=np.float32)
+        run = volume[mask]
+        del volume, run
+    return time.perf_counter() - start
+
+
+def time_prepare(paths: list[Path], mask: np.ndarray, out: Path) -> float:
+    """Reader + valid voxels + per-run standardization + the float32 copy on disk."""
+    start = time.perf_counter()
+    runs = read_masked_runs(paths, mask)
+    keep = valid_voxels(runs)
+    parts = []
+    for run in runs:
+        run = run[keep]
+        run -= run.mean(axis=1, dtype=np.float64)[:, None].astype(np.float32)
+        run /= np.sqrt(np.einsum("ij,ij->i", run, run, dtype=np.float64) / run.shape[1])[
+            :, None
+        ].astype(np.float32)
+        parts.append(run)
+    data = np.concatenate(parts, axis=1)
+    np.save(out, data)
+    seconds = time.perf_counter() - start
+    out.unlink()
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "bids_cnm_bench_prepare")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--subjects", type=int, default=1000)
+    parser.add_argument("--skip-nibabel", action="store_true")
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    paths = make_subject(args.cache)
+    print(f"subject: {len(paths)} runs x {N_VOLUMES} volumes on {SHAPE} "
+          f"({time.perf_counter() - t0:.0f} s to make or find) in {args.cache}")
+    mask = brain_mask()
+    nbytes = decoded_bytes(paths)
+    gz = sum(p.stat().st_size for p in paths)
+    print(f"brain voxels {int(mask.sum()):,}; decompressed {nbytes / 1e6:.0f} MB, "
+          f"gzipped {gz / 1e6:.0f} MB; inflater: {decoder_name()}")
+    read_masked_runs(paths[:1], mask)  # compile the numba kernels, warm the page cache
+
+    def best(fn, *a):
+        return min(fn(*a) for _ in range(args.repeats))
+
+    dec = best(time_decoder, paths)
+    rea = best(time_reader, paths, mask)
+    prep = best(time_prepare, paths, mask, args.cache / "prepared.npy")
+    rate = lambda s: nbytes / s / 1e6  # noqa: E731
+    print(f"decoder only   {dec:6.2f} s  {rate(dec):7.0f} MB/s")
+    print(f"reader         {rea:6.2f} s  {rate(rea):7.0f} MB/s   reader / decoder = "
+          f"{rea / dec:.2f} (target <= 1.3)")
+    if not args.skip_nibabel:
+        nib = best(time_nibabel, paths, mask)
+        print(f"nibabel+mask   {nib:6.2f} s  {rate(nib):7.0f} MB/s   {nib / rea:.1f}x the reader")
+    print(f"prepare        {prep:6.2f} s  {rate(prep):7.0f} MB/s   (reader + valid voxels + "
+          "standardize + write float32)")
+    total = prep * args.subjects / args.cores
+    print(f"GSP1000 extrapolation: {args.subjects} subjects x {prep:.2f} s / {args.cores} cores "
+          f"= {total / 60:.1f} min (target < 20 min)")
+    if os.environ.get("BIDS_CNM_BENCH_CLEAN"):
+        shutil.rmtree(args.cache, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
