@@ -6,5 +6,5 @@ Pure functions on arrays and tables; may import :mod:`bids_cnm.engine`,
 :mod:`bids_cnm.errors`, never the nipype shell or the CLI.
 """
 
-__all__ = ["ale", "dbs", "plan_seeds", "roi", "run_plan", "sensitivity", "specificity",
-           "validation"]
+__all__ = ["ale", "dbs", "degree", "grey_matter", "plan_seeds", "relocation", "roi", "run_plan",
+           "sensitivity", "specificity", "validation"]

@@ -6,4 +6,4 @@ Pure numerical code: it may import :mod:`bids_cnm.errors` only (never the nipype
 the CLI, the plan or the analyses).
 """
 
-__all__ = ["connectivity", "group_results", "nodes", "seeds", "timeseries"]
+__all__ = ["connectivity", "degree", "group_results", "nodes", "seeds", "timeseries"]

@@ -8,6 +8,7 @@ of the connectome happens once, whatever is analysed afterwards.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -303,6 +304,10 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
     finals = [outputs]
     if config.degree_check and inputs.reuse_maps is None:
         finals.append(init_degree_check(workflow, inputs, mask, reduce))
+    elif config.degree_check:
+        logging.getLogger("bids_cnm").info(
+            "degree check skipped: the participant z-maps are reused, the time series are not "
+            "read (remove them or use a new output folder to get it)")
     for primary in config.primary_sets if inputs.control_sets else ():
         for control in inputs.control_sets:
             test = pe.Node(
