@@ -37,6 +37,12 @@ def expected_group_files(seed_ids, sets, thresholds=("5p1",)) -> set[str]:
                 stem = f"{ENTS}_set-{s}_thresh-{th}_desc-{desc}_boldmap"
                 files |= {f"{stem}.nii.gz", f"{stem}.json"}
             files.add(f"{ENTS}_set-{s}_thresh-{th}_peaks.tsv")
+    # the degree check (on by default): degree map, residual networks, table
+    for stem in [f"{ENTS}_stat-degree_boldmap",
+                 *(f"{ENTS}_set-{s}_thresh-{thresholds[0]}_desc-degreeresidual_boldmap"
+                   for s in sets)]:
+        files |= {f"{stem}.nii.gz", f"{stem}.json"}
+    files |= {f"{ENTS}_desc-degree_correlations.tsv", f"{ENTS}_desc-degree_correlations.json"}
     # the default analysis plan: the plan as run, and each control set vs the primary set
     files.add("plan.json")
     stem = f"{ENTS}_set-primary_thresh-{thresholds[0]}_desc-controls_summary"

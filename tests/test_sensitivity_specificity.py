@@ -143,6 +143,21 @@ def test_cli_sensitivity_and_specificity(tiny_connectome, tmp_path):
         assert (out / f"{stem}_desc-significant_clusters.tsv").exists()
         sidecar = json.loads((out / f"{stem}_stat-tfce_boldmap.json").read_text())
         assert sidecar["NumberOfPermutations"] == 40
+    # the degree check (on by default): r of each network with the degree map, over the mask
+    degree = nb.load(out / f"{ENTS}_stat-degree_boldmap.nii.gz").get_fdata()[mask]
+    assert (degree > 0).all()
+    check = pd.read_csv(out / f"{ENTS}_desc-degree_correlations.tsv", sep="\t")
+    assert list(check["network"]) == ["main", "main", "relocation-1", "relocation-2"]
+    row = check.iloc[0]
+    assert row["set"] == "primary" and row["n_null"] == 2
+    assert row["r_degree"] == pytest.approx(np.corrcoef(main_map[mask], degree)[0, 1], abs=1e-5)
+    residual = nb.load(out / f"{prefix}_thresh-5p1_desc-degreeresidual_boldmap.nii.gz")
+    design = np.c_[np.ones(mask.sum()), degree]
+    beta, *_ = np.linalg.lstsq(design, main_map[mask], rcond=None)
+    np.testing.assert_allclose(residual.get_fdata()[mask], main_map[mask] - design @ beta,
+                               atol=1e-5)
+    described = json.loads((out / f"{ENTS}_desc-degree_correlations.json").read_text())
+    assert described["NumberOfSampleVoxels"] == 300 and "p_degree" in described
 
 
 def test_cli_compare_cohort(tiny_connectome, tiny_coordinates, tmp_path):
@@ -150,7 +165,9 @@ def test_cli_compare_cohort(tiny_connectome, tiny_coordinates, tmp_path):
     out = tmp_path / "out"
     assert main([str(tiny_connectome), str(out), "group", "--coordinates", str(tiny_coordinates),
                  "-w", str(tmp_path / "w"), "--participant-filter", "group=HC",
-                 "--compare-participant-filter", "group=IGE", "--nipype-plugin", "Linear"]) == 0
+                 "--compare-participant-filter", "group=IGE", "--nipype-plugin", "Linear",
+                 "--no-degree-check"]) == 0
+    assert not list(out.glob("*degree*"))
     prefix = f"{ENTS}_set-primary"
     other = out / f"{prefix}_variant-connectomeIGE_thresh-5p1_desc-overlap_boldmap.nii.gz"
     assert other.exists()

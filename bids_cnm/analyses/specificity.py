@@ -2,8 +2,9 @@
 
 Control networks come from other coordinate sets (e.g. other diseases) and from
 randomly relocated coordinates: every study of a primary set, its coordinates
-moved to random in-mask positions, ``k`` times.  The relocated studies are
-extra seeds of the same pass over the connectome (set ``random``).
+moved to random grey-matter positions, ``k`` times
+(:mod:`bids_cnm.analyses.relocation`).  The relocated studies are extra seeds of
+the same pass over the connectome (set ``random``).
 
 Voxel-wise, the primary study networks are compared with each control group by
 a two-sample permutation test (labels shuffled), with TFCE and family-wise error
@@ -19,8 +20,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
+from bids_cnm.analyses.relocation import relocate_coordinates
+from bids_cnm.config import RANDOM_SET
 from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.stats.overlap import binarize
 from bids_cnm.stats.permutation import (
@@ -32,58 +34,8 @@ from bids_cnm.stats.permutation import (
 
 LOGGER = logging.getLogger("bids_cnm")
 
-#: set name of the randomly relocated control studies
-RANDOM_SET = "random"
-
-
-def relocate_coordinates(
-    table: pd.DataFrame,
-    support: np.ndarray,
-    affine: np.ndarray,
-    n_relocations: int = 4,
-    random_state: int = 0,
-    sets: list[str] | None = None,
-) -> pd.DataFrame:
-    """Randomly relocated copies of studies: each coordinate moved to a random in-mask voxel.
-
-    Parameters
-    ----------
-    table : DataFrame
-        Coordinate table (``study``, ``x``, ``y``, ``z``, ``set``...).
-    support : ndarray of bool
-        Voxels where random coordinates may land (the analysis support).
-    affine : ndarray
-        Voxel-to-mm affine.
-    n_relocations : int
-        Copies per study (``k``).
-    random_state : int
-        Seed: the same seed gives the same coordinates.
-    sets : list of str, optional
-        Sets whose studies are relocated (default ``['primary']``).
-
-    Returns
-    -------
-    DataFrame
-        Same columns; ``set`` is ``random``, ``study`` is ``<study>rand<i>`` and
-        ``relocated_from`` names the original study.
-    """
-    sets = sets or ["primary"]
-    rng = np.random.default_rng(random_state)
-    candidates = np.argwhere(np.asarray(support, dtype=bool))
-    if len(candidates) == 0:
-        raise ValueError("empty support: nowhere to relocate coordinates")
-    source = table[table["set"].isin(sets)].reset_index(drop=True)
-    copies = []
-    for i in range(1, n_relocations + 1):
-        ijk = candidates[rng.integers(0, len(candidates), size=len(source))]
-        xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
-        copy = source.copy()
-        copy[["x", "y", "z"]] = xyz
-        copy["relocated_from"] = source["study"].astype(str)
-        copy["study"] = source["study"].astype(str) + f"rand{i}"
-        copy["set"] = RANDOM_SET
-        copies.append(copy)
-    return pd.concat(copies, ignore_index=True) if copies else source.iloc[:0]
+# relocate_coordinates and RANDOM_SET are re-exported: the command line imports them here
+__all__ = ["RANDOM_SET", "SpecificityResult", "compare_networks", "relocate_coordinates"]
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="control coordinate sets (default: every non-primary set)")
     spec.add_argument("--random-relocations", type=_non_negative_int, default=4, metavar="K",
                       help="randomly relocated copies of every primary study (0: none)")
+    spec.add_argument("--relocation-mask", type=Path, default=None, metavar="NIFTI",
+                      help="grey-matter mask (MNI space) where relocated coordinates land; "
+                      "default: nilearn's MNI152 grey-matter template")
+    spec.add_argument("--relocation-mode", choices=["independent", "rigid"],
+                      default="independent",
+                      help="relocate every coordinate on its own, or each study's coordinates "
+                      "together by one random rigid transform (keeps their configuration)")
     spec.add_argument("--n-permutations", type=_positive_int, default=5000)
     spec.add_argument("--specificity-maps", choices=["t", "binarized", "liebermeister"],
                       default="t", help="compare unthresholded t-maps, binarized maps by "
@@ -137,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--no-tfce", action="store_true", help="voxel-wise t without TFCE")
     spec.add_argument("--random-seed", type=int, default=0,
                       help="seed of every random draw (relocations, permutations)")
+
+    hubs = parser.add_argument_group(
+        "degree check", "is the network more than the connectome's hubs? (on by default)")
+    hubs.add_argument("--no-degree-check", action="store_true",
+                      help="do not compute the degree map nor compare the networks with it")
+    hubs.add_argument("--degree-samples", type=_positive_int, default=300, metavar="N",
+                      help="grey-matter voxels sampled for the degree map")
 
     perf = parser.add_argument_group("performance and execution")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,
@@ -222,6 +236,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         specificity=args.specificity,
         control_sets=tuple(args.control_sets) if args.control_sets else None,
         random_relocations=args.random_relocations,
+        relocation_mask=(args.relocation_mask.expanduser().resolve()
+                         if args.relocation_mask else None),
+        relocation_mode=args.relocation_mode,
+        degree_check=not args.no_degree_check,
+        degree_samples=args.degree_samples,
         n_permutations=args.n_permutations,
         specificity_maps=args.specificity_maps,
         tfce=not args.no_tfce,

@@ -21,7 +21,7 @@ import numpy as np
 
 from bids_cnm import __version__
 from bids_cnm.cli.parser import parse_args
-from bids_cnm.config import Config
+from bids_cnm.config import RANDOM_SET, Config
 from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
 from bids_cnm.errors import (
     CNMError,
@@ -67,6 +67,8 @@ def check_columns(config: Config, table) -> None:
                 f"{', '.join(map(str, table.columns))})."
             )
     sets = set(table["set"])
+    if config.specificity and config.random_relocations > 0:
+        sets.add(RANDOM_SET)  # the relocated studies are a control set of their own
     for flag, names in (("--primary-sets", config.primary_sets),
                         ("--control-sets", config.control_sets or ())):
         missing = sorted(set(names) - sets)
@@ -80,11 +82,11 @@ def check_columns(config: Config, table) -> None:
 def control_sets(config: Config, seeds_table) -> list[str]:
     """Control groups of the specificity tests: the named or all other coordinate sets,
     plus the randomly relocated studies."""
-    from bids_cnm.analyses.specificity import RANDOM_SET
     from bids_cnm.io.outputs import NON_NETWORK_SETS
 
     if config.control_sets is not None:
-        names = list(config.control_sets)
+        # the relocated set is added below, once, whether or not it is named
+        names = [s for s in config.control_sets if s != RANDOM_SET]
     else:
         names = [s for s in dict.fromkeys(seeds_table["set"])
                  if s not in config.primary_sets and s not in NON_NETWORK_SETS
@@ -126,10 +128,15 @@ def build_seeds(config: Config, connectome: Connectome, table, support):
         parts.append(seeds_for(table, False, diameter=config.sphere_diameter, per="coordinate",
                                variant="percoord"))
     if config.specificity and config.random_relocations > 0:
+        from bids_cnm.analyses.grey_matter import grey_matter
+
         where = support if support is not None else data_support(connectome)
+        grey, source = grey_matter(connectome.shape, connectome.affine, config.relocation_mask,
+                                   space=connectome.space)
+        LOGGER.info("random relocations within grey matter: %s", source)
         relocated = relocate_coordinates(
             table, where, connectome.affine, config.random_relocations, config.random_seed,
-            sets=list(config.primary_sets),
+            sets=list(config.primary_sets), mask=grey, mode=config.relocation_mode,
         )
         parts.append(seeds_for(relocated, False, diameter=config.sphere_diameter))
     seeds = concat_seeds(*parts)

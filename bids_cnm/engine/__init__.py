@@ -6,4 +6,5 @@ Pure numerical code: it may import :mod:`bids_cnm.errors` only (never the nipype
 the CLI, the plan or the analyses).
 """
 
-__all__ = ["bold_reader", "connectivity", "group_results", "nodes", "seeds", "timeseries"]
+__all__ = ["bold_reader", "connectivity", "degree", "group_results", "nodes", "seeds",
+           "timeseries"]

@@ -27,6 +27,7 @@ from nipype.interfaces.base import (
 )
 
 from bids_cnm.engine import connectivity
+from bids_cnm.engine.degree import DegreeSums
 from bids_cnm.io import outputs
 from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter
@@ -126,11 +127,13 @@ class _AccumulateInputSpec(BaseInterfaceInputSpec):
     nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz from save_nodes)")
     n_threads = traits.Int(0, usedefault=True,
                            desc="threads of this job (0: all); parallel jobs share the cores")
+    degree_sample = File(exists=True, desc="degree-check sample voxels (.npy; flat indices)")
 
 
 class _AccumulateOutputSpec(TraitedSpec):
     stats = File(exists=True, desc="running sums (.npz)")
     node_values = File(desc="per-subject node values (.npy; only with nodes)")
+    degree = File(desc="degree sums (.npz; only with degree_sample)")
 
 
 class AccumulateConnectivity(SimpleInterface):
@@ -145,6 +148,8 @@ class AccumulateConnectivity(SimpleInterface):
         stats = connectivity.RunningStats.zeros(len(voxels), len(seeds))
         nodes = load_nodes(self.inputs.nodes)[0] if self.inputs.nodes else None
         values = []
+        degree = (DegreeSums.zeros(voxels, np.load(self.inputs.degree_sample))
+                  if self.inputs.degree_sample else None)
         n = len(self.inputs.prepared)
         start = time.perf_counter()
         # the engine runs as many workers as BLAS may use threads
@@ -155,6 +160,8 @@ class AccumulateConnectivity(SimpleInterface):
                 connectivity.accumulate_subject(stats, subject, seeds, rows)
                 if nodes is not None:
                     values.append(node_zvalues(subject, seeds, nodes))
+                if degree is not None:  # the same subject, still in the page cache
+                    degree.add(subject, rows)
                 elapsed = time.perf_counter() - start
                 LOGGER.info(
                     "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
@@ -166,6 +173,8 @@ class AccumulateConnectivity(SimpleInterface):
         if nodes is not None:
             np.save(Path(runtime.cwd) / "node_values.npy", np.stack(values))
             self._results["node_values"] = str(Path(runtime.cwd) / "node_values.npy")
+        if degree is not None:
+            self._results["degree"] = str(degree.save(Path(runtime.cwd) / "degree.npz"))
         return runtime
 
 
@@ -473,5 +482,91 @@ class ParticipantMaps(SimpleInterface):
             )
         )
         LOGGER.info("sub-%s: wrote %d z-maps", self.inputs.label, len(files) - 1)
+        self._results["out_files"] = [str(f) for f in files]
+        return runtime
+
+
+class _DegreeSampleInputSpec(BaseInterfaceInputSpec):
+    voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
+    mask = File(exists=True, mandatory=True, desc="analysis mask (NIfTI): the grid")
+    n_samples = traits.Int(300, usedefault=True)
+    random_seed = traits.Int(0, usedefault=True)
+    grey_matter = File(exists=True, desc="grey-matter mask (default: MNI152 template)")
+    space = traits.Str("", usedefault=True, desc="template space of the connectome")
+
+
+class _DegreeSampleOutputSpec(TraitedSpec):
+    sample = File(exists=True, desc="sample voxels (.npy; flat indices)")
+
+
+class DegreeSample(SimpleInterface):
+    """Draw the fixed grey-matter voxel sample of the degree map (once for all batches)."""
+
+    input_spec = _DegreeSampleInputSpec
+    output_spec = _DegreeSampleOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_cnm.analyses.degree import degree_sample
+
+        grid = nb.load(self.inputs.mask)
+        sample = degree_sample(
+            np.load(self.inputs.voxels), grid.shape[:3], grid.affine, self.inputs.n_samples,
+            self.inputs.random_seed, self.inputs.grey_matter or None,
+            space=self.inputs.space or None,
+        )
+        out = Path(runtime.cwd) / "degree_sample.npy"
+        np.save(out, sample)
+        self._results["sample"] = str(out)
+        return runtime
+
+
+class _DegreeCheckInputSpec(BaseInterfaceInputSpec):
+    degree = InputMultiObject(File(exists=True), mandatory=True, desc="per-batch degree sums")
+    results = File(exists=True, mandatory=True)
+    writer = traits.Dict(mandatory=True)
+    entities = traits.Dict(mandatory=True)
+    threshold = traits.Float(mandatory=True, desc="main |t| threshold")
+    primary_sets = traits.List(traits.Str, value=["primary"], usedefault=True)
+    random_seed = traits.Int(0, usedefault=True)
+    grey_matter = File(exists=True, desc="grey-matter mask of the sample (default: template)")
+    space = traits.Str("", usedefault=True, desc="template space of the connectome")
+    sources = traits.List(traits.Str)
+
+
+class DegreeCheck(SimpleInterface):
+    """Write the degree map and compare every overlap network with it."""
+
+    input_spec = _DegreeCheckInputSpec
+    output_spec = _FilesOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_cnm.analyses.degree import REFERENCE_DOI, degree_check
+        from bids_cnm.analyses.grey_matter import grey_matter
+        from bids_cnm.config import RANDOM_SET
+
+        sums = DegreeSums.load(self.inputs.degree[0])
+        for path in self.inputs.degree[1:]:
+            sums.merge(DegreeSums.load(path))
+        results = GroupResults.load(self.inputs.results)
+        if not np.array_equal(sums.voxels, results.voxels):
+            raise ValueError("the degree sums and the group results cover different voxels")
+        degree = sums.mean()
+        # every coordinate set's network (primary first), not the plan's seeds nor the nulls
+        named = dict.fromkeys([*self.inputs.primary_sets, *results.seeds.table["set"]])
+        sets = [s for s in named if s not in outputs.NON_NETWORK_SETS and s != RANDOM_SET
+                and len(results.columns(s, "main"))]
+        check = degree_check(results, degree, self.inputs.threshold, sets)
+        provenance = {
+            "NumberOfSubjects": sums.n, "NumberOfSampleVoxels": len(sums.sample),
+            "RandomSeed": self.inputs.random_seed,
+            "GreyMatter": grey_matter(results.shape, results.affine,
+                                      self.inputs.grey_matter or None,
+                                      space=self.inputs.space or None)[1],
+            "References": [f"doi:{REFERENCE_DOI}"],
+        }
+        files = outputs.write_degree_check(
+            _writer(self.inputs.writer), results, degree, check, dict(self.inputs.entities),
+            self.inputs.threshold, list(self.inputs.sources), provenance,
+        )
         self._results["out_files"] = [str(f) for f in files]
         return runtime

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bids_cnm.config import RANDOM_SET
 from bids_cnm.errors import InputDataError, MissingInputError, ReadError, where
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "BRAIN_BOX",
     "read_coordinates",
     "validate_coordinates",
+    "check_reserved_sets",
     "summarize",
 ]
 
@@ -130,12 +132,48 @@ def read_coordinates(path: str | os.PathLike, default_set: str = "primary") -> p
         )
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")):
-        return _read_nimare_json(text, path, default_set)
-    if _SLEUTH_MARKER.search(text):
-        return _read_sleuth(text, path, default_set)
-    delimiter = "," if name.endswith(".csv") else "\t"
-    table, rows = _parse_table(text, path, delimiter)
-    return validate_coordinates(table, str(path), default_set=default_set, rows=rows)
+        table = _read_nimare_json(text, path, default_set)
+    elif _SLEUTH_MARKER.search(text):
+        table = _read_sleuth(text, path, default_set)
+    else:
+        delimiter = "," if name.endswith(".csv") else "\t"
+        cells, rows = _parse_table(text, path, delimiter)
+        table = validate_coordinates(cells, str(path), default_set=default_set, rows=rows)
+    check_reserved_sets(table, str(path))
+    return table
+
+
+def check_reserved_sets(table: pd.DataFrame, source: str) -> None:
+    """Refuse a coordinate set whose name the app gives to sets it generates.
+
+    The randomly relocated copies of the primary studies form the set
+    ``random``; a user set of that name would be merged with them (its studies
+    counted as relocations and vice versa).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A coordinate table with a ``set`` column (and ``source_row``, used to
+        point at the first offending row when present).
+    source : str
+        Where the table comes from, for the message.
+
+    Raises
+    ------
+    InputDataError
+        A row's ``set`` is a reserved name; the message names the file, row and
+        the fix.
+    """
+    clash = np.flatnonzero(table["set"].astype(str).str.strip().to_numpy() == RANDOM_SET)
+    if len(clash) == 0:
+        return
+    row = table["source_row"].iloc[clash[0]] if "source_row" in table.columns else None
+    raise InputDataError(
+        f"{where(source, None if row is None else int(row), 'set')}: the set name "
+        f"'{RANDOM_SET}' is reserved for the randomly relocated copies of the primary "
+        f"studies (--random-relocations); rename this set (e.g. '{RANDOM_SET}_user'), "
+        "also where the analysis plan names it"
+    )
 
 
 def validate_coordinates(

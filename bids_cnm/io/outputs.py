@@ -21,7 +21,7 @@ from bids_cnm.analyses.sensitivity import (
     variant_maps,
 )
 from bids_cnm.engine.group_results import GroupResults
-from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_tsv
+from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json, write_tsv
 from bids_cnm.engine.seeds import Seeds, seed_label
 from bids_cnm.stats.overlap import threshold_label
 from bids_cnm.stats.peaks import find_peaks
@@ -341,4 +341,64 @@ def write_connectome_comparison(
         paths.append(write_tsv(writer.path(ents, "correlations", ".tsv"), table))
         LOGGER.info("set %s: network on connectome '%s' correlates r = %.3f with the main one",
                     set_name, label, r)
+    return paths
+
+
+DEGREE_COLUMNS = {
+    "set": "Coordinate set of the network (random: the relocated studies).",
+    "network": "main: the set's overlap network at the main threshold; relocation-<i>: the "
+    "overlap network of the i-th relocated copy of the primary studies.",
+    "n_studies": "Study networks in the overlap.",
+    "r_degree": "Pearson r, over the analysis mask, of the signed overlap map with the "
+    "degree map.",
+    "r_residual": "Pearson r of the overlap after regressing degree out (least squares with "
+    "intercept) with the overlap itself: the part of the network degree does not explain.",
+    "r_first": "Pearson r of the overlap map with the first primary set's.",
+    "r_first_partial": "The same after regressing degree out of both maps (partial r).",
+    "p_degree": "Fraction of the relocated networks whose |r_degree| is at least this "
+    "network's (n/a for relocated networks, or without relocations).",
+    "n_null": "Relocated networks compared (p_degree cannot go below 1/n_null, except 0).",
+}
+
+
+def write_degree_check(
+    writer: DerivativesWriter,
+    results: GroupResults,
+    degree: np.ndarray,
+    check,
+    entities: dict,
+    threshold: float,
+    sources: list[str],
+    provenance: dict,
+) -> list[Path]:
+    """Write the degree map, each set's residual network and the degree-check table.
+
+    ``degree`` is the degree map over ``results.voxels``; ``check`` a
+    :class:`bids_cnm.analyses.degree.DegreeCheck`; ``provenance`` goes into every
+    sidecar (sample size, seed, grey matter, reference).
+    """
+    paths = [writer.write_map(
+        dict(entities, stat="degree"), results.volume(degree), results.affine,
+        "Degree: every voxel's mean |Fisher z| to a fixed random sample of grey-matter "
+        "voxels (itself left out), averaged over connectome subjects.",
+        sources, **provenance,
+    )]
+    for set_name, residual in check.residuals.items():
+        paths.append(writer.write_map(
+            dict(entities, set=seed_label(set_name), thresh=threshold_label(threshold),
+                 desc="degreeresidual"),
+            results.volume(residual), results.affine,
+            "Signed overlap network after regressing the degree map out (least-squares "
+            "residual with intercept, over the analysis mask).",
+            sources, Threshold=threshold, **provenance,
+        ))
+    tsv = write_tsv(writer.path(dict(entities, desc="degree"), "correlations", ".tsv"),
+                    check.table)
+    sidecar = {k: {"Description": v} for k, v in DEGREE_COLUMNS.items()}
+    sidecar.update(Threshold=threshold, **provenance)
+    write_json(tsv.with_suffix(".json"), sidecar)
+    paths.append(tsv)
+    for row in check.table[check.table["network"] == "main"].itertuples():
+        LOGGER.info("degree check: set %s, r with degree %.3f (p %s vs %d relocated networks)",
+                    row.set, row.r_degree, f"{row.p_degree:.3f}", row.n_null)
     return paths

@@ -16,8 +16,9 @@ and the report can state it.
 ========================  ===============================================  ===================
 resource                  TemplateFlow (first found)                       fallback
 ========================  ===============================================  ===================
-grey matter               ``label-GM_probseg`` > 0.5; else the grey-matter  nilearn
-                          labels of the Harvard-Oxford subcortical atlas    ``load_mni152_gm_mask``
+grey matter               ``label-GM_probseg`` >= 0.5; else the grey-matter nilearn
+                          labels of the Harvard-Oxford subcortical atlas    ``load_mni152_gm_
+                                                                            template`` >= 0.5
                           (``atlas-HOSPA_desc-th25_dseg``: cortex and
                           subcortical nuclei)
 anatomical labels         ``atlas-HOCPA_desc-th25`` (cortical) and          none
@@ -69,7 +70,11 @@ _NOT_GREY = ("white matter", "ventric", "background", "brainstem", "brain-stem")
 #: labels of the subcortical atlas that the cortical atlas names better (or not at all)
 _UNNAMED = ("cerebral cortex", "white matter", "background", "ventric")
 
-_FALLBACK = "nilearn's bundled MNI152 grey-matter mask (TemplateFlow {what} not available)"
+#: a voxel is grey matter where the (linearly interpolated) probability is at least this
+GM_THRESHOLD = 0.5
+
+_FALLBACK = ("nilearn's bundled MNI152 grey-matter template >= 0.5 "
+             "(TemplateFlow {what} not available)")
 
 
 def templateflow_home() -> Path | None:
@@ -179,7 +184,7 @@ def grey_matter_mask(space: str | None, shape: tuple[int, ...],
         probseg = local_file(space, resolution=res, label="GM", suffix="probseg")
         if probseg is not None:
             prob = _on_grid(nb.load(probseg), shape, affine, "linear")
-            return prob > 0.5, f"TemplateFlow {probseg.name} > 0.5"
+            return prob >= GM_THRESHOLD, f"TemplateFlow {probseg.name} >= {GM_THRESHOLD}"
         dseg = local_file(space, resolution=res, atlas="HOSPA", desc="th25", suffix="dseg")
         table = _label_table(dseg) if dseg is not None else None
         if table is not None:
@@ -187,12 +192,11 @@ def grey_matter_mask(space: str | None, shape: tuple[int, ...],
                     if not any(word in name.lower() for word in _NOT_GREY)]
             labels = _on_grid(nb.load(dseg), shape, affine, "nearest")
             return np.isin(labels, grey), f"TemplateFlow {dseg.name} (grey-matter labels)"
-    from nilearn.datasets import load_mni152_gm_mask
+    from nilearn.datasets import load_mni152_gm_template
 
-    img = load_mni152_gm_mask(resolution=res)
-    mask = _on_grid(img, shape, affine, "nearest") > 0
+    prob = _on_grid(load_mni152_gm_template(resolution=1), shape, affine, "linear")
     what = f"grey matter of {space}" if space else "grey matter (no template space)"
-    return mask, _FALLBACK.format(what=what)
+    return prob >= GM_THRESHOLD, _FALLBACK.format(what=what)
 
 
 @dataclass(frozen=True)

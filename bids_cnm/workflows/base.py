@@ -8,6 +8,7 @@ of the connectome happens once, whatever is analysed afterwards.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from bids_cnm.interfaces.cnm import (
     AccumulateFromMaps,
     AnalysisMask,
     CompareConnectome,
+    DegreeCheck,
+    DegreeSample,
     GroupReport,
     PlanAnalyses,
     GroupOutputs,
@@ -220,6 +223,50 @@ def init_connectivity_branch(
     return mask, reduce
 
 
+def init_degree_check(
+    workflow: pe.Workflow, inputs: RunInputs, mask: pe.Node, reduce: pe.Node
+) -> pe.Node:
+    """Add the degree map to the main pass's batches, and its comparison with the networks.
+
+    The sample of grey-matter voxels is drawn once; every ``accumulate_batch_<b>`` node
+    of the main pass (see :func:`init_connectivity_branch`) then adds its subjects'
+    degree while their data are read for the seeds.
+
+    Returns
+    -------
+    Node
+        The check, with output ``out_files``.
+    """
+    config = inputs.config
+    space = inputs.connectome.space or ""
+    sample = pe.Node(DegreeSample(n_samples=config.degree_samples, space=space,
+                                  random_seed=config.random_seed), name="degree_sample")
+    check = pe.Node(
+        DegreeCheck(
+            writer=inputs.writer, entities=inputs.entities, threshold=inputs.thresholds[0],
+            primary_sets=list(config.primary_sets), random_seed=config.random_seed,
+            space=space,
+            sources=[f"bids:connectome:sub-{s.label}" for s in inputs.connectome.subjects],
+        ),
+        name="degree_check",
+    )
+    if config.relocation_mask is not None:
+        sample.inputs.grey_matter = str(config.relocation_mask)
+        check.inputs.grey_matter = str(config.relocation_mask)
+    workflow.connect([(mask, sample, [("voxels", "voxels"), ("mask", "mask")]),
+                      (reduce, check, [("results", "results")])])
+    batches = sorted((n for n in workflow.list_node_names()
+                      if re.fullmatch(r"accumulate_batch_\d+", n)),
+                     key=lambda n: int(n.rsplit("_", 1)[1]))
+    gather = pe.Node(niu.Merge(len(batches)), name="collect_degree")
+    for b, name in enumerate(batches, 1):
+        accumulate = workflow.get_node(name)
+        workflow.connect([(sample, accumulate, [("sample", "degree_sample")]),
+                          (accumulate, gather, [("degree", f"in{b}")])])
+    workflow.connect(gather, "out", check, "degree")
+    return check
+
+
 def init_group_wf(inputs: RunInputs) -> pe.Workflow:
     """Group level: streamed connectivity sums, t-maps, overlap networks, variants, tests.
 
@@ -257,6 +304,12 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
         (mask, outputs, [("mask", "mask")]),
     ])
     finals = [outputs]
+    if config.degree_check and inputs.reuse_maps is None:
+        finals.append(init_degree_check(workflow, inputs, mask, reduce))
+    elif config.degree_check:
+        logging.getLogger("bids_cnm").info(
+            "degree check skipped: the participant z-maps are reused, the time series are not "
+            "read (remove them or use a new output folder to get it)")
     for primary in config.primary_sets if inputs.control_sets else ():
         for control in inputs.control_sets:
             test = pe.Node(

@@ -1,0 +1,140 @@
+"""Degree of every voxel, in the same pass over the connectome as the seeds.
+
+A voxel's degree is its mean absolute Fisher z to a fixed sample of ``S`` voxels
+(a few hundred grey-matter voxels), averaged over subjects::
+
+    degree[v] = mean over subjects of  mean over s != v of |arctanh(r[v, s])|
+
+The sample voxels' own centred, unit-norm time courses play the part of seed time
+courses in the engine's block product (:func:`connectivity._for_all_blocks`), so
+each block of data read for a subject yields both; one compiled pass per block
+takes the Fisher z of the ``S`` correlations (clipped to ±R_MAX as the seeds' are)
+and adds their mean absolute value to one float64 sum per voxel: the memory is
+``V`` values, not ``V × S``.  A sample voxel's correlation with itself is left out
+of its own mean (it would add ``arctanh(R_MAX)/S`` to the sample voxels only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from bids_cnm.engine.connectivity import R_MAX, _atanh, _for_all_blocks, rows_of
+from bids_cnm.engine.timeseries import PreparedSubject
+
+
+@njit(nogil=True, error_model="numpy", cache=True)
+def _degree_block(r, factor, self_col, out, row0):
+    """Add each row's mean |Fisher z| over the sample (own column left out) to ``out``."""
+    rmax = R_MAX
+    n, k = r.shape
+    for i in range(n):
+        f = factor[i]
+        own = self_col[row0 + i]
+        total = 0.0
+        for j in range(k):
+            if j != own:
+                x = np.float64(min(max(r[i, j] * f, -rmax), rmax))
+                total += abs(_atanh(x))
+        out[row0 + i] += total / (k - 1 if own >= 0 else k)
+
+
+def sample_timeseries(subject: PreparedSubject, sample_rows: np.ndarray) -> np.ndarray:
+    """Centred, unit-norm time courses of the sample voxels (rows of the subject's data).
+
+    Returns
+    -------
+    ndarray of float32, shape (S, T)
+    """
+    ts = np.asarray(subject.data[sample_rows], dtype=np.float64)
+    ts *= subject.scale[sample_rows, None]
+    ts -= ts.mean(axis=1, keepdims=True)
+    ts /= np.linalg.norm(ts, axis=1, keepdims=True)
+    return ts.astype(np.float32)
+
+
+@dataclass
+class DegreeSums:
+    """Sum over subjects of every target voxel's mean |z| to the sample.
+
+    Attributes
+    ----------
+    voxels : ndarray of int64, shape (V,)
+        Flat indices of the target voxels (the analysis mask), sorted.
+    sample : ndarray of int64, shape (S,)
+        Flat indices of the sample voxels, a subset of ``voxels``.
+    n : int
+        Subjects added.
+    total : ndarray of float64, shape (V,)
+    """
+
+    voxels: np.ndarray
+    sample: np.ndarray
+    n: int
+    total: np.ndarray
+
+    @classmethod
+    def zeros(cls, voxels: np.ndarray, sample: np.ndarray) -> DegreeSums:
+        """Empty sums over ``voxels`` for the sample ``sample`` (flat indices)."""
+        voxels = np.asarray(voxels, dtype=np.int64)
+        sample = np.asarray(sample, dtype=np.int64)
+        if len(sample) < 2:
+            raise ValueError("the degree sample needs at least 2 voxels")
+        if not np.isin(sample, voxels).all():
+            raise ValueError("the degree sample must lie within the target voxels")
+        return cls(voxels, sample, 0, np.zeros(len(voxels)))
+
+    def add(self, subject: PreparedSubject, rows: np.ndarray | None = None) -> None:
+        """Add one subject.
+
+        Parameters
+        ----------
+        subject : PreparedSubject
+        rows : ndarray of int64, optional
+            Rows of the subject's data that are the target voxels (as from
+            :func:`~bids_cnm.engine.connectivity.rows_of`); computed when omitted.
+        """
+        if rows is None:
+            rows = rows_of(subject.voxels, self.voxels)
+        target = np.arange(len(self.voxels)) if rows is None else rows
+        positions = np.searchsorted(self.voxels, self.sample)  # sample within the targets
+        seed_ts = sample_timeseries(subject, target[positions])
+        self_col = np.full(len(self.voxels), -1, dtype=np.int64)
+        self_col[positions] = np.arange(len(self.sample))
+        total = self.total
+
+        def consume(r: np.ndarray, factor: np.ndarray, start: int) -> None:
+            _degree_block(r, factor, self_col, total, start)
+
+        _for_all_blocks(subject, seed_ts, rows, consume)
+        self.n += 1
+
+    def merge(self, other: DegreeSums) -> DegreeSums:
+        """Add the sums of another batch of subjects (same voxels and sample)."""
+        if not (np.array_equal(self.voxels, other.voxels)
+                and np.array_equal(self.sample, other.sample)):
+            raise ValueError("degree sums over different voxels or samples cannot be merged")
+        self.n += other.n
+        self.total += other.total
+        return self
+
+    def mean(self) -> np.ndarray:
+        """The degree map over ``voxels`` (mean over subjects), float64."""
+        if self.n < 1:
+            raise ValueError("no subject added to the degree sums")
+        return self.total / self.n
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``.npz``."""
+        path = Path(path)
+        np.savez(path, voxels=self.voxels, sample=self.sample, n=self.n, total=self.total)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DegreeSums:
+        """Read sums written by :meth:`save`."""
+        with np.load(path) as f:
+            return cls(f["voxels"], f["sample"], int(f["n"]), f["total"])
