@@ -28,14 +28,13 @@ def reference_zmaps(subject, seed_masks: list[np.ndarray], target: np.ndarray,
     Seed signal: ``mean`` = mean raw BOLD of the seed's voxels; ``standardized`` = mean of
     the voxels' z-scored series.  Runs: ``average`` = Fisher z of each run's Pearson r,
     averaged; ``concatenate`` = one Pearson r over the concatenated z-scored runs (the
-    seed's course demeaned in each run).  Returns Fisher z (V_target, K).
+    seed's course z-scored in each run too).  Returns Fisher z (V_target, K).
     """
     raw = [np.asarray(nb.load(path).dataobj, dtype=np.float64) for path in subject.bold]
     scored = [stats.zscore(data, axis=3) for data in raw]
 
     def seed_course(q, mask):
-        course = (raw[q] if signal == "mean" else scored[q])[mask].mean(axis=0)
-        return course - course.mean()
+        return stats.zscore((raw[q] if signal == "mean" else scored[q])[mask].mean(axis=0))
 
     def fisher(r):
         return np.arctanh(np.clip(r, -connectivity.R_MAX, connectivity.R_MAX))

@@ -373,8 +373,10 @@ def seed_timeseries(
         with the voxels' temporal SD ``sd_v`` in that run; ``standardized``: the mean
         of the voxels' standardized series, ``sum_v X_v / n``.
     per_run : bool
-        Centre and scale each run's segment to unit norm on its own (for correlations
-        computed run by run); otherwise the whole concatenated course.
+        Each run's segment is centred and scaled on its own: to unit norm with
+        ``per_run`` (for correlations computed run by run), otherwise to unit
+        variance (standardized, like the voxels' rows) and then the whole
+        concatenated course to unit norm.
 
     Returns
     -------
@@ -397,8 +399,8 @@ def seed_timeseries(
         if signal == "mean":  # back to the demeaned BOLD: sd times the standardized row
             part = part * subject.sd[needed, q, None]
         ts[:, lo:hi] = weights @ part
-    spans = subject.runs if per_run else [(0, subject.n_volumes)]
-    for lo, hi in spans:
+    # like the voxels' rows, the seed's course is standardized within every run
+    for lo, hi in subject.runs:
         seg = ts[:, lo:hi]
         seg -= seg.mean(axis=1, keepdims=True)
         norm = np.linalg.norm(seg, axis=1, keepdims=True)
@@ -407,7 +409,9 @@ def seed_timeseries(
             raise ValueError(
                 f"seed(s) {', '.join(bad)} have a constant time course in {subject.path}"
             )
-        seg /= norm
+        seg /= norm if per_run else norm / np.sqrt(hi - lo)
+    if not per_run:
+        ts /= np.linalg.norm(ts, axis=1, keepdims=True)
     return ts.astype(np.float32)
 
 
