@@ -1,19 +1,22 @@
 """The connectivity engine: every seed against every voxel in one matrix product.
 
-For one subject with prepared data ``X`` (voxels × volumes, each row
-standardized) and ``K`` seeds, the seed time courses are the means of ``X`` over
-each seed's voxels (a sparse product), centred and scaled to unit norm (``S``,
+For one subject with prepared data ``X`` (voxels × volumes, each run of each row
+standardized) and ``K`` seeds, the seed time courses are weighted sums of ``X`` over
+each seed's voxels (a sparse product; weights ``sd/n`` give the mean BOLD signal,
+``1/n`` the mean standardized series), centred and scaled to unit norm (``S``,
 ``K × T``).  The centred Pearson correlation of every voxel with every seed is
 then one dense product::
 
     r[v, k] = X[v] · S[k] / ||X[v] - mean(X[v])||
 
-(``S[k]`` sums to zero, so the voxel's own mean drops out).  The product runs on
-blocks of voxels small enough for a core's cache; right after each block's
-product one compiled pass (numba) scales and clips ``r``, takes Fisher's z in
-float64 and adds r, z and z² to the float64 running sums of
-:class:`RunningStats`, so memory does not grow with the number of subjects and
-the big sums are streamed through exactly once per subject.
+(``S[k]`` sums to zero, so the voxel's own mean drops out).  With several runs
+averaged, each run is its own product on its columns and its own norm, and z is
+averaged over the runs.  The product runs on blocks of voxels small enough for a
+core's cache; right after each block's product one compiled pass (numba) scales
+and clips ``r``, takes Fisher's z in float64 and adds r and z to the float64
+running moments of :class:`RunningStats` (Welford), so memory does not grow with
+the number of subjects and the big arrays are streamed through exactly once per
+subject.
 
 Threads: the blocks are shared out to as many workers as the BLAS library has
 threads; each worker runs its own single-threaded products and passes (both
