@@ -138,6 +138,19 @@ def _bits_float(typingctx, x):
 
 
 _SQRT_HALF_BITS = 0x3FE6A09E667F3BCD  # float64 bits of sqrt(1/2)
+
+#: coefficients, highest power first: arctanh(s) / s in s², to s**22; exp(f) to f**13
+_ATANH_SERIES = tuple(1.0 / n for n in range(23, 0, -2))
+_EXP_SERIES = tuple(1.0 / math.factorial(n) for n in range(13, -1, -1))
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _horner(x, coefficients):
+    """The polynomial of ``coefficients`` (highest power first) at ``x``."""
+    p = 0.0
+    for c in coefficients:
+        p = p * x + c
+    return p
 _HALF_LN2 = 0.5 * math.log(2.0)
 
 
@@ -158,20 +171,7 @@ def _atanh(r):
     um = _bits_float(ub - (ue << 52))
     wm = _bits_float(wb - (we << 52))
     s = (um - wm) / (um + wm)
-    s2 = s * s
-    p = 1.0 / 23.0
-    p = p * s2 + 1.0 / 21.0
-    p = p * s2 + 1.0 / 19.0
-    p = p * s2 + 1.0 / 17.0
-    p = p * s2 + 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    p = p * s2 + 1.0
-    return (ue - we) * _HALF_LN2 + s * p
+    return (ue - we) * _HALF_LN2 + s * _horner(s * s, _ATANH_SERIES)
 
 
 @njit(inline="always", error_model="numpy", cache=True)
@@ -211,21 +211,7 @@ def _tanh(z):
     y = 2.0 * z
     k = np.floor(y * _INV_LN2 + 0.5)
     f = (y - k * _LN2_HI) - k * _LN2_LO
-    p = 1.0 / 6227020800.0
-    p = p * f + 1.0 / 479001600.0
-    p = p * f + 1.0 / 39916800.0
-    p = p * f + 1.0 / 3628800.0
-    p = p * f + 1.0 / 362880.0
-    p = p * f + 1.0 / 40320.0
-    p = p * f + 1.0 / 5040.0
-    p = p * f + 1.0 / 720.0
-    p = p * f + 1.0 / 120.0
-    p = p * f + 1.0 / 24.0
-    p = p * f + 1.0 / 6.0
-    p = p * f + 0.5
-    p = p * f + 1.0
-    p = p * f + 1.0
-    e = p * _bits_float((np.int64(k) + 1023) << 52)
+    e = _horner(f, _EXP_SERIES) * _bits_float((np.int64(k) + 1023) << 52)
     return (e - 1.0) / (e + 1.0)
 
 
@@ -296,14 +282,10 @@ def _zmap_block(r, factor, z_out, row0):
 @njit(nogil=True, error_model="numpy", cache=True)
 def _zmap_runs_block(r, factor, z_out, row0):
     """:func:`_zmap_block` for ``r`` of shape (runs, n, k): z averaged over runs."""
-    _, n, k = r.shape
-    z = np.empty(k)
-    dz = np.empty(k)
-    for i in range(n):
-        _run_mean_z_row(r, factor, i, z, dz)
-        out = row0 + i
-        for j in range(k):
-            z_out[out, j] = z[j]
+    buffers = np.empty((2, r.shape[2]))
+    for i in range(r.shape[1]):
+        _run_mean_z_row(r, factor, i, buffers[0], buffers[1])
+        z_out[row0 + i] = buffers[0]
 
 
 @njit(nogil=True, cache=True)
