@@ -65,6 +65,14 @@ class Config:
         Seed sphere diameter in mm (6 in the reference study).
     t_threshold : float
         |t| threshold that binarizes each seed network (5.1 in the reference study).
+    seed_signal : {'mean', 'standardized'}
+        Seed time course: the mean BOLD signal of the seed's voxels as the connectome
+        gives it (``mean``, the reference study's, nilearn's and Lead-DBS's), or the
+        mean of the voxels' standardized series (``standardized``).
+    run_combination : {'average', 'concatenate'}
+        Subjects with several runs: Fisher z of each run's correlation averaged over
+        runs (``average``, Lead-DBS's and the GSP distribution's), or one correlation
+        over the concatenated, per-run standardized runs (``concatenate``).
     task, space, res : str or None
         BIDS entities that select the connectome's BOLD runs; ``None`` accepts
         the only value present (and is an error when several are present).
@@ -136,6 +144,8 @@ class Config:
     participant_filter: tuple[tuple[str, str], ...] = ()
     sphere_diameter: float = 6.0
     t_threshold: float = 5.1
+    seed_signal: str = "mean"
+    run_combination: str = "average"
     task: str | None = None
     space: str | None = None
     res: str | None = None

@@ -14,32 +14,54 @@ from bids_cnm.engine.seeds import make_seeds
 from bids_cnm.engine.timeseries import open_prepared, prepare_subject, valid_mask
 
 
-def reference_zmaps(subject, seed_masks: list[np.ndarray], target: np.ndarray) -> np.ndarray:
-    """Straightforward per-seed computation: zscore runs, concatenate, loop over seeds.
+def _pearson(voxels: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Pearson r of every row of ``voxels`` with ``seed`` (textbook formula, float64)."""
+    vc = voxels - voxels.mean(axis=1, keepdims=True)
+    sc = seed - seed.mean()
+    return vc @ sc / (np.linalg.norm(vc, axis=1) * np.linalg.norm(sc))
 
-    Returns Fisher z (V_target, K) with r from scipy's pearsonr-equivalent formula.
+
+def reference_zmaps(subject, seed_masks: list[np.ndarray], target: np.ndarray,
+                    signal: str = "mean", runs: str = "average") -> np.ndarray:
+    """Straightforward per-seed computation from the raw NIfTI runs, from the definitions.
+
+    Seed signal: ``mean`` = mean raw BOLD of the seed's voxels; ``standardized`` = mean of
+    the voxels' z-scored series.  Runs: ``average`` = Fisher z of each run's Pearson r,
+    averaged; ``concatenate`` = one Pearson r over the concatenated z-scored runs (the
+    seed's course z-scored in each run too).  Returns Fisher z (V_target, K).
     """
-    runs = []
-    for path in subject.bold:
-        data = np.asarray(nb.load(path).dataobj, dtype=np.float64)
-        runs.append(stats.zscore(data, axis=3))
-    data = np.concatenate(runs, axis=3)
+    raw = [np.asarray(nb.load(path).dataobj, dtype=np.float64) for path in subject.bold]
+    scored = [stats.zscore(data, axis=3) for data in raw]
+
+    def seed_course(q, mask):
+        return stats.zscore((raw[q] if signal == "mean" else scored[q])[mask].mean(axis=0))
+
+    def fisher(r):
+        return np.arctanh(np.clip(r, -connectivity.R_MAX, connectivity.R_MAX))
+
     out = np.empty((int(target.sum()), len(seed_masks)))
-    voxels = data[target]  # (V, T)
     for k, mask in enumerate(seed_masks):
-        seed = np.nanmean(data[mask], axis=0)
-        for v in range(0, len(voxels), 4096):
-            block = voxels[v : v + 4096]
-            bc = block - block.mean(axis=1, keepdims=True)
-            sc = seed - seed.mean()
-            r = bc @ sc / (np.linalg.norm(bc, axis=1) * np.linalg.norm(sc))
-            out[v : v + 4096, k] = np.arctanh(np.clip(r, -1 + 1e-6, 1 - 1e-6))
+        if runs == "average":
+            out[:, k] = np.mean([fisher(_pearson(raw[q][target], seed_course(q, mask)))
+                                 for q in range(len(raw))], axis=0)
+        else:
+            voxels = np.concatenate([x[target] for x in scored], axis=1)
+            seed = np.concatenate([seed_course(q, mask) for q in range(len(raw))])
+            out[:, k] = fisher(_pearson(voxels, seed))
     return out
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int16"])
-def test_tmaps_match_independent_reference(tiny_connectome, tiny_coordinates, tmp_path, dtype):
+@pytest.mark.parametrize(
+    "dtype,signal,runs",
+    [("float32", "mean", "average"), ("float32", "standardized", "average"),
+     ("float32", "mean", "concatenate"), ("float32", "standardized", "concatenate"),
+     ("int16", "mean", "average")],
+)
+def test_tmaps_match_independent_reference(
+    tiny_connectome, tiny_coordinates, tmp_path, dtype, signal, runs
+):
     connectome = index_connectome(tiny_connectome)
+    assert len(connectome.subjects[0].bold) == 2  # one subject has two runs
     seeds = make_seeds(
         read_coordinates(tiny_coordinates), connectome.shape, connectome.affine,
         support_mask(connectome), diameter=9.0,
@@ -53,12 +75,14 @@ def test_tmaps_match_independent_reference(tiny_connectome, tiny_coordinates, tm
     running = connectivity.RunningStats.zeros(len(voxels), len(seeds))
     for subject in prepared:
         connectivity.accumulate_subject(
-            running, subject, seeds, connectivity.rows_of(subject.voxels, voxels)
+            running, subject, seeds, connectivity.rows_of(subject.voxels, voxels),
+            signal=signal, runs=runs,
         )
     ours = running.finalize()
 
     masks = [seeds.mask(k) for k in range(len(seeds))]
-    ref_z = np.stack([reference_zmaps(s, masks, target) for s in connectome.subjects])
+    ref_z = np.stack([reference_zmaps(s, masks, target, signal, runs)
+                      for s in connectome.subjects])
     ref_t = stats.ttest_1samp(ref_z, 0.0, axis=0).statistic
     finite = np.isfinite(ref_t)
     assert finite.mean() > 0.99

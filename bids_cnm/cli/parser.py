@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="diameter of the sphere at each coordinate, in mm")
     science.add_argument("--t-threshold", type=_positive_float, default=5.1, metavar="T",
                          help="|t| threshold that binarizes each seed network")
+    science.add_argument("--seed-signal", choices=["mean", "standardized"], default="mean",
+                         help="seed time course: the mean BOLD signal of the seed's voxels "
+                         "(as nilearn and Lead-DBS) or the mean of their standardized series")
+    science.add_argument("--run-combination", choices=["average", "concatenate"],
+                         default="average",
+                         help="subjects with several runs: average the Fisher z of each "
+                         "run's correlation, or correlate the concatenated standardized runs")
 
     sens = parser.add_argument_group(
         "sensitivity", "variants computed from the same single pass over the connectome")
@@ -215,6 +222,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         participant_filter=tuple(args.participant_filter),
         sphere_diameter=args.sphere_diameter,
         t_threshold=args.t_threshold,
+        seed_signal=args.seed_signal,
+        run_combination=args.run_combination,
         task=args.task,
         space=args.space,
         res=args.res,

@@ -184,7 +184,7 @@ def connectivity_hash(config: Config, seeds_hash: str) -> str:
     """Digest of everything that determines a participant z-map."""
     import hashlib
 
-    keys = ("task", "space", "res", "bold_desc", "cache_dtype")
+    keys = ("task", "space", "res", "bold_desc", "cache_dtype", "seed_signal", "run_combination")
     settings = {k: v for k, v in config.science_settings().items() if k in keys}
     blob = json.dumps([settings, seeds_hash, __version__], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

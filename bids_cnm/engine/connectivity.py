@@ -1,19 +1,22 @@
 """The connectivity engine: every seed against every voxel in one matrix product.
 
-For one subject with prepared data ``X`` (voxels × volumes, each row
-standardized) and ``K`` seeds, the seed time courses are the means of ``X`` over
-each seed's voxels (a sparse product), centred and scaled to unit norm (``S``,
+For one subject with prepared data ``X`` (voxels × volumes, each run of each row
+standardized) and ``K`` seeds, the seed time courses are weighted sums of ``X`` over
+each seed's voxels (a sparse product; weights ``sd/n`` give the mean BOLD signal,
+``1/n`` the mean standardized series), centred and scaled to unit norm (``S``,
 ``K × T``).  The centred Pearson correlation of every voxel with every seed is
 then one dense product::
 
     r[v, k] = X[v] · S[k] / ||X[v] - mean(X[v])||
 
-(``S[k]`` sums to zero, so the voxel's own mean drops out).  The product runs on
-blocks of voxels small enough for a core's cache; right after each block's
-product one compiled pass (numba) scales and clips ``r``, takes Fisher's z in
-float64 and adds r, z and z² to the float64 running sums of
-:class:`RunningStats`, so memory does not grow with the number of subjects and
-the big sums are streamed through exactly once per subject.
+(``S[k]`` sums to zero, so the voxel's own mean drops out).  With several runs
+averaged, each run is its own product on its columns and its own norm, and z is
+averaged over the runs.  The product runs on blocks of voxels small enough for a
+core's cache; right after each block's product one compiled pass (numba) scales
+and clips ``r``, takes Fisher's z in float64 and adds r and z to the float64
+running moments of :class:`RunningStats` (Welford), so memory does not grow with
+the number of subjects and the big arrays are streamed through exactly once per
+subject.
 
 Threads: the blocks are shared out to as many workers as the BLAS library has
 threads; each worker runs its own single-threaded products and passes (both
@@ -73,6 +76,13 @@ _SMALL_GEMM = 1_000_000
 #: read the blocks of memory-mapped subjects with pread (see _FileRows)
 _READ_FILES = True
 
+#: seed time course: mean BOLD of the seed's voxels, or mean of their standardized series
+SEED_SIGNALS = ("mean", "standardized")
+
+#: several runs: Fisher z averaged over run-wise correlations, or one correlation
+#: over the concatenated standardized runs
+RUN_COMBINATIONS = ("average", "concatenate")
+
 
 def fisher_z(r: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Fisher's z = arctanh(r) of correlations already clipped to ±R_MAX.
@@ -128,6 +138,19 @@ def _bits_float(typingctx, x):
 
 
 _SQRT_HALF_BITS = 0x3FE6A09E667F3BCD  # float64 bits of sqrt(1/2)
+
+#: coefficients, highest power first: arctanh(s) / s in s², to s**22; exp(f) to f**13
+_ATANH_SERIES = tuple(1.0 / n for n in range(23, 0, -2))
+_EXP_SERIES = tuple(1.0 / math.factorial(n) for n in range(13, -1, -1))
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _horner(x, coefficients):
+    """The polynomial of ``coefficients`` (highest power first) at ``x``."""
+    p = 0.0
+    for c in coefficients:
+        p = p * x + c
+    return p
 _HALF_LN2 = 0.5 * math.log(2.0)
 
 
@@ -148,49 +171,121 @@ def _atanh(r):
     um = _bits_float(ub - (ue << 52))
     wm = _bits_float(wb - (we << 52))
     s = (um - wm) / (um + wm)
-    s2 = s * s
-    p = 1.0 / 23.0
-    p = p * s2 + 1.0 / 21.0
-    p = p * s2 + 1.0 / 19.0
-    p = p * s2 + 1.0 / 17.0
-    p = p * s2 + 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    p = p * s2 + 1.0
-    return (ue - we) * _HALF_LN2 + s * p
+    return (ue - we) * _HALF_LN2 + s * _horner(s * s, _ATANH_SERIES)
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _clipped(r, f):
+    """``r * f`` (float32) clipped to ±R_MAX, as float64."""
+    rmax = R_MAX
+    return np.float64(min(max(r * f, -rmax), rmax))
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _welford(x, z, sum_r, mean_z, m2_z, out, j, inv_n):
+    """Add one subject's r and z to the sums and Welford's running mean and M2 of z.
+
+    The first subject (``inv_n == 1``) sets the mean to z exactly and adds 0 to M2,
+    so a z that never varies keeps M2 exactly 0 (no rounding noise).
+    """
+    sum_r[out, j] += x
+    d = z - mean_z[out, j]
+    m = mean_z[out, j] + d * inv_n
+    mean_z[out, j] = m
+    m2_z[out, j] += d * (z - m)
+
+
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.0 / math.log(2.0)
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _tanh(z):
+    """tanh of a float64 with |z| <= 8 to ~1e-15 absolute error, in vectorizable code.
+
+    ``tanh(z) = (e - 1) / (e + 1)`` with ``e = exp(2 z) = 2**k exp(f)``, ``|f| <= ln(2)/2``,
+    and ``exp(f)`` its Taylor series summed to f**13 (libm's tanh is a call per element,
+    about 20x slower than the rest of the pass).
+    """
+    y = 2.0 * z
+    k = np.floor(y * _INV_LN2 + 0.5)
+    f = (y - k * _LN2_HI) - k * _LN2_LO
+    e = _horner(f, _EXP_SERIES) * _bits_float((np.int64(k) + 1023) << 52)
+    return (e - 1.0) / (e + 1.0)
 
 
 @njit(nogil=True, error_model="numpy", cache=True)
-def _accumulate_block(r, factor, sum_r, sum_z, sum_z2, row0):
-    """Scale and clip a block of r; add r, z, z² (float64) to rows ``row0:`` of the sums."""
-    rmax = R_MAX
+def _accumulate_block(r, factor, sum_r, mean_z, m2_z, row0, inv_n):
+    """Scale and clip a block of r; add r, z to rows ``row0:`` of the running moments.
+
+    ``inv_n`` is 1 / (number of subjects including this one).
+    """
     n, k = r.shape
     for i in range(n):
         f = factor[i]
         out = row0 + i
         for j in range(k):
-            x = np.float64(min(max(r[i, j] * f, -rmax), rmax))
-            z = _atanh(x)
-            sum_r[out, j] += x
-            sum_z[out, j] += z
-            sum_z2[out, j] += z * z
+            x = _clipped(r[i, j], f)
+            _welford(x, _atanh(x), sum_r, mean_z, m2_z, out, j, inv_n)
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _run_mean_z_row(r, factor, i, z0, dz):
+    """Mean Fisher z over the runs of row ``i`` of ``r`` (runs, n, k), into ``z0``.
+
+    Summed as ``z_0 + mean(z_q - z_0)``, exact when every run gives the same z
+    (a one-voxel seed with itself), whatever the number of runs.  One loop over
+    the row per run, so that each vectorizes.
+    """
+    runs, _, k = r.shape
+    f = factor[i, 0]
+    for j in range(k):
+        z0[j] = _atanh(_clipped(r[0, i, j], f))
+        dz[j] = 0.0
+    for q in range(1, runs):
+        f = factor[i, q]
+        for j in range(k):
+            dz[j] += _atanh(_clipped(r[q, i, j], f)) - z0[j]
+    inv_runs = 1.0 / runs
+    for j in range(k):
+        z0[j] += dz[j] * inv_runs
+
+
+@njit(nogil=True, error_model="numpy", cache=True)
+def _accumulate_runs_block(r, factor, sum_r, mean_z, m2_z, row0, inv_n):
+    """:func:`_accumulate_block` for ``r`` of shape (runs, n, k): z averaged over runs.
+
+    The subject's r is ``tanh`` of its run-averaged z (what a z-map read back gives).
+    """
+    _, n, k = r.shape
+    z = np.empty(k)
+    dz = np.empty(k)
+    for i in range(n):
+        _run_mean_z_row(r, factor, i, z, dz)
+        out = row0 + i
+        for j in range(k):
+            _welford(_tanh(z[j]), z[j], sum_r, mean_z, m2_z, out, j, inv_n)
 
 
 @njit(nogil=True, error_model="numpy", cache=True)
 def _zmap_block(r, factor, z_out, row0):
     """Scale and clip a block of r; write its Fisher z to rows ``row0:`` of ``z_out``."""
-    rmax = R_MAX
     n, k = r.shape
     for i in range(n):
         f = factor[i]
         out = row0 + i
         for j in range(k):
-            x = np.float64(min(max(r[i, j] * f, -rmax), rmax))
-            z_out[out, j] = _atanh(x)
+            z_out[out, j] = _atanh(_clipped(r[i, j], f))
+
+
+@njit(nogil=True, error_model="numpy", cache=True)
+def _zmap_runs_block(r, factor, z_out, row0):
+    """:func:`_zmap_block` for ``r`` of shape (runs, n, k): z averaged over runs."""
+    buffers = np.empty((2, r.shape[2]))
+    for i in range(r.shape[1]):
+        _run_mean_z_row(r, factor, i, buffers[0], buffers[1])
+        z_out[row0 + i] = buffers[0]
 
 
 @njit(nogil=True, cache=True)
@@ -293,40 +388,79 @@ def _single_threaded_blas():
 # Seeds
 
 
-def seed_timeseries(subject: PreparedSubject, seeds: Seeds) -> np.ndarray:
-    """Centred, unit-norm mean time course of every seed.
+def seed_timeseries(
+    subject: PreparedSubject, seeds: Seeds, signal: str = "mean", per_run: bool = False
+) -> np.ndarray:
+    """Centred, unit-norm time course of every seed.
 
     Parameters
     ----------
     subject : PreparedSubject
     seeds : Seeds
+    signal : {'mean', 'standardized'}
+        ``mean``: the mean BOLD signal of the seed's voxels as the connectome gives it
+        (each run's mean removed), i.e. ``sum_v sd_v X_v / n`` over the seed's voxels
+        with the voxels' temporal SD ``sd_v`` in that run; ``standardized``: the mean
+        of the voxels' standardized series, ``sum_v X_v / n``.
+    per_run : bool
+        Each run's segment is centred and scaled on its own: to unit norm with
+        ``per_run`` (for correlations computed run by run), otherwise to unit
+        variance (standardized, like the voxels' rows) and then the whole
+        concatenated course to unit norm.
 
     Returns
     -------
     ndarray of float32, shape (K, T)
+
+    Raises
+    ------
+    ValueError
+        When a seed's time course is constant (in a run, with ``per_run``).
     """
+    _check_options(signal, RUN_COMBINATIONS[0])
     weights = seeds.weights(subject.voxels, len(subject.voxels))
     needed = np.unique(weights.indices)  # CSR: column indices = data rows used
-    rows = subject.data[needed].astype(np.float32) * subject.scale[needed, None]
-    ts = np.asarray(weights[:, needed] @ rows, dtype=np.float64)
-    ts -= ts.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(ts, axis=1, keepdims=True)
-    if np.any(norm == 0):
-        bad = [seeds.ids[k] for k in np.flatnonzero(norm[:, 0] == 0)]
-        raise ValueError(
-            f"seed(s) {', '.join(bad)} have a constant time course in {subject.path}"
-        )
-    return (ts / norm).astype(np.float32)
+    rows = subject.data[needed].astype(np.float64) * subject.scale[needed, None]
+    weights = weights[:, needed]
+    spans = subject.runs if per_run or signal == "mean" else [(0, subject.n_volumes)]
+    ts = np.empty((len(seeds), subject.n_volumes))
+    for q, (lo, hi) in enumerate(spans):
+        part = rows[:, lo:hi]
+        if signal == "mean":  # back to the demeaned BOLD: sd times the standardized row
+            part = part * subject.sd[needed, q, None]
+        ts[:, lo:hi] = weights @ part
+    # like the voxels' rows, the seed's course is standardized within every run
+    for lo, hi in subject.runs:
+        seg = ts[:, lo:hi]
+        seg -= seg.mean(axis=1, keepdims=True)
+        norm = np.linalg.norm(seg, axis=1, keepdims=True)
+        if np.any(norm == 0):
+            bad = [seeds.ids[k] for k in np.flatnonzero(norm[:, 0] == 0)]
+            raise ValueError(
+                f"seed(s) {', '.join(bad)} have a constant time course in {subject.path}"
+            )
+        seg /= norm if per_run else norm / np.sqrt(hi - lo)
+    if not per_run:
+        ts /= np.linalg.norm(ts, axis=1, keepdims=True)
+    return ts.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
 # Blocks of r
 
 
-def _row_factor(subject: PreparedSubject, rows: np.ndarray | None) -> np.ndarray:
-    """Per target row: dequantization scale over the centred norm (float32)."""
-    factor = (subject.scale / subject.norm).astype(np.float32, copy=False)
-    return factor if rows is None else factor[rows]
+def _row_factor(
+    subject: PreparedSubject, rows: np.ndarray | None, per_run: bool = False
+) -> np.ndarray:
+    """Per target row: dequantization scale over the centred norm (float32).
+
+    ``(n,)`` over all volumes, or ``(n, R)`` over each run with ``per_run``.
+    """
+    if per_run:
+        factor = np.ascontiguousarray(subject.scale[:, None] / subject.run_norm, np.float32)
+    else:
+        factor = (subject.scale / subject.norm).astype(np.float32, copy=False)
+    return factor if rows is None else np.ascontiguousarray(factor[rows])
 
 
 def _data_block(
@@ -491,8 +625,14 @@ def _for_all_blocks(
     seed_ts: np.ndarray,
     rows: np.ndarray | None,
     consume: Callable[[np.ndarray, np.ndarray, int], None],
+    runs: list[tuple[int, int]] | None = None,
 ) -> None:
     """Compute unscaled r block by block on all workers; ``consume(r, factor, start)``.
+
+    Without ``runs``, ``r`` is ``(n, K)`` (one product over all volumes) and ``factor``
+    ``(n,)``.  With ``runs`` (column spans of two or more runs, ``seed_ts`` centred
+    per run), ``r`` is ``(R, n, K)``, one product per run on that run's columns (the
+    same operations as one product), and ``factor`` is ``(n, R)``.
 
     ``consume`` runs on the worker that computed the block (blocks are disjoint, so
     writes to different rows of shared outputs need no lock) and must release the GIL
@@ -504,8 +644,8 @@ def _for_all_blocks(
     n_volumes = data.shape[1]
     k = seed_ts.shape[0]
     seed_ts_t = np.ascontiguousarray(seed_ts.T, dtype=np.float32)
-    factor = _row_factor(subject, rows)
-    step = _worker_step(n_volumes, k)
+    factor = _row_factor(subject, rows, per_run=runs is not None)
+    step = _worker_step(n_volumes, k * (len(runs) if runs else 1))
     # read blocks as row ranges of the file unless the targets are scattered rows
     dense = rows is None or (
         n_rows > 0 and bool(np.all(rows[1:] > rows[:-1]))
@@ -524,7 +664,7 @@ def _for_all_blocks(
         try:
             raw = np.empty((step, n_volumes), dtype=data.dtype) if reader else None
             buf = np.empty((step, n_volumes), dtype=np.float32) if convert else None
-            r_buf = np.empty((step, k), dtype=np.float32)
+            r_buf = np.empty((len(runs) if runs else 1, step, k), dtype=np.float32)
             while not errors:
                 b = next(claim)
                 if b >= n_blocks:
@@ -540,8 +680,13 @@ def _for_all_blocks(
                     elif convert:
                         _copy_rows(x, 0, stop - start, buf)
                         x = buf[: stop - start]
-                r = r_buf[: stop - start]
-                np.matmul(x, seed_ts_t, out=r)
+                r = r_buf[:, : stop - start]
+                if runs is None:
+                    np.matmul(x, seed_ts_t, out=r[0])
+                    r = r[0]
+                else:
+                    for q, (c0, c1) in enumerate(runs):
+                        np.matmul(x[:, c0:c1], seed_ts_t[c0:c1], out=r[q])
                 consume(r, factor[start:stop], start)
         except BaseException as exc:  # re-raised in the calling thread
             errors.append(exc)
@@ -566,54 +711,92 @@ def _for_all_blocks(
         raise errors[0]
 
 
+#: relative spread of z below which t is undefined: z equal to float64 rounding
+_UNDEFINED_SPREAD = 1e-12
+
+
 @dataclass
 class RunningStats:
-    """Streaming sums over subjects of r, z and z² for every voxel and seed.
+    """Streaming moments over subjects of r and z for every voxel and seed.
+
+    z is accumulated stably with Welford's update (running mean and sum of squared
+    deviations ``M2``), batches are merged with Chan et al.'s pairwise formula, so
+    a z that is the same in every subject (a one-voxel seed with itself) has
+    ``M2`` exactly 0 and its t is reported as undefined, not as rounding noise.
 
     Attributes
     ----------
     n : int
         Subjects added.
-    sum_r, sum_z, sum_z2 : ndarray of float64, shape (V, K)
+    sum_r : ndarray of float64, shape (V, K)
+        Sum of r over subjects.
+    mean_z : ndarray of float64, shape (V, K)
+        Mean of z over the subjects added.
+    m2_z : ndarray of float64, shape (V, K)
+        Sum of squared deviations of z from ``mean_z``.
     """
 
     n: int
     sum_r: np.ndarray
-    sum_z: np.ndarray
-    sum_z2: np.ndarray
+    mean_z: np.ndarray
+    m2_z: np.ndarray
+
+    def __post_init__(self) -> None:
+        # the compiled kernels update the arrays in place
+        for name in ("sum_r", "mean_z", "m2_z"):
+            setattr(self, name, np.require(getattr(self, name), np.float64, ["C", "W"]))
 
     @classmethod
     def zeros(cls, n_voxels: int, n_seeds: int) -> RunningStats:
-        """Empty sums."""
+        """Empty moments."""
         shape = (n_voxels, n_seeds)
         return cls(0, np.zeros(shape), np.zeros(shape), np.zeros(shape))
 
     def add_block(self, block: slice, r: np.ndarray, z: np.ndarray) -> None:
-        """Add one subject's block of r and z."""
+        """Add one subject's block of r and z.
+
+        Call once per block of the subject, then increment :attr:`n` once.
+        """
         self.sum_r[block] += r
-        self.sum_z[block] += z
-        z *= z  # z is scratch here: square in place
-        self.sum_z2[block] += z
+        mean = self.mean_z[block]
+        d = z - mean
+        mean += d / (self.n + 1)
+        self.m2_z[block] += d * (z - mean)
 
     def merge(self, other: RunningStats) -> RunningStats:
-        """Add another set of sums (from another batch of subjects)."""
-        self.n += other.n
-        self.sum_r += other.sum_r
-        self.sum_z += other.sum_z
-        self.sum_z2 += other.sum_z2
+        """Add the moments of another batch of subjects (Chan et al.'s pairwise update)."""
+        n = self.n + other.n
+        if other.n:
+            delta = other.mean_z - self.mean_z
+            self.mean_z += delta * (other.n / n)
+            delta *= delta
+            self.m2_z += other.m2_z + delta * (self.n * other.n / n)
+            self.sum_r += other.sum_r
+            self.n = n
         return self
 
     def save(self, path: str | Path) -> Path:
-        """Write the sums to an ``.npz`` file."""
+        """Write the moments to an ``.npz`` file."""
         path = Path(path)
-        np.savez(path, n=self.n, sum_r=self.sum_r, sum_z=self.sum_z, sum_z2=self.sum_z2)
+        np.savez(path, n=self.n, sum_r=self.sum_r, mean_z=self.mean_z, m2_z=self.m2_z)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> RunningStats:
-        """Read sums written by :meth:`save`."""
+        """Read moments written by :meth:`save`.
+
+        Raises
+        ------
+        ValueError
+            For sums written by an older version (plain sums of z and z²).
+        """
         with np.load(path) as f:
-            return cls(int(f["n"]), f["sum_r"], f["sum_z"], f["sum_z2"])
+            if "m2_z" not in f:
+                raise ValueError(
+                    f"{path}: running sums of an older bids_cnm version; delete the work "
+                    "directory's accumulate_batch_* folders and run again."
+                )
+            return cls(int(f["n"]), f["sum_r"], f["mean_z"], f["m2_z"])
 
     def finalize(self) -> dict[str, np.ndarray]:
         """Mean r, mean z and the one-sample t of z (against 0) per voxel and seed.
@@ -621,34 +804,41 @@ class RunningStats:
         Returns
         -------
         dict
-            ``r``, ``z``, ``t`` arrays of float64, shape (V, K).  Where z does not
-            vary across subjects (e.g. a one-voxel seed with itself), t is
-            ``±inf`` (``0`` when the mean is 0 too).
+            ``r``, ``z``, ``t`` arrays of float64, shape (V, K), and ``undefined``
+            (bool): where z does not vary across subjects (its sample SD is at most
+            1e-12 of |mean z|, i.e. float64 rounding), t is undefined and NaN.
         """
         if self.n < 2:
             raise ValueError("a one-sample t-test needs at least 2 subjects")
         n = self.n
-        mean_z = self.sum_z / n
-        var = (self.sum_z2 - n * mean_z**2) / (n - 1)
-        np.maximum(var, 0.0, out=var)
+        sd = np.sqrt(np.maximum(self.m2_z, 0.0) / (n - 1))
+        undefined = sd <= _UNDEFINED_SPREAD * np.abs(self.mean_z)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = mean_z / np.sqrt(var / n)
-        t[(var == 0) & (mean_z == 0)] = 0.0
-        return {"r": self.sum_r / n, "z": mean_z, "t": t}
+            t = self.mean_z / (sd / np.sqrt(n))
+        t[undefined] = np.nan
+        return {"r": self.sum_r / n, "z": self.mean_z.copy(), "t": t, "undefined": undefined}
 
 
-def _float64_sums(stats: RunningStats, n_rows: int, n_seeds: int) -> bool:
-    """True when the sums can be updated in place by the compiled kernel."""
-    arrays = (stats.sum_r, stats.sum_z, stats.sum_z2)
-    for a in arrays:
-        if a.shape != (n_rows, n_seeds):
-            raise ValueError(
-                f"running sums of shape {a.shape} do not match {n_rows} target voxels "
-                f"x {n_seeds} seeds"
-            )
-    return all(
-        a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable for a in arrays
-    )
+def _check_options(signal: str, runs: str) -> None:
+    if signal not in SEED_SIGNALS:
+        raise ValueError(f"seed signal must be one of {SEED_SIGNALS}, not {signal!r}")
+    if runs not in RUN_COMBINATIONS:
+        raise ValueError(f"run combination must be one of {RUN_COMBINATIONS}, not {runs!r}")
+
+
+def _subject_pass(
+    subject: PreparedSubject, seeds: Seeds, rows: np.ndarray | None, signal: str,
+    runs: str, single, per_run,
+) -> None:
+    """One pass over a subject with the kernel of its run handling.
+
+    ``single(r, factor, start)`` consumes (n, K) blocks of one correlation over all
+    volumes; ``per_run(r, factor, start)`` consumes (R, n, K) blocks of run-wise ones.
+    """
+    _check_options(signal, runs)
+    spans = subject.runs if runs == "average" and len(subject.runs) > 1 else None
+    seed_ts = seed_timeseries(subject, seeds, signal, per_run=spans is not None)
+    _for_all_blocks(subject, seed_ts, rows, single if spans is None else per_run, spans)
 
 
 def accumulate_subject(
@@ -656,55 +846,70 @@ def accumulate_subject(
     subject: PreparedSubject,
     seeds: Seeds,
     rows: np.ndarray | None = None,
+    signal: str = "mean",
+    runs: str = "average",
 ) -> None:
-    """Add one subject's r and z maps of all seeds to running sums.
+    """Add one subject's r and z maps of all seeds to the running moments.
 
     Parameters
     ----------
     stats : RunningStats
-        Sums over the target voxels (``len(rows)`` or all of the subject's).
+        Moments over the target voxels (``len(rows)`` or all of the subject's).
     subject : PreparedSubject
     seeds : Seeds
     rows : ndarray of int64, optional
         Rows of the subject's data that are the target voxels, in order.
+    signal : {'mean', 'standardized'}
+        Seed time course (see :func:`seed_timeseries`).
+    runs : {'average', 'concatenate'}
+        Several runs: the mean of the run-wise Fisher z (the subject's r is its
+        tanh), or one correlation over the concatenated standardized runs.
     """
-    seed_ts = seed_timeseries(subject, seeds)
     n_rows = len(subject.voxels) if rows is None else len(rows)
-    if _float64_sums(stats, n_rows, len(seed_ts)):
-        sums = (stats.sum_r, stats.sum_z, stats.sum_z2)
+    if stats.mean_z.shape != (n_rows, len(seeds)):
+        raise ValueError(
+            f"running sums of shape {stats.mean_z.shape} do not match {n_rows} target "
+            f"voxels x {len(seeds)} seeds"
+        )
+    moments = (stats.sum_r, stats.mean_z, stats.m2_z)
+    inv_n = 1.0 / (stats.n + 1)
 
-        def consume(r: np.ndarray, factor: np.ndarray, start: int) -> None:
-            _accumulate_block(r, factor, *sums, start)
+    def single(r: np.ndarray, factor: np.ndarray, start: int) -> None:
+        _accumulate_block(r, factor, *moments, start, inv_n)
 
-        _for_all_blocks(subject, seed_ts, rows, consume)
-    else:  # unusual sums (e.g. read-only or float32): the plain numpy path
-        z = None
-        for block, r in iter_correlation_blocks(subject, seed_ts, rows):
-            if z is None or z.shape != r.shape:
-                z = np.empty_like(r)
-            fisher_z(r, out=z)
-            stats.add_block(block, r, z)
+    def per_run(r: np.ndarray, factor: np.ndarray, start: int) -> None:
+        _accumulate_runs_block(r, factor, *moments, start, inv_n)
+
+    _subject_pass(subject, seeds, rows, signal, runs, single, per_run)
     stats.n += 1
 
 
 def subject_zmaps(
-    subject: PreparedSubject, seeds: Seeds, rows: np.ndarray | None = None
+    subject: PreparedSubject, seeds: Seeds, rows: np.ndarray | None = None,
+    signal: str = "mean", runs: str = "average",
 ) -> np.ndarray:
     """Fisher-z maps of all seeds for one subject.
+
+    Parameters
+    ----------
+    subject, seeds, rows, signal, runs
+        See :func:`accumulate_subject`.
 
     Returns
     -------
     ndarray of float32, shape (V, K)
         Over ``rows`` (or all the subject's voxels).
     """
-    seed_ts = seed_timeseries(subject, seeds)
     n_rows = len(subject.voxels) if rows is None else len(rows)
     out = np.empty((n_rows, len(seeds)), dtype=np.float32)
 
-    def consume(r: np.ndarray, factor: np.ndarray, start: int) -> None:
+    def single(r: np.ndarray, factor: np.ndarray, start: int) -> None:
         _zmap_block(r, factor, out, start)
 
-    _for_all_blocks(subject, seed_ts, rows, consume)
+    def per_run(r: np.ndarray, factor: np.ndarray, start: int) -> None:
+        _zmap_runs_block(r, factor, out, start)
+
+    _subject_pass(subject, seeds, rows, signal, runs, single, per_run)
     return out
 
 

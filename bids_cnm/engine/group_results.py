@@ -31,7 +31,9 @@ class GroupResults:
         Flat indices of the analysis mask in the grid ``seeds.shape``.
     r, z, t : ndarray of float32, shape (V, K)
         Mean r, mean Fisher z and one-sample t per voxel and seed (seed order of
-        ``seeds.table``); t is finite (±float32 max where z has no variance).
+        ``seeds.table``).  t is NaN where it is undefined: z equal in every subject
+        (e.g. a one-voxel seed with its own voxel); every analysis leaves such
+        voxels out (:attr:`undefined`).
     n_subjects : int
     node_values : ndarray, shape (n_subjects, K, N), optional
         Per-subject mean Fisher z of every seed within each ROI node (ROI-to-ROI).
@@ -60,6 +62,11 @@ class GroupResults:
     def affine(self) -> np.ndarray:
         """Grid affine."""
         return self.seeds.affine
+
+    @property
+    def undefined(self) -> np.ndarray:
+        """(V, K) bool: where t is undefined (NaN)."""
+        return np.isnan(self.t)
 
     @property
     def mask(self) -> np.ndarray:

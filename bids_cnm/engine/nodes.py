@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_cnm.engine.connectivity import R_MAX, fisher_z, seed_timeseries
+from bids_cnm.engine.connectivity import subject_zmaps
 from bids_cnm.engine.seeds import Seeds
 from bids_cnm.engine.timeseries import PreparedSubject
 
@@ -20,9 +20,14 @@ def node_zvalues(
     subject: PreparedSubject,
     seeds: Seeds,
     nodes: list[np.ndarray],
-    seed_ts: np.ndarray | None = None,
+    signal: str = "mean",
+    runs: str = "average",
 ) -> np.ndarray:
     """Mean Fisher z of every seed over the voxels of every node, for one subject.
+
+    The voxels' z are those of the subject's z-maps (:func:`subject_zmaps`, same
+    seed signal and run handling), so a node value is the mean of the z-map over
+    the node's voxels with data.
 
     Parameters
     ----------
@@ -30,28 +35,30 @@ def node_zvalues(
     seeds : Seeds
     nodes : list of ndarray
         Flat grid indices of each node's voxels.
-    seed_ts : ndarray, shape (K, T), optional
-        The seeds' centred unit-norm time courses, when already computed.
+    signal, runs : str
+        See :func:`bids_cnm.engine.connectivity.accumulate_subject`.
 
     Returns
     -------
     ndarray of float32, shape (K, N)
         NaN for a node with no valid voxel in this subject.
     """
-    if seed_ts is None:
-        seed_ts = seed_timeseries(subject, seeds)
-    out = np.full((seed_ts.shape[0], len(nodes)), np.nan, dtype=np.float32)
-    for n, voxels in enumerate(nodes):
+    out = np.full((len(seeds), len(nodes)), np.nan, dtype=np.float32)
+    positions = []
+    for voxels in nodes:
         pos = np.searchsorted(subject.voxels, voxels)
         pos = pos[pos < len(subject.voxels)]
-        pos = pos[np.isin(subject.voxels[pos], voxels)]
-        if len(pos) == 0:
-            continue
-        rows = np.asarray(subject.data[np.sort(pos)], dtype=np.float32)
-        factor = subject.scale[np.sort(pos)] / subject.norm[np.sort(pos)]
-        r = (rows @ seed_ts.T) * factor[:, None]
-        np.clip(r, -R_MAX, R_MAX, out=r)
-        out[:, n] = fisher_z(r).mean(axis=0)
+        positions.append(np.unique(pos[np.isin(subject.voxels[pos], voxels)]))
+    sizes = [len(p) for p in positions]
+    if sum(sizes) == 0:
+        return out
+    # one pass over the rows of all nodes (overlapping nodes repeat rows)
+    z = subject_zmaps(subject, seeds, np.concatenate(positions), signal, runs)
+    start = 0
+    for n, size in enumerate(sizes):
+        if size:
+            out[:, n] = z[start : start + size].mean(axis=0, dtype=np.float64)
+        start += size
     return out
 
 

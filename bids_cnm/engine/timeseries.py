@@ -4,7 +4,7 @@ Decoding gzipped NIfTI costs far more than the connectivity itself, so every
 subject is decoded once into a memory-mappable copy in the work directory and
 all analyses (any seeds, any number of re-runs) read that copy.
 
-Layout of a prepared subject (a folder):
+Layout of a prepared subject (a folder, format :data:`FORMAT_VERSION`):
 
 ``data.npy``
     ``(V, T)`` array, voxel-major, each row a voxel's time series after every run
@@ -15,16 +15,26 @@ Layout of a prepared subject (a folder):
     (ones for float32).
 ``norm.npy``
     ``(V,)`` float32: the Euclidean norm of each centred, dequantized row; a
-    centred Pearson correlation divides by it (so quantization does not bias r).
+    centred Pearson correlation over the concatenated runs divides by it (so
+    quantization does not bias r).
+``run_norm.npy``
+    ``(V, R)`` float32: the same norm within each run (each run's segment centred on
+    its own mean), for correlations computed run by run.
+``sd.npy``
+    ``(V, R)`` float32: each voxel's temporal standard deviation (population) in
+    each run of the BOLD as the connectome gives it; ``sd * row`` restores the
+    voxel's demeaned signal, so the mean BOLD signal of a seed is a weighted sum
+    of rows.
 ``voxels.npy``
     ``(V,)`` int64 flat (C-order) indices of the voxels into the 3-D grid.
 ``meta.json``
-    shape, affine, number of volumes per run, source files.
+    format version, shape, affine, number of volumes per run, source files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,9 +43,15 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from bids_cnm.errors import InputDataError
+from bids_cnm.errors import InputDataError, MissingInputError
+
+LOGGER = logging.getLogger("bids_cnm.engine.timeseries")
 
 _INT16_MAX = 32767.0
+
+#: Version of the prepared-data layout; a cache of another version is rebuilt.
+#: 1: data, scale, norm, voxels (no version key).  2: adds run_norm and sd.
+FORMAT_VERSION = 2
 
 
 def standardize(data: np.ndarray) -> np.ndarray:
@@ -51,17 +67,22 @@ def standardize(data: np.ndarray) -> np.ndarray:
     ndarray
         The same array, each row with mean 0 and (population) variance 1.
     """
+    return _standardize(data)[0]
+
+
+def _standardize(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`standardize` that also returns each row's population SD (float64)."""
     mean = data.mean(axis=1, dtype=np.float64)
     data -= mean[:, None].astype(data.dtype)
     # a second pass after centring is exact even when the mean is large (BOLD ~ 1e3)
     std = np.sqrt(np.einsum("ij,ij->i", data, data, dtype=np.float64) / data.shape[1])
     data /= std[:, None].astype(data.dtype)
-    return data
+    return data, std
 
 
 def load_subject(
     bold_paths: list[str] | tuple[str, ...], mask_paths: list[str] | tuple[str, ...] = ()
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
+) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray]:
     """Load, mask, standardize and concatenate a subject's runs.
 
     Parameters
@@ -80,6 +101,8 @@ def load_subject(
         Flat indices of the valid voxels.
     n_volumes : list of int
         Volumes per run.
+    sd : ndarray of float32, shape (V, R)
+        Temporal standard deviation (population) of every voxel in every run.
     """
     shape = nb.load(bold_paths[0]).shape[:3]
     valid = np.ones(shape, dtype=bool)
@@ -105,8 +128,10 @@ def load_subject(
             "the brain mask; check the BOLD file and its desc-brain_mask."
         )
     voxels = np.flatnonzero(valid.ravel())[keep]
-    data = np.concatenate([standardize(run[keep]) for run, _ in runs], axis=1)
-    return data, voxels.astype(np.int64), [run.shape[1] for run, _ in runs]
+    parts = [_standardize(run[keep]) for run, _ in runs]
+    data = np.concatenate([x for x, _ in parts], axis=1)
+    sd = np.stack([std for _, std in parts], axis=1).astype(np.float32)
+    return data, voxels.astype(np.int64), [run.shape[1] for run, _ in runs], sd
 
 
 def quantize(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,12 +153,31 @@ def quantize(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class PreparedSubject:
-    """A prepared subject opened for reading (arrays are memory maps)."""
+    """A prepared subject opened for reading (arrays are memory maps).
+
+    Attributes
+    ----------
+    path : Path
+    data : ndarray, shape (V, T)
+        Standardized rows (float32 or int16).
+    scale : ndarray of float32, shape (V,)
+        Dequantization scale of every row.
+    norm : ndarray of float32, shape (V,)
+        Centred norm of every dequantized row over all volumes.
+    run_norm : ndarray of float32, shape (V, R)
+        Centred norm of every dequantized row within each run.
+    sd : ndarray of float32, shape (V, R)
+        Temporal SD of every voxel's BOLD in each run.
+    voxels : ndarray of int64, shape (V,)
+    meta : dict
+    """
 
     path: Path
     data: np.ndarray
     scale: np.ndarray
     norm: np.ndarray
+    run_norm: np.ndarray
+    sd: np.ndarray
     voxels: np.ndarray
     meta: dict
 
@@ -142,9 +186,84 @@ class PreparedSubject:
         """Number of concatenated volumes."""
         return int(self.data.shape[1])
 
+    @property
+    def runs(self) -> list[tuple[int, int]]:
+        """Columns ``(start, stop)`` of every run within the concatenated volumes."""
+        stops = np.cumsum(self.meta["n_volumes"]).tolist()
+        return list(zip([0] + stops[:-1], stops))
+
 
 def _save_npy(folder: Path, name: str, array: np.ndarray) -> None:
     np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _centred_norm(rows: np.ndarray) -> np.ndarray:
+    """Euclidean norm of every row after subtracting its mean (float32)."""
+    c = rows - rows.mean(axis=1, keepdims=True)
+    return np.sqrt(np.einsum("ij,ij->i", c, c, dtype=np.float64)).astype(np.float32)
+
+
+def prepared_arrays(
+    data: np.ndarray, n_volumes: list[int], dtype: str = "float32"
+) -> dict[str, np.ndarray]:
+    """The stored arrays of a subject from its standardized, concatenated runs.
+
+    Parameters
+    ----------
+    data : ndarray of float32, shape (V, T)
+        From :func:`load_subject`.
+    n_volumes : list of int
+        Volumes per run (summing to T).
+    dtype : {'float32', 'int16'}
+        Storage type of the time series.
+
+    Returns
+    -------
+    dict
+        ``data``, ``scale``, ``norm`` and ``run_norm`` as stored in the cache.
+    """
+    if dtype == "int16":
+        stored, scale = quantize(data)
+        deq = stored.astype(np.float32) * scale[:, None]
+    elif dtype == "float32":
+        stored, scale, deq = data, np.ones(len(data), dtype=np.float32), data
+    else:
+        raise ValueError(f"unknown cache dtype {dtype!r}; use 'int16' or 'float32'")
+    # norms of the dequantized rows, so that quantization adds noise but no bias to r
+    bounds = np.cumsum([0] + list(n_volumes))
+    run_norm = np.stack(
+        [_centred_norm(deq[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])], axis=1
+    )
+    return {"data": stored, "scale": scale, "norm": _centred_norm(deq), "run_norm": run_norm}
+
+
+def in_memory_subject(
+    runs: list[np.ndarray], voxels: np.ndarray, shape: tuple[int, int, int],
+    affine: np.ndarray | None = None, dtype: str = "float32",
+) -> PreparedSubject:
+    """A prepared subject held in memory, from raw ``(V, T_r)`` runs (tests, benchmarks).
+
+    Every row must vary in every run.
+    """
+    parts = [_standardize(np.array(run, dtype=np.float32)) for run in runs]
+    n_volumes = [int(np.shape(run)[1]) for run in runs]
+    arrays = prepared_arrays(np.concatenate([x for x, _ in parts], axis=1), n_volumes, dtype)
+    meta = {"format_version": FORMAT_VERSION, "shape": [int(n) for n in shape],
+            "affine": np.asarray(affine if affine is not None else np.eye(4)).tolist(),
+            "n_volumes": n_volumes, "dtype": dtype, "bold": [], "masks": []}
+    return PreparedSubject(
+        path=Path("<memory>"), voxels=np.asarray(voxels, dtype=np.int64), meta=meta,
+        sd=np.stack([sd for _, sd in parts], axis=1).astype(np.float32), **arrays,
+    )
+
+
+def _format_version(out_dir: Path) -> int | None:
+    """Format version of a complete cache folder (1 before versions); None when absent."""
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return int(meta.get("format_version", 1))
 
 
 def prepare_subject(
@@ -160,7 +279,8 @@ def prepare_subject(
     bold_paths, mask_paths : list of str
         See :func:`load_subject`.
     out_dir : path
-        Folder to create; a complete one is left untouched (resume).
+        Folder to create; a complete one of this format version is left untouched
+        (resume), one of another version is rebuilt.
     dtype : {'float32', 'int16'}
         Storage type of the time series (float32 exact; int16 half the bytes).
 
@@ -170,21 +290,18 @@ def prepare_subject(
         ``out_dir``.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "meta.json").exists():
+    version = _format_version(out_dir)
+    if version == FORMAT_VERSION:
         return out_dir
-    data, voxels, n_volumes = load_subject(bold_paths, mask_paths)
-    if dtype == "int16":
-        stored, scale = quantize(data)
-        deq = stored.astype(np.float32) * scale[:, None]
-    elif dtype == "float32":
-        stored, scale, deq = data, np.ones(len(data), dtype=np.float32), data
-    else:
-        raise ValueError(f"unknown cache dtype {dtype!r}; use 'int16' or 'float32'")
-    deq = deq - deq.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("ij,ij->i", deq, deq, dtype=np.float64)).astype(np.float32)
-    del deq
+    if version is not None:
+        LOGGER.info("%s: prepared data of format %d, this version reads format %d; "
+                    "rebuilding it", out_dir, version, FORMAT_VERSION)
+    data, voxels, n_volumes, sd = load_subject(bold_paths, mask_paths)
+    arrays = prepared_arrays(data, n_volumes, dtype)
+    del data
     img = nb.load(bold_paths[0])
     meta = {
+        "format_version": FORMAT_VERSION,
         "shape": [int(n) for n in img.shape[:3]],
         "affine": np.asarray(img.affine).tolist(),
         "n_volumes": n_volumes,
@@ -196,10 +313,8 @@ def prepare_subject(
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _save_npy(tmp, "data.npy", stored)
-    _save_npy(tmp, "scale.npy", scale)
-    _save_npy(tmp, "norm.npy", norm)
-    _save_npy(tmp, "voxels.npy", voxels)
+    for name, array in dict(arrays, sd=sd, voxels=voxels).items():
+        _save_npy(tmp, f"{name}.npy", array)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
@@ -207,14 +322,34 @@ def prepare_subject(
 
 
 def open_prepared(path: str | Path) -> PreparedSubject:
-    """Open a prepared subject written by :func:`prepare_subject`."""
+    """Open a prepared subject written by :func:`prepare_subject`.
+
+    A cache of another format version is rebuilt first from the files its
+    ``meta.json`` names.
+
+    Raises
+    ------
+    MissingInputError
+        When an outdated cache must be rebuilt but its BOLD files are gone.
+    """
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
+    if int(meta.get("format_version", 1)) != FORMAT_VERSION:
+        missing = [p for p in meta["bold"] + meta.get("masks", []) if not Path(p).exists()]
+        if missing:
+            raise MissingInputError(
+                f"{path}: prepared data of an older format and its source {missing[0]} is "
+                "gone; delete this folder (or the work directory) and run again."
+            )
+        prepare_subject(meta["bold"], meta.get("masks", []), path, meta.get("dtype", "float32"))
+        meta = json.loads((path / "meta.json").read_text())
     return PreparedSubject(
         path=path,
         data=np.load(path / "data.npy", mmap_mode="r"),
         scale=np.load(path / "scale.npy"),
         norm=np.load(path / "norm.npy"),
+        run_norm=np.load(path / "run_norm.npy"),
+        sd=np.load(path / "sd.npy"),
         voxels=np.load(path / "voxels.npy"),
         meta=meta,
     )

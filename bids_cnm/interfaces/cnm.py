@@ -33,7 +33,12 @@ from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.io.derivatives import DerivativesWriter
 from bids_cnm.engine.nodes import load_nodes, node_zvalues
 from bids_cnm.engine.seeds import load_seeds
-from bids_cnm.engine.timeseries import open_prepared, prepare_subject, valid_mask
+from bids_cnm.engine.timeseries import (
+    FORMAT_VERSION,
+    open_prepared,
+    prepare_subject,
+    valid_mask,
+)
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -51,6 +56,9 @@ class _PrepareInputSpec(BaseInterfaceInputSpec):
     bold = InputMultiObject(File(exists=True), mandatory=True, desc="BOLD runs")
     masks = InputMultiObject(File(exists=True), desc="brain masks")
     dtype = traits.Enum("float32", "int16", usedefault=True, desc="storage type")
+    # part of nipype's input hash: a cached node of an older cache layout reruns
+    format_version = traits.Int(FORMAT_VERSION, usedefault=True,
+                                desc="layout version of the prepared data")
 
 
 class _PrepareOutputSpec(TraitedSpec):
@@ -128,6 +136,10 @@ class _AccumulateInputSpec(BaseInterfaceInputSpec):
     n_threads = traits.Int(0, usedefault=True,
                            desc="threads of this job (0: all); parallel jobs share the cores")
     degree_sample = File(exists=True, desc="degree-check sample voxels (.npy; flat indices)")
+    seed_signal = traits.Enum(*connectivity.SEED_SIGNALS, usedefault=True,
+                              desc="seed time course: mean BOLD or mean standardized series")
+    run_combination = traits.Enum(*connectivity.RUN_COMBINATIONS, usedefault=True,
+                                  desc="several runs: average run-wise z or concatenate")
 
 
 class _AccumulateOutputSpec(TraitedSpec):
@@ -137,7 +149,7 @@ class _AccumulateOutputSpec(TraitedSpec):
 
 
 class AccumulateConnectivity(SimpleInterface):
-    """Stream a batch of subjects into running sums of r, z and z² for all seeds."""
+    """Stream a batch of subjects into running moments of r and z for all seeds."""
 
     input_spec = _AccumulateInputSpec
     output_spec = _AccumulateOutputSpec
@@ -157,9 +169,10 @@ class AccumulateConnectivity(SimpleInterface):
             for i, path in enumerate(self.inputs.prepared, 1):
                 subject = open_prepared(path)
                 rows = connectivity.rows_of(subject.voxels, voxels)
-                connectivity.accumulate_subject(stats, subject, seeds, rows)
+                options = (self.inputs.seed_signal, self.inputs.run_combination)
+                connectivity.accumulate_subject(stats, subject, seeds, rows, *options)
                 if nodes is not None:
-                    values.append(node_zvalues(subject, seeds, nodes))
+                    values.append(node_zvalues(subject, seeds, nodes, *options))
                 if degree is not None:  # the same subject, still in the page cache
                     degree.add(subject, rows)
                 elapsed = time.perf_counter() - start
@@ -238,7 +251,7 @@ class _ReduceOutputSpec(TraitedSpec):
 
 
 class ReduceConnectivity(SimpleInterface):
-    """Merge the batches' running sums into mean r, mean z and t of every seed."""
+    """Merge the batches' running moments into mean r, mean z and t of every seed."""
 
     input_spec = _ReduceInputSpec
     output_spec = _ReduceOutputSpec
@@ -248,15 +261,16 @@ class ReduceConnectivity(SimpleInterface):
         for path in self.inputs.stats[1:]:
             stats.merge(connectivity.RunningStats.load(path))
         final = stats.finalize()
-        big = np.finfo(np.float32).max
-        # a seed voxel with itself has zero variance: keep t finite (and storable)
-        t = np.clip(np.nan_to_num(final["t"], posinf=big, neginf=-big), -big, big)
+        if final["undefined"].any():
+            LOGGER.info("group level: t undefined (z equal in every subject) at %d voxel(s) "
+                        "of %d seed(s); NaN in the t-maps", int(final["undefined"].sum()),
+                        int(final["undefined"].any(axis=0).sum()))
         results = GroupResults(
             seeds=load_seeds(self.inputs.seeds),
             voxels=np.load(self.inputs.voxels),
             r=final["r"].astype(np.float32),
             z=final["z"].astype(np.float32),
-            t=t.astype(np.float32),
+            t=final["t"].astype(np.float32),
             n_subjects=stats.n,
             subjects=list(self.inputs.subjects),
         )
@@ -452,6 +466,10 @@ class _ParticipantMapsInputSpec(BaseInterfaceInputSpec):
     entities = traits.Dict(mandatory=True)
     sources = traits.List(traits.Str)
     provenance = traits.Dict()
+    seed_signal = traits.Enum(*connectivity.SEED_SIGNALS, usedefault=True,
+                              desc="seed time course: mean BOLD or mean standardized series")
+    run_combination = traits.Enum(*connectivity.RUN_COMBINATIONS, usedefault=True,
+                                  desc="several runs: average run-wise z or concatenate")
 
 
 class ParticipantMaps(SimpleInterface):
@@ -463,7 +481,9 @@ class ParticipantMaps(SimpleInterface):
     def _run_interface(self, runtime):
         subject = open_prepared(self.inputs.prepared)
         seeds = load_seeds(self.inputs.seeds)
-        zmaps = connectivity.subject_zmaps(subject, seeds)
+        zmaps = connectivity.subject_zmaps(
+            subject, seeds, signal=self.inputs.seed_signal, runs=self.inputs.run_combination
+        )
         writer = _writer(self.inputs.writer)
         writer.write_dataset_description()
         files = outputs.write_participant_maps(

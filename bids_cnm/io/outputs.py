@@ -33,7 +33,8 @@ STAT_DESCRIPTIONS = {
     "time course and each voxel.",
     "z": "Mean Fisher z (arctanh r) across connectome subjects.",
     "t": "One-sample t statistic of Fisher z against 0 across connectome subjects "
-    "(df = n_subjects - 1).",
+    "(df = n_subjects - 1); NaN where z is equal in every subject (t undefined, e.g. a "
+    "one-voxel seed's own voxel; UndefinedVoxels counts them).",
 }
 OVERLAP_DESCRIPTIONS = {
     "overlap": "Signed overlap of thresholded seed networks: (n_positive - n_negative) / "
@@ -121,6 +122,7 @@ def write_seed_maps(
     for k, seed_id in enumerate(seeds.ids):
         row = seeds.table.iloc[k]
         for stat in ("r", "z", "t"):
+            extra = {"UndefinedVoxels": int(results.undefined[:, k].sum())} if stat == "t" else {}
             paths.append(
                 writer.write_map(
                     dict(entities, seed=seed_id, stat=stat),
@@ -133,6 +135,7 @@ def write_seed_maps(
                     Study=row["study"],
                     Set=row["set"],
                     Variant=row["variant"],
+                    **extra,
                 )
             )
     return paths

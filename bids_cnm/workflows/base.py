@@ -103,6 +103,8 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
                 entities=inputs.entities,
                 sources=[str(p) for p in subject.bold],
                 provenance=inputs.provenance,
+                seed_signal=config.seed_signal,
+                run_combination=config.run_combination,
             ),
             name=_node_name("zmaps", subject.label),
         )
@@ -180,6 +182,8 @@ def init_connectivity_branch(
                     seeds=str(inputs.seeds_file), batch=f"{prefix}batch {b + 1}/{len(groups)}",
                     # batches run side by side: share the cores instead of oversubscribing
                     n_threads=max(1, (os.cpu_count() or 1) // min(len(groups), config.nprocs)),
+                    seed_signal=config.seed_signal,
+                    run_combination=config.run_combination,
                 ),
                 name=f"{prefix}accumulate_batch_{b}",
                 mem_gb=2.0,
