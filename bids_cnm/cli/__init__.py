@@ -3,4 +3,4 @@
 The top layer: may import everything below it.
 """
 
-__all__ = ["docs", "parser", "run"]
+__all__ = ["docs", "parser", "run", "workflow"]

@@ -73,6 +73,14 @@ def init_prepare_node(subject: SubjectData, config: Config, prefix: str = "") ->
     )
 
 
+def _prepare_node(workflow: pe.Workflow, subject: SubjectData, config: Config,
+                  prefix: str) -> pe.Node:
+    """The subject's preparation node: the one already in ``workflow`` (a second cohort
+    of the same dataset shares it; nipype refuses two nodes of one name) or a new one."""
+    node = workflow.get_node(_node_name(f"{prefix}prepare", subject.label))
+    return node if node is not None else init_prepare_node(subject, config, prefix)
+
+
 def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
     """Participant level: every selected subject's z-map of every seed.
 
@@ -159,8 +167,9 @@ def init_connectivity_branch(
     if inputs.support_file is not None:
         mask.inputs.support = str(inputs.support_file)
     if reuse_maps is None:
-        prepares = [init_prepare_node(s, config, prefix if connectome.root !=
-                                      inputs.connectome.root else "") for s in subjects]
+        shared = connectome.root == inputs.connectome.root
+        prepares = [_prepare_node(workflow, s, config, "" if shared else prefix)
+                    for s in subjects]
         collect = pe.Node(niu.Merge(len(prepares)), name=f"{prefix}collect_prepared")
         for i, node in enumerate(prepares, 1):
             workflow.connect(node, "prepared", collect, f"in{i}")
