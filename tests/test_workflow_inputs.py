@@ -71,14 +71,19 @@ def test_find_participant_maps(tiny_connectome, tiny_coordinates, tmp_path):
              for s in seeds]
     names.append(bids_name(dict(inputs.entities, sub="01", desc="connectivity"), "mask",
                            ".nii.gz"))
+    made = dict(inputs.provenance, ConnectomeKey=inputs.subject_keys["01"])
     for name in names:
         (folder / name).write_bytes(b"")
-        (folder / name.replace(".nii.gz", ".json")).write_text(json.dumps(inputs.provenance))
+        (folder / name.replace(".nii.gz", ".json")).write_text(json.dumps(made))
     found, reason = find_participant_maps(inputs, seeds)
     assert found == {"01": [str(folder / n) for n in names]}
     other = dataclasses.replace(inputs, provenance={"ConnectivityHash": "another"})
     found, reason = find_participant_maps(other, seeds)
     assert found is None and "other seeds or settings" in reason
+    # same settings, other data (another connectome, or its files rewritten)
+    other = dataclasses.replace(inputs, subject_keys={"01": "another"})
+    found, reason = find_participant_maps(other, seeds)
+    assert found is None and "other data of sub-01" in reason
 
 
 def test_error_from_crash(tmp_path):

@@ -54,7 +54,10 @@ def test_participant_wf_one_branch_per_subject(inputs):
     }
     node = workflow.get_node("zmaps_sub_01")
     assert node.inputs.seeds == str(inputs.seeds_file)
-    assert node.inputs.provenance == inputs.provenance
+    # each subject's z-maps carry its data's key (reused only for the same files)
+    assert node.inputs.provenance == dict(inputs.provenance,
+                                          ConnectomeKey=inputs.subject_keys["01"])
+    assert len(set(inputs.subject_keys.values())) == len(SUBJECTS)
 
 
 def test_participant_wf_prepare_only(inputs):

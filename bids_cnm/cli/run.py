@@ -9,14 +9,23 @@ that says what to fix and a BIDS-Apps exit code.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+
+# nipype asks the network for its latest version whenever an interface is made: a run
+# reads local files only (set before nipype is imported; workers inherit it)
+os.environ["NIPYPE_NO_ET"] = "1"
 
 from bids_cnm.cli.parser import parse_args
 from bids_cnm.cli.workflow import build_workflow, execute
 from bids_cnm.config import Config
-from bids_cnm.errors import CNMError, OutputError
-from bids_cnm.workflows.inputs import resolve_inputs
+from bids_cnm.errors import CNMError
+from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
+from bids_cnm.io.identity import dataset_identity
+from bids_cnm.io.lock import FolderLock
+from bids_cnm.io.run_record import begin_run, finish_run
+from bids_cnm.workflows.inputs import level_settings, resolve_inputs
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -36,28 +45,42 @@ def setup_logging(verbosity: int) -> None:
 
 
 def run(config: Config, command: tuple[str, ...] = ()) -> int:
-    """Build and run the workflow of ``config.analysis_level``.
+    """Check the folders, take their locks, resolve the inputs, then build and run
+    the workflow of ``config.analysis_level``; return the exit code (0).
 
-    Parameters
-    ----------
-    config : Config
-    command : tuple of str
-        The command line, recorded in the report.
-
-    Returns
-    -------
-    int
-        The exit code (0).
+    ``command`` (the command line as typed) goes into the report.
     """
     started = time.time()
-    try:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create OUTPUT_DIR {config.output_dir}: {exc}") from exc
-    inputs = resolve_inputs(config, command)
-    workflow = build_workflow(inputs)
-    execute(workflow, inputs.config, started)
+    writable_folder(config.output_dir, "OUTPUT_DIR")
+    writable_folder(config.work_dir, "--work-dir")
+    # participant jobs of one cohort may share the folders (one per subject); a group
+    # run owns them
+    shared = config.analysis_level == "participant"
+    with FolderLock(config.output_dir, "OUTPUT_DIR", shared), \
+            FolderLock(config.work_dir, "--work-dir", shared):
+        inputs = resolve_inputs(config, command)
+        _sweep(inputs)
+        removed = begin_run(config.output_dir, config.analysis_level,
+                            dataset_identity(config.bids_dir), level_settings(inputs),
+                            config.overwrite)
+        if removed:
+            LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))
+        workflow = build_workflow(inputs)
+        execute(workflow, inputs.config, started)
+        finish_run(config.output_dir, config.analysis_level)
     return 0
+
+
+def _sweep(inputs) -> None:
+    """Remove the temporaries a killed run of ours left (only where no other job writes)."""
+    config = inputs.config
+    if config.analysis_level == "group":
+        removed = sweep_temporaries(config.output_dir)
+    else:
+        removed = [p for label in inputs.connectome.labels
+                   for p in sweep_temporaries(config.output_dir / f"sub-{label}")]
+    if removed:
+        LOGGER.info("removed %d temporary file(s) of an interrupted run", len(removed))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,9 @@ class RunInputs:
     command: tuple[str, ...] = ()
     plan_file: Path | None = None
     nodes_file: Path | None = None
+    #: subject label -> key of its data (dataset identity, files' fingerprints, grid):
+    #: a participant z-map is reused only when its sidecar carries the same key
+    subject_keys: dict[str, str] = field(default_factory=dict)
 
 
 def _safe(label: str) -> str:
@@ -107,7 +110,8 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
                 writer=inputs.writer,
                 entities=inputs.entities,
                 sources=[str(p) for p in subject.bold],
-                provenance=inputs.provenance,
+                provenance=dict(inputs.provenance,
+                                ConnectomeKey=inputs.subject_keys.get(subject.label, "")),
             ),
             name=_node_name("zmaps", subject.label),
         )

@@ -35,9 +35,12 @@ from bids_cnm.errors import InputDataError, UsageError
 from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
 from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import bids_name, write_json, write_nifti
+from bids_cnm.io.identity import dataset_identity, digest, subject_key
 from bids_cnm.io.outputs import grid_entities
+from bids_cnm.io.readable import check_all_readable
 from bids_cnm.plan import load_plan
 from bids_cnm.workflows.base import RunInputs
+from bids_cnm.workflows.labels import check_labels, check_seed_ids
 
 __all__ = [
     "build_seeds",
@@ -47,6 +50,9 @@ __all__ = [
     "control_sets",
     "data_support",
     "find_participant_maps",
+    "level_settings",
+    "short_subjects",
+    "subject_keys",
     "load_seed_ids",
     "resolve_inputs",
     "with_reuse",
@@ -141,6 +147,7 @@ def build_seeds(
             sets=list(config.primary_sets),
         )
         parts.append(seeds_for(relocated, False, diameter=config.sphere_diameter))
+    check_seed_ids(parts, str(config.coordinates))
     seeds = concat_seeds(*parts)
     LOGGER.info(
         "coordinates: %d in %d studies, sets %s; %d seed(s) in one pass (%s)",
@@ -211,6 +218,7 @@ def find_participant_maps(
     wanted = inputs.provenance["ConnectivityHash"]
     found: dict[str, list[str]] = {}
     for subject in inputs.connectome.subjects:
+        key = inputs.subject_keys.get(subject.label, "")
         folder = root / f"sub-{subject.label}" / "func"
         paths = [
             folder / bids_name(dict(inputs.entities, sub=subject.label, seed=s, stat="z"),
@@ -225,10 +233,49 @@ def find_participant_maps(
             sidecar = Path(str(path).replace(".nii.gz", ".json"))
             if not path.exists() or not sidecar.exists():
                 return None, f"no participant output {path.name}"
-            if json.loads(sidecar.read_text()).get("ConnectivityHash") != wanted:
+            made = json.loads(sidecar.read_text())
+            if made.get("ConnectivityHash") != wanted:
                 return None, f"{path.name} was made with other seeds or settings"
+            if made.get("ConnectomeKey") != key:
+                return None, f"{path.name} was made from other data of sub-{subject.label}"
         found[subject.label] = [str(p) for p in paths]
     return found, "all participant outputs match"
+
+
+def subject_keys(
+    connectome: Connectome, participant_filter: tuple[tuple[str, str], ...] = ()
+) -> dict[str, str]:
+    """Each subject's data key (:func:`bids_cnm.io.identity.subject_key`)."""
+    grid = (connectome.shape, connectome.affine)
+    return {s.label: subject_key(connectome.root, s.bold + s.masks, grid, participant_filter)
+            for s in connectome.subjects}
+
+
+def short_subjects(connectome: Connectome, min_volumes: int) -> dict[str, int]:
+    """Subjects with fewer than ``min_volumes`` BOLD volumes (runs together), from headers."""
+    counts = {s.label: sum(int(nb.load(p).shape[3]) for p in s.bold)
+              for s in connectome.subjects}
+    return {label: n for label, n in counts.items() if n < min_volumes}
+
+
+def level_settings(inputs: RunInputs) -> dict:
+    """What determines the outputs of the run's level (recorded in OUTPUT_DIR).
+
+    Participant z-maps depend on the connectivity settings and the seeds only;
+    group outputs on every science setting, the seeds, the plan and the cohort.
+    """
+    config = inputs.config
+    settings = {"version": __version__, **inputs.provenance}
+    if config.analysis_level == "participant":
+        keys = ("task", "space", "res", "bold_desc", "cache_dtype")
+        return {**settings, **{k: v for k, v in config.science_settings().items() if k in keys}}
+    settings.update(config.science_settings())
+    settings["subjects"] = inputs.connectome.labels
+    settings["plan"] = digest(json.loads(Path(inputs.plan_file).read_text()))
+    if inputs.compare is not None:
+        settings["compare"] = {**dataset_identity(inputs.compare.root),
+                               "subjects": inputs.compare.labels}
+    return settings
 
 
 def load_seed_ids(inputs: RunInputs) -> list[str]:
@@ -280,11 +327,21 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
                     ", ".join(plan.primary_sets))
     table = read_coordinates(config.coordinates)
     check_columns(config, table)
+    check_labels(table, config.subgroups, str(config.coordinates))
+    check_all_readable([p for s in connectome.subjects for p in s.bold],
+                       config.work_dir / "readable_inputs.json")
+    short = short_subjects(connectome, config.min_volumes)
+    if short:
+        LOGGER.warning(
+            "%d subject(s) have fewer than %d BOLD volumes (--min-volumes) and weigh like the "
+            "others: %s", len(short), config.min_volumes,
+            ", ".join(f"sub-{label} ({n})" for label, n in short.items()))
     support = support_mask(connectome)
     seeds = build_seeds(config, connectome, table, support)
     extra = plan_seeds(plan, connectome.shape, connectome.affine, support,
                        existing_ids=seeds.ids)
     if extra is not None:
+        check_seed_ids([seeds, extra], str(config.coordinates))
         seeds = concat_seeds(seeds, extra)
         LOGGER.info("analysis plan: %d extra seed(s) (%s) in the same pass", len(extra),
                     ", ".join(sorted(set(extra.table["set"]))))
@@ -324,4 +381,5 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
         plan_file=plan_file,
         nodes_file=nodes_file,
         command=tuple(command),
+        subject_keys=subject_keys(connectome, config.participant_filter),
     )
