@@ -37,6 +37,8 @@ _NON_SCIENCE_FIELDS = frozenset(
         "plugin_config",
         "mem_gb",
         "write_participant_maps",
+        "overwrite",
+        "min_volumes",
     }
 )
 
@@ -133,6 +135,11 @@ class Config:
         Cohort of the second pass (on ``compare_connectome`` or on BIDS_DIR).
     compare_label : str or None
         Name of the second pass in file names.
+    overwrite : bool
+        When OUTPUT_DIR holds outputs of another connectome or other settings,
+        remove the files that run recorded instead of refusing.
+    min_volumes : int
+        Subjects with fewer BOLD volumes (all runs together) are listed in a warning.
     """
 
     bids_dir: Path
@@ -178,6 +185,8 @@ class Config:
     compare_connectome: Path | None = None
     compare_participant_filter: tuple[tuple[str, str], ...] = ()
     compare_label: str | None = None
+    overwrite: bool = False
+    min_volumes: int = 50
     extra: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:

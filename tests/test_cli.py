@@ -23,7 +23,9 @@ ENTS = f"task-rest_space-{SPACE}"
 
 def expected_group_files(seed_ids, sets, thresholds=("5p1",)) -> set[str]:
     """The complete list of files a group run with these settings must write."""
-    files = {"dataset_description.json", "seeds.tsv", "bids_cnm_report.html"}
+    files = {"dataset_description.json", "seeds.tsv", "bids_cnm_report.html",
+             # the run record and the locks (see docs/guarantees.md)
+             "logs/bids_cnm_run.json", "logs/.bids_cnm_run.lock", ".bids_cnm.lock"}
     for name in (f"space-{SPACE}_desc-analysis_mask",):
         files |= {f"{name}.nii.gz", f"{name}.json"}
     for seed in seed_ids:

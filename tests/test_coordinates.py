@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import re
+from pathlib import Path
 import shutil
 
 import nibabel as nib
@@ -215,9 +216,35 @@ def test_missing_file(tmp_path):
 def test_undecodable_file(tmp_path):
     path = tmp_path / "latin1.tsv"
     path.write_bytes("study\tx\ty\tz\nG\u00f6teborg\t1\t2\t3\n".encode("latin-1"))
-    with pytest.raises(ReadError, match=location(path, 2) + ".*UTF-8") as info:
+    # wrong content, not a failed read: bad data (issue 9.12)
+    with pytest.raises(InputDataError, match=location(path, 2) + ".*UTF-8") as info:
         read_coordinates(path)
-    assert info.value.exit_code == 74
+    assert info.value.exit_code == 65
+    assert "teborg" not in info.value.message  # never echo the user's file
+
+
+def test_unbalanced_quote_is_refused_not_merged(tmp_path):
+    """Issue 9.5: '"Smith 2010' ... 'Lee" 2012' made one study of three rows."""
+    path = write(tmp_path, "quote.tsv", 'study\tx\ty\tz\n"Smith 2010\t1\t2\t3\n'
+                 'Mid 2011\t4\t5\t6\nLee" 2012\t7\t8\t9\n')
+    with pytest.raises(InputDataError, match=location(path, 2) + ".*closed only on line 4"
+                       ) as info:
+        read_coordinates(path)
+    assert info.value.exit_code == 65
+
+
+def test_text_input_size_is_capped(tmp_path, monkeypatch):
+    """Issue 9.9: --coordinates /dev/zero read until memory ran out."""
+    from bids_cnm.io import coordinates
+
+    monkeypatch.setattr(coordinates, "MAX_TEXT_BYTES", 1000)
+    path = write(tmp_path, "big.tsv", "study\tx\ty\tz\n" + "A\t1\t2\t3\n" * 200)
+    with pytest.raises(InputDataError, match="too large for a coordinate table") as info:
+        read_coordinates(path)
+    assert info.value.exit_code == 65
+    if Path("/dev/zero").exists():
+        with pytest.raises(InputDataError, match="/dev/zero: larger than"):
+            read_coordinates("/dev/zero")
 
 
 def test_folder_is_read_error(tmp_path):

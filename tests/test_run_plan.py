@@ -263,7 +263,7 @@ def zscore(v: np.ndarray) -> np.ndarray:
 
 
 def test_plan_seeds_dbs_and_reference(run):
-    plan, results = run["plan"], run["results"]
+    results = run["results"]
     table = results.seeds.table
     dbs = table[table["set"] == "dbs"]
     assert list(dbs["id"]) == [f"dbsP{i}" for i in range(1, 7)]

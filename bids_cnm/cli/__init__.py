@@ -9,4 +9,4 @@ from bids_cnm.cli.environment import prepare_environment
 
 prepare_environment()
 
-__all__ = ["docs", "environment", "parser", "run"]
+__all__ = ["docs", "environment", "parser", "run", "workflow"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -20,21 +21,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    # nan passes every comparison test and inf makes empty maps: both are refused
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return value
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
@@ -149,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                       default="t", help="compare unthresholded t-maps, binarized maps by "
                       "permutation, or binarized maps by the Liebermeister test")
     spec.add_argument("--no-tfce", action="store_true", help="voxel-wise t without TFCE")
-    spec.add_argument("--random-seed", type=int, default=0,
+    spec.add_argument("--random-seed", type=_non_negative_int, default=0,
                       help="seed of every random draw (relocations, permutations)")
 
     hubs = parser.add_argument_group(
@@ -180,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="JSON or YAML file of nipype plugin_args (e.g. sbatch_args)")
     perf.add_argument("--mem-gb", type=_positive_float, default=None,
                       help="memory available to MultiProc, in GB")
+    perf.add_argument("--overwrite", action="store_true",
+                      help="OUTPUT_DIR holds outputs of another connectome or other settings: "
+                      "remove the files that earlier run recorded, and only those, instead of "
+                      "refusing (see docs/guarantees.md)")
+    perf.add_argument("--min-volumes", type=_non_negative_int, default=50, metavar="N",
+                      help="warn (once, listing them) about subjects with fewer BOLD volumes")
     perf.add_argument("--skip-participant-maps", action="store_true",
                       help="participant level: prepare the time series only, write no maps")
     perf.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity",
@@ -199,18 +217,23 @@ def parse_args(argv: list[str] | None = None) -> Config:
     Raises
     ------
     UsageError
-        When the paths are inconsistent (OUTPUT_DIR equal to or inside BIDS_DIR).
+        When the paths are inconsistent (OUTPUT_DIR or the work folder equal to or
+        inside an input dataset: BIDS_DIR or --compare-connectome).
     """
     args = build_parser().parse_args(argv)
     bids_dir = args.bids_dir.expanduser().resolve()
     output_dir = args.output_dir.expanduser().resolve()
     work_dir = (args.work_dir or _default_work_dir(output_dir)).expanduser().resolve()
+    datasets = [("BIDS_DIR", bids_dir)]
+    if args.compare_connectome:
+        datasets.append(("--compare-connectome", args.compare_connectome.expanduser().resolve()))
     for name, path in (("OUTPUT_DIR", output_dir), ("--work-dir", work_dir)):
-        if path == bids_dir or bids_dir in path.parents:
-            raise UsageError(
-                f"{name} {path} is inside BIDS_DIR {bids_dir}: bids_cnm never writes into "
-                "the input dataset; choose a folder outside it."
-            )
+        for flag, dataset in datasets:
+            if path == dataset or dataset in path.parents:
+                raise UsageError(
+                    f"{name} {path} is inside {flag} {dataset}: bids_cnm never writes into "
+                    "the input datasets; choose a folder outside them."
+                )
     return Config(
         bids_dir=bids_dir,
         output_dir=output_dir,
@@ -258,4 +281,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
                             if args.compare_connectome else None),
         compare_participant_filter=tuple(args.compare_participant_filter),
         compare_label=args.compare_label,
+        overwrite=args.overwrite,
+        min_volumes=args.min_volumes,
     )

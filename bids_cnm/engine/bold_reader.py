@@ -243,9 +243,11 @@ def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
     ndarray of bool, shape (X, Y, Z)
     """
     keep = None
+    keep_shape = None
     for path in paths:
         blocks = _Blocks(path)
         n_vox = int(np.prod(blocks.shape))
+        keep_shape = keep_shape or blocks.shape
         if keep is not None and keep.size != n_vox:
             blocks._file.close()
             raise InputDataError(f"grid mismatch: {path} has shape {blocks.shape}, "

@@ -253,25 +253,37 @@ def _check_default_set(default_set: str) -> str:
     return label
 
 
+#: the largest text input read (a coordinate table of thousands of studies is < 10 MB);
+#: a device or a wrong file (``/dev/zero``, an image) must not fill the memory
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+
+
 def _read_text(path: Path) -> str:
-    """Read a UTF-8 (optionally gzipped) text file, turning failures into ReadError."""
+    """Read a UTF-8 (optionally gzipped) text file of at most :data:`MAX_TEXT_BYTES`."""
     try:
-        data = path.read_bytes()
-        if path.name.lower().endswith(".gz"):
-            data = gzip.decompress(data)
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if path.name.lower().endswith(".gz") else raw
+            data = stream.read(MAX_TEXT_BYTES + 1)
     except (OSError, EOFError) as err:  # gzip raises BadGzipFile (an OSError) or EOFError
         raise ReadError(
-            f"{where(path)}: cannot read the file ({err}); check its permissions "
-            "and that it is not truncated"
-        ) from err
+            f"{where(path)}: cannot read the file ({type(err).__name__}: "
+            f"{getattr(err, 'strerror', None) or 'corrupt or truncated'}); check its "
+            "permissions and that it is not truncated"
+        ) from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise InputDataError(
+            f"{where(path)}: larger than {MAX_TEXT_BYTES // 2**20} MB, too large for a "
+            "coordinate table; give the table itself (study, x, y, z)"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise ReadError(
+        # wrong content, not a failed read: bad data (65)
+        raise InputDataError(
             f"{where(path, line)}: byte 0x{data[err.start]:02x} is not UTF-8 text; "
             "save the file as UTF-8 (plain text, not a spreadsheet)"
-        ) from err
+        ) from None
 
 
 def _parse_table(text: str, path: Path, delimiter: str) -> tuple[pd.DataFrame, list[int]]:
@@ -295,6 +307,14 @@ def _parse_table(text: str, path: Path, delimiter: str) -> tuple[pd.DataFrame, l
                 header, header_line = [field.strip() for field in fields], line
                 _check_header(header, path, line, delimiter)
                 continue
+            if reader.line_num > line:
+                # a quote left open swallows the line breaks up to the next quote: TSV has
+                # no quoting, and a study name never spans lines
+                raise InputDataError(
+                    f"{where(path, line)}: a quote (\") opened on this line is closed only on "
+                    f"line {reader.line_num}, which merges the rows between; remove the "
+                    "stray quote"
+                )
             if len(fields) > len(header):
                 raise InputDataError(
                     f"{where(path, line)}: {len(fields)} {separator}-separated fields but "

@@ -12,8 +12,10 @@ place, so a crash never leaves a half-written output behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,15 +79,78 @@ def _temporary(path: Path, suffix: str) -> str:
     return tmp
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = _temporary(path, ".part")
+#: the temporaries of :func:`_temporary` (mkstemp adds 8 characters of [a-z0-9_])
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.part|\.nii\.gz|\.nii)$")
+
+#: errors of the output's file system, not of the data
+_NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
+
+
+def _atomic_write_bytes(path: Path, write, suffix: str = ".part") -> None:
+    try:
+        tmp = _temporary(path, suffix)
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (*_NO_ROOM, errno.EROFS, errno.EACCES):
+            raise _output_error(path, exc) from exc
         raise
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    reason = _NO_ROOM.get(exc.errno, exc.strerror or str(exc))
+    return OutputError(f"cannot write {path}: {reason}; make room or choose another folder, "
+                       "then run the same command again (finished steps are reused).")
+
+
+def sweep_temporaries(folder: Path, recursive: bool = True) -> list[Path]:
+    """Remove the hidden temporaries a killed run left in ``folder``.
+
+    Call only while holding the folder's exclusive lock (or on folders no other
+    run writes): a running job's temporaries look the same.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*") if recursive else folder.glob(".*")
+    removed = [p for p in found if p.is_file() and _TEMPORARY.match(p.name)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def writable_folder(path: Path, role: str) -> Path:
+    """Create ``path`` if needed and prove it writable (a probe file), up front.
+
+    Raises
+    ------
+    OutputError
+        Naming the folder, the reason and the fix (exit 73).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".bids_cnm_probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        what = "is a file, not a folder" if path.exists() and not path.is_dir() else (
+            exc.strerror or str(exc))
+        raise OutputError(
+            f"cannot create {role} {path}: {_NO_ROOM.get(exc.errno, what)}; choose a "
+            "writable folder."
+        ) from exc
+    return path
 
 
 def write_json(path: Path, content: Mapping) -> Path:
@@ -117,14 +182,8 @@ def write_tsv(path: Path, table: pd.DataFrame) -> Path:
 def write_nifti(path: Path, img: nb.Nifti1Image) -> Path:
     """Write a NIfTI image atomically (the temporary keeps the final extension)."""
     path = Path(path)
-    tmp = _temporary(path, ".nii.gz" if path.name.endswith(".nii.gz") else ".nii")
-    try:
-        img.to_filename(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    _atomic_write_bytes(path, img.to_filename, suffix)
     return path
 
 

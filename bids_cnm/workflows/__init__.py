@@ -4,4 +4,4 @@
 May import the interfaces and everything below them, never the CLI.
 """
 
-__all__ = ["base"]
+__all__ = ["base", "crash", "inputs"]

@@ -55,6 +55,9 @@ class RunInputs:
     command: tuple[str, ...] = ()
     plan_file: Path | None = None
     nodes_file: Path | None = None
+    #: subject label -> key of its data (dataset identity, files' fingerprints, grid):
+    #: a participant z-map is reused only when its sidecar carries the same key
+    subject_keys: dict[str, str] = field(default_factory=dict)
 
 
 def _safe(label: str) -> str:
@@ -74,6 +77,14 @@ def init_prepare_node(subject: SubjectData, config: Config, prefix: str = "") ->
         name=_node_name(f"{prefix}prepare", subject.label),
         mem_gb=1.0,
     )
+
+
+def _prepare_node(workflow: pe.Workflow, subject: SubjectData, config: Config,
+                  prefix: str) -> pe.Node:
+    """The subject's preparation node: the one already in ``workflow`` (a second cohort
+    of the same dataset shares it; nipype refuses two nodes of one name) or a new one."""
+    node = workflow.get_node(_node_name(f"{prefix}prepare", subject.label))
+    return node if node is not None else init_prepare_node(subject, config, prefix)
 
 
 def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
@@ -102,7 +113,8 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
                 writer=inputs.writer,
                 entities=inputs.entities,
                 sources=[str(p) for p in subject.bold],
-                provenance=inputs.provenance,
+                provenance=dict(inputs.provenance,
+                                ConnectomeKey=inputs.subject_keys.get(subject.label, "")),
                 seed_signal=config.seed_signal,
                 run_combination=config.run_combination,
             ),
@@ -164,8 +176,9 @@ def init_connectivity_branch(
     if inputs.support_file is not None:
         mask.inputs.support = str(inputs.support_file)
     if reuse_maps is None:
-        prepares = [init_prepare_node(s, config, prefix if connectome.root !=
-                                      inputs.connectome.root else "") for s in subjects]
+        shared = connectome.root == inputs.connectome.root
+        prepares = [_prepare_node(workflow, s, config, "" if shared else prefix)
+                    for s in subjects]
         collect = pe.Node(niu.Merge(len(prepares)), name=f"{prefix}collect_prepared")
         for i, node in enumerate(prepares, 1):
             workflow.connect(node, "prepared", collect, f"in{i}")

@@ -1,0 +1,88 @@
+"""Build the workflow of a run and execute it with the chosen nipype plugin
+(the counterpart of fMRIPrep's ``cli/workflow.py``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from nipype.pipeline import engine as pe
+
+from bids_cnm.config import Config
+from bids_cnm.errors import InputDataError, MissingInputError
+from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
+from bids_cnm.workflows.crash import error_from_crash
+from bids_cnm.workflows.inputs import with_reuse
+
+__all__ = ["build_workflow", "execute", "plugin_arguments"]
+
+LOGGER = logging.getLogger("bids_cnm")
+
+
+def build_workflow(inputs: RunInputs) -> pe.Workflow:
+    """The workflow of ``inputs.config.analysis_level``, with crash files as text."""
+    config = inputs.config
+    if config.analysis_level == "participant":
+        workflow = init_participant_wf(inputs)
+    else:
+        workflow = init_group_wf(with_reuse(inputs))
+    workflow.config["execution"].update(
+        {
+            "crashdump_dir": str(config.work_dir / "crash"),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": True,
+            "remove_unnecessary_outputs": False,
+        }
+    )
+    return workflow
+
+
+def execute(workflow: pe.Workflow, config: Config, started: float) -> None:
+    """Run ``workflow``; a failed node becomes the one-line error of its crash file.
+
+    Parameters
+    ----------
+    workflow : Workflow
+    config : Config
+    started : float
+        Start of the run (seconds since the epoch): older crash files are ignored.
+    """
+    plugin_args = plugin_arguments(config)
+    LOGGER.info(
+        "running %s level with %s (%d process(es)); work directory %s",
+        config.analysis_level, config.nipype_plugin, config.nprocs, config.work_dir,
+    )
+    try:
+        if config.nipype_plugin == "Linear":
+            workflow.run(plugin="Linear")
+        else:
+            workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:
+        raise error_from_crash(config.work_dir / "crash", started - 1) from exc
+    LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
+
+
+def plugin_arguments(config: Config) -> dict:
+    """nipype ``plugin_args``: MultiProc settings, then the --plugin-config file on top."""
+    args: dict = {}
+    if config.nipype_plugin == "MultiProc":
+        args = {"n_procs": config.nprocs, "raise_insufficient": False}
+        if config.mem_gb:
+            args["memory_gb"] = config.mem_gb
+    if config.plugin_config is not None:
+        path = config.plugin_config
+        if not path.exists():
+            raise MissingInputError(f"--plugin-config {path} does not exist.")
+        try:
+            import yaml
+
+            loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except Exception as exc:
+            raise InputDataError(f"{path}: not valid JSON/YAML ({exc}).") from exc
+        if not isinstance(loaded, dict):
+            raise InputDataError(
+                f"{path}: must hold a mapping of nipype plugin_args "
+                "(e.g. {\"sbatch_args\": \"--time=1:00:00\"})."
+            )
+        args.update(loaded.get("plugin_args", loaded))
+    return args
