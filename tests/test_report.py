@@ -441,11 +441,14 @@ def test_index_can_be_restricted_to_a_list_of_files(tmp_path):
 
     for name in ("space-A_desc-a_mask.nii.gz", "space-A_desc-b_mask.nii.gz", "seeds.tsv"):
         (tmp_path / name).write_text("x")
-    (tmp_path / "space-A_desc-a_mask.json").write_text("{}")
+    for name in ("space-A_desc-a_mask.json", "space-A_desc-b_mask.json"):
+        (tmp_path / name).write_text("{}")
     every = DerivativesIndex(tmp_path)
     some = DerivativesIndex(tmp_path, only=["space-A_desc-a_mask.nii.gz"])
-    assert len(every.get(suffix="mask")) == 2 and every.first("seeds.tsv") is not None
+    assert len(every.get(suffix="mask")) == 4 and every.first("seeds.tsv") is not None
     assert [f.name for f in some.get(suffix="mask", extension=".nii.gz")] == [
         "space-A_desc-a_mask.nii.gz"]
     assert some.first("seeds.tsv") is None
-    assert some.get(suffix="mask", extension=".json")  # sidecars follow their files
+    # the listed file's sidecar follows it, not the others'
+    assert [f.name for f in some.get(suffix="mask", extension=".json")] == [
+        "space-A_desc-a_mask.json"]

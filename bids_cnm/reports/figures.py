@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import nibabel as nb
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -264,7 +265,7 @@ def values_glass_brain(xyz: np.ndarray, values: Sequence[float], label: str,
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     norm = Normalize(low, high if high > low else low + 1.0)
-    colors = [matplotlib_cmap(cmap)(norm(v)) if np.isfinite(v) else (0.6, 0.6, 0.6, 1)
+    colors = [colormaps[cmap](norm(v)) if np.isfinite(v) else (0.6, 0.6, 0.6, 1)
               for v in values]
     display.add_markers(np.asarray(xyz, float), marker_color=colors, marker_size=40,
                         edgecolors="black", linewidths=0.5)
@@ -273,12 +274,6 @@ def values_glass_brain(xyz: np.ndarray, values: Sequence[float], label: str,
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return to_png(fig)
-
-
-def matplotlib_cmap(name: str):
-    from matplotlib import colormaps
-
-    return colormaps[name]
 
 
 @dataclass
@@ -603,203 +598,6 @@ def slices_grid(
         bar.ax.tick_params(labelsize=7)
         fig.text((label_w - 0.1) / fig_w, 0.17 / fig_h, value_label, ha="right",
                  va="center", fontsize=8)
-    return to_png(fig)
-
-
-def heatmap(
-    matrix: np.ndarray,
-    row_labels: Sequence[str],
-    col_labels: Sequence[str],
-    title: str | None = None,
-    label: str = "r",
-) -> bytes:
-    """A correlation matrix: diverging colours, values written when it is small."""
-    matrix = np.asarray(matrix, dtype=float)
-    finite = matrix[np.isfinite(matrix)]
-    bound = 1.0 if finite.size == 0 or np.abs(finite).max() <= 1 else float(np.abs(finite).max())
-    n_rows, n_cols = matrix.shape
-    size = min(max(0.5 * max(n_rows, n_cols) + 1.6, 3.5), 11.0)
-    fig = new_figure(size + 1.0, size)
-    ax = fig.add_axes([0.24, 0.24, 0.62, 0.68])
-    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-    ax.set_xticks(range(n_cols))
-    ax.set_yticks(range(n_rows))
-    fontsize = 8 if max(n_rows, n_cols) <= 20 else 6
-    ax.set_xticklabels([str(c) for c in col_labels], rotation=60, ha="right", fontsize=fontsize)
-    ax.set_yticklabels([str(r) for r in row_labels], fontsize=fontsize)
-    if max(n_rows, n_cols) <= 12:
-        for i in range(n_rows):
-            for j in range(n_cols):
-                if np.isfinite(matrix[i, j]):
-                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(matrix[i, j]) > 0.6 * bound else "black")
-    if title:
-        ax.set_title(title, fontsize=10)
-    cax = fig.add_axes([0.88, 0.24, 0.025, 0.68])
-    fig.colorbar(image, cax=cax).set_label(label)
-    return to_png(fig, tight=True)
-
-
-def null_histogram(
-    null: np.ndarray,
-    observed: float,
-    p: float | None,
-    xlabel: str,
-    alternative: str | None = None,
-) -> bytes:
-    """The null distribution as a histogram, the observed value as a red line with its p."""
-    null = np.asarray(null, float)
-    null = null[np.isfinite(null)]
-    fig = new_figure(5.6, 2.9)
-    ax = fig.add_axes([0.12, 0.18, 0.84, 0.7])
-    ax.hist(null, bins=min(40, max(10, null.size // 20)), color="#9aa5b1",
-            edgecolor="white", linewidth=0.4)
-    ax.axvline(observed, color="#d62728", linewidth=2)
-    text = f"observed {observed:.3g}"
-    if p is not None and np.isfinite(p):
-        text += f"\np = {p:.3g}" + (f" ({alternative})" if alternative else "")
-    right = observed >= np.median(null) if null.size else True
-    ax.text(0.98 if right else 0.02, 0.95, text, transform=ax.transAxes, fontsize=8,
-            ha="right" if right else "left", va="top", color="#d62728")
-    ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_ylabel(f"null draws (n = {null.size})", fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    return to_png(fig)
-
-
-def group_strip(
-    groups: Mapping[str, np.ndarray],
-    ylabel: str,
-    annotation: str = "",
-) -> bytes:
-    """Two (or more) groups as jittered points with their mean and 95% CI of the mean."""
-    names = list(groups)
-    fig = new_figure(max(3.2, 1.3 * len(names) + 1.8), 3.3)
-    ax = fig.add_axes([0.2, 0.14, 0.75, 0.68])
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(names):
-        v = np.asarray(groups[name], float)
-        v = v[np.isfinite(v)]
-        color = SET_COLORS[k % len(SET_COLORS)]
-        ax.scatter(k + rng.uniform(-0.12, 0.12, v.size), v, s=22, color=color, alpha=0.75,
-                   edgecolors="black", linewidths=0.3, zorder=3)
-        if v.size:
-            mean = v.mean()
-            half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0
-            ax.errorbar(k + 0.3, mean, yerr=half, fmt="o", color="black", capsize=4,
-                        markersize=5, zorder=4)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([f"{n}\n(n = {len(groups[n])})" for n in names], fontsize=8)
-    ax.set_xlim(-0.6, len(names) - 0.3)
-    ax.set_ylabel(ylabel, fontsize=9)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    if annotation:
-        fig.text(0.5, 0.97, annotation, ha="center", va="top", fontsize=8)
-    return to_png(fig)
-
-
-def scatter_fit(
-    x: np.ndarray,
-    y: np.ndarray,
-    xlabel: str,
-    ylabel: str,
-    annotation: str = "",
-    labels: Sequence[str] | None = None,
-) -> bytes:
-    """A scatter with its least-squares line (e.g. predicted similarity vs outcome)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    fig = new_figure(4.6, 3.6)
-    ax = fig.add_axes([0.16, 0.15, 0.78, 0.7])
-    ax.scatter(x[ok], y[ok], s=30, color="#1f77b4", edgecolors="black", linewidths=0.4,
-               zorder=3)
-    if ok.sum() >= 2 and np.ptp(x[ok]) > 0:
-        slope, intercept = np.polyfit(x[ok], y[ok], 1)
-        grid = np.linspace(x[ok].min(), x[ok].max(), 2)
-        ax.plot(grid, slope * grid + intercept, color="#d62728", linewidth=1.2)
-    if labels is not None:
-        for xi, yi, lab, good in zip(x, y, labels, ok):
-            if good:
-                ax.annotate(str(lab), (xi, yi), xytext=(3, 3), textcoords="offset points",
-                            fontsize=7)
-    ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_ylabel(ylabel, fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    if annotation:
-        ax.set_title(annotation, fontsize=9)
-    return to_png(fig)
-
-
-def slices_grid(
-    items: Sequence[tuple[str, ImageLike]],
-    z_cuts: Sequence[float],
-    vmax: float,
-    threshold: float,
-    mask: ImageLike | None = None,
-    cmap: str = "RdBu_r",
-    value_label: str = "value",
-    symmetric: bool = True,
-) -> bytes:
-    """Small multiples: one row per map, its axial slices at ``z_cuts`` (mm), over the
-    outline of ``mask``; one colour scale.
-
-    Drawn with ``imshow`` on the maps' own grid (all maps share one grid), a few
-    milliseconds per slice, so dozens of maps stay fast.
-    """
-    imgs = [nb.as_closest_canonical(load(path)) for _, path in items]
-    affine = imgs[0].affine
-    shape = imgs[0].shape[:3]
-    extent = _grid_extent(affine, shape)
-    mask_data = None
-    if mask is not None:
-        m = nb.as_closest_canonical(load(mask))
-        if m.shape[:3] == tuple(shape) and np.allclose(m.affine, affine):
-            mask_data = np.asarray(m.dataobj) > 0
-    inv = np.linalg.inv(affine)
-    ks = [int(np.clip(round((inv @ [0, 0, z, 1])[2]), 0, shape[2] - 1)) for z in z_cuts]
-    bounds = list(extent)
-    if mask_data is not None and mask_data.any():
-        for axis, idx in enumerate(np.nonzero(mask_data)):
-            step, start = affine[axis, axis], affine[axis, 3]
-            bounds[axis] = (start + step * (idx.min() - 1.5), start + step * (idx.max() + 1.5))
-    aspect = (bounds[1][1] - bounds[1][0]) / (bounds[0][1] - bounds[0][0])
-    cell, label_w, bar_h = 1.25, 2.2, 0.55
-    fig_w = label_w + cell * len(ks)
-    fig_h = cell * aspect * len(imgs) + bar_h
-    fig = new_figure(fig_w, fig_h)
-    norm = Normalize(-vmax if symmetric else 0.0, vmax)
-    image = None
-    for row, ((label, _), img) in enumerate(zip(items, imgs)):
-        data = finite_data(img)
-        shown = np.where(np.abs(data) > threshold, data, 0.0)
-        top = fig_h - row * cell * aspect
-        fig.text(0.08 / fig_w, (top - cell * aspect / 2) / fig_h, label, ha="left",
-                 va="center", fontsize=8)
-        for col, k in enumerate(ks):
-            ax = fig.add_axes([(label_w + col * cell) / fig_w, (top - cell * aspect) / fig_h,
-                               cell / fig_w, cell * aspect / fig_h])
-            ax.set_axis_off()
-            ext = [*extent[0], *extent[1]]
-            if mask_data is not None:
-                ax.contour(mask_data[:, :, k].T.astype(float), levels=[0.5], colors="#999999",
-                           linewidths=0.5, extent=ext, origin="lower")
-            masked = np.ma.masked_equal(shown[:, :, k].T, 0.0)
-            image = ax.imshow(masked, origin="lower", extent=ext, cmap=cmap, norm=norm,
-                              interpolation="nearest")
-            ax.set_xlim(*bounds[0])
-            ax.set_ylim(*bounds[1])
-            if row == 0:
-                ax.set_title(f"z = {z_cuts[col]:g}", fontsize=7, pad=2)
-    if image is not None:
-        cax = fig.add_axes([label_w / fig_w, 0.22 / fig_h, min(3.0, cell * len(ks)) / fig_w,
-                            0.1 / fig_h])
-        bar = fig.colorbar(image, cax=cax, orientation="horizontal")
-        bar.ax.tick_params(labelsize=7)
-        fig.text((label_w - 0.1) / fig_w, 0.27 / fig_h, value_label, ha="right", va="center",
-                 fontsize=8)
     return to_png(fig)
 
 

@@ -123,6 +123,7 @@ class DerivativesIndex:
         self.only = None if only is None else {
             (self.root / p).resolve() if not Path(p).is_absolute() else Path(p).resolve()
             for p in only}
+        self._only_stems = {p.with_name(p.name.split(".")[0]) for p in self.only or ()}
         for folder, dirs, names in os.walk(self.root):
             here = Path(folder)
             if here == self.root:
@@ -138,8 +139,9 @@ class DerivativesIndex:
                 if name.startswith(".") or name.endswith(".part"):
                     continue
                 if self.only is not None and (here / name).resolve() not in self.only \
-                        and not name.endswith(".json"):
-                    continue  # sidecars follow their files
+                        and not (name.endswith(".json") and (here / name.split(".")[0])
+                                 .resolve() in self._only_stems):
+                    continue  # a sidecar follows its file
                 parsed = parse_name(name)
                 if parsed is None:
                     continue
