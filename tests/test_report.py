@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 import subprocess
@@ -37,6 +38,11 @@ class Page(HTMLParser):
         self.tables: dict[str, dict] = {}  # data-source -> {"header": [...], "rows": [[...]]}
         self.captions: list[str] = []
         self.ids: dict[str, dict] = {}
+        self.tables_by_id: dict[str, dict] = {}
+        self.headings: list[str] = []
+        self.images_in: dict[str, int] = {}  # element id -> images inside it
+        self._id_stack: list[tuple[str, str]] = []  # (tag, id) of open elements with an id
+        self._heading: list[str] | None = None
         self._stack: list[str] = []
         self._table: dict | None = None
         self._row: list[str] | None = None
@@ -50,6 +56,11 @@ class Page(HTMLParser):
             self._stack.append(tag)
         if "id" in a:
             self.ids[a["id"]] = a
+            self.images_in.setdefault(a["id"], 0)
+        if tag not in ("img", "meta", "link", "br", "input"):
+            self._id_stack.append((tag, a.get("id")))
+        if tag in ("h2", "h3"):
+            self._heading = []
         self.classes += (a.get("class") or "").split()
         for key in ("src", "href", "action", "poster", "data"):
             if key in a:
@@ -62,10 +73,14 @@ class Page(HTMLParser):
             self.sections.append(a.get("id", ""))
         elif tag == "img":
             self.images.append(a)
+            for _, ident in self._id_stack:
+                if ident:
+                    self.images_in[ident] += 1
         elif tag == "svg":
             self.svgs += 1
         elif tag == "table":
-            self._table = {"header": [], "rows": [], "source": a.get("data-source")}
+            self._table = {"header": [], "rows": [], "source": a.get("data-source"),
+                           "id": a.get("id")}
         elif tag == "tr" and self._table is not None:
             self._row = []
         elif tag in ("td", "th") and self._row is not None:
@@ -76,6 +91,14 @@ class Page(HTMLParser):
     def handle_endtag(self, tag):
         if self._stack and self._stack[-1] == tag:
             self._stack.pop()
+        if tag in ("h2", "h3") and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
+        # the report's HTML is well formed: close up to the last open element of this tag
+        for k in range(len(self._id_stack) - 1, -1, -1):
+            if self._id_stack[k][0] == tag:
+                del self._id_stack[k:]
+                break
         if tag == "nav":
             self._in_nav = False
         elif tag in ("td", "th") and self._cell is not None:
@@ -90,12 +113,16 @@ class Page(HTMLParser):
         elif tag == "table" and self._table is not None:
             if self._table["source"]:
                 self.tables.setdefault(self._table["source"], self._table)
+            if self._table["id"]:
+                self.tables_by_id[self._table["id"]] = self._table
             self._table = None
         elif tag == "figcaption" and self._caption is not None:
             self.captions.append("".join(self._caption).strip())
             self._caption = None
 
     def handle_data(self, data):
+        if self._heading is not None:
+            self._heading.append(data)
         if self._cell is not None:
             self._cell.append(data)
         if self._caption is not None:
@@ -117,19 +144,33 @@ def png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
+#: which section shows which kind of output (from the file names the run wrote)
+SECTION_OF = (
+    (lambda n: "_desc-overlap_boldmap" in n and "_variant-" not in n, "network"),
+    (lambda n: "_desc-sensitivity_" in n, "sensitivity"),
+    (lambda n: "_control-" in n and n.endswith((".nii.gz", ".tsv")), "specificity"),
+    (lambda n: any(f"_desc-{d}" in n for d in ("roioverlap", "spatialcorr", "roitoroi",
+                                               "controls"))
+     or ("_desc-peak" in n and "Convergent" not in n), "validation"),
+    (lambda n: "_set-dbs_" in n or "desc-convergent" in n or "peakConvergent" in n, "dbs"),
+    (lambda n: "_desc-ale" in n, "ale"),
+)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A 6-subject demo connectome, its group level and the report of it."""
+    """A small demo run with the demo plan (every analysis), and its report."""
+    from bids_cnm.demo import main as demo_main
+
     root = tmp_path_factory.mktemp("report")
-    demo = make_demo_dataset(root, n_subjects=6, n_volumes=50)
+    extra = ["--n-permutations", "100", "--nipype-plugin", "Linear"]
+    assert demo_main([str(root), "--n-subjects", "6", "--n-volumes", "50", "--nprocs", "1",
+                      *extra]) == 0
     out = root / "derivatives"
-    command = [str(demo.bids_dir), str(out), "group", "--coordinates", str(demo.coordinates),
-               "-w", str(root / "work"), "--nipype-plugin", "Linear"]
-    assert main(command) == 0
     start = time.perf_counter()
-    report = build_report(out, command=["bids_cnm", *command])
+    report = build_report(out, command=["bids_cnm-demo", str(root), *extra], n_procs=2)
     seconds = time.perf_counter() - start
-    return {"out": out, "report": report, "seconds": seconds, "command": command}
+    return {"out": out, "report": report, "seconds": seconds}
 
 
 @pytest.fixture(scope="module")
@@ -137,21 +178,72 @@ def page(run) -> Page:
     return parse(run["report"])
 
 
-def test_report_is_written_quickly(run):
+def test_report_is_small_and_written_quickly(run):
     assert run["report"] == run["out"] / REPORT_NAME
-    assert run["report"].stat().st_size > 10_000
-    # the demo report takes ~5-10 s; generous bound for slow CI machines
+    size = run["report"].stat().st_size
+    print(f"report: {size / 1e6:.2f} MB in {run['seconds']:.1f} s")
+    assert 10_000 < size < 3_000_000
+    # ~10 s on 2 free cores; generous for shared CI machines
     assert run["seconds"] < 60, f"report took {run['seconds']:.1f} s"
 
 
-def test_sections_and_navigation(page):
-    for section in CORE_SECTIONS:
-        assert section in page.sections, section
-        assert f"#{section}" in page.nav_links, section
-    assert page.sections[0] == "summary" and page.sections[-1] == "provenance"
-    # the demo has no sensitivity/specificity/validation/DBS outputs: no optional section
-    assert not [s for s in page.sections if s.startswith("opt-")]
-    assert "cnm-error" not in page.classes and "cnm-error-list" not in page.classes
+def test_sections_follow_the_paper_and_the_menu_follows_them(page):
+    order = ["summary", "inputs", "network", "seeds", "sensitivity", "specificity",
+             "validation", "dbs", "ale", "provenance"]
+    assert [s for s in page.sections if s in order] == order
+    assert page.nav_links == [f"#{s}" for s in page.sections]
+    assert "cnm-error" not in page.classes, "an error is shown in the report"
+    for title in page.headings:  # headings in words, not entity strings
+        assert "_" not in title and "set-" not in title and "thresh-" not in title, title
+
+
+def _expected_sections(out: Path) -> dict[str, set[str]]:
+    expected: dict[str, set[str]] = {}
+    for path in sorted(out.glob("*")):
+        if path.suffix == ".json":
+            continue
+        for rule, section in SECTION_OF:
+            if rule(path.name):
+                expected.setdefault(section, set()).add(path.name)
+                break
+    return expected
+
+
+def test_every_analysis_has_its_section_and_figure(run, page):
+    expected = _expected_sections(run["out"])
+    assert set(expected) == {s for _, s in SECTION_OF}, "the demo plan runs every analysis"
+    for section, names in expected.items():
+        shown = set(page.ids[section].get("data-analyses", "").split())
+        assert names <= shown, (section, sorted(names - shown)[:5])
+        assert page.images_in[section] >= 1, section
+    # one group, with a figure, per validation analysis of the plan
+    for path in run["out"].glob("*_desc-roioverlap*_summary.tsv"):
+        name = path.name.split("desc-roioverlap")[1].split("_")[0].lower()
+        assert page.images_in[f"validation-roioverlap-{name}"] >= 1, name
+    for key in ("validation-roitoroi", "dbs-network", "dbs-convergent"):
+        assert page.images_in[key] >= 1, key
+
+
+def test_summary_has_the_key_numbers(run, page):
+    table = page.tables_by_id["key-numbers"]
+    analyses = [row[0] for row in table["rows"]]
+    for word in ("Overlap network", "Specificity", "Validation", "ROI-to-ROI", "DBS",
+                 "Convergent", "ALE"):
+        assert any(a.startswith(word) for a in analyses), (word, analyses)
+    dbs = pd.read_csv(next(run["out"].glob("*_desc-dbs_summary.tsv")), sep="\t")
+    row = table["rows"][analyses.index("DBS network")]
+    assert f"{dbs['loo_r'].iloc[0]:.3g}" in row[2]
+
+
+def test_no_figure_is_empty(page):
+    from PIL import Image
+
+    for img in page.images:
+        png = base64.b64decode(img["src"].split(",", 1)[1], validate=True)
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)
+        background = np.median(pixels.reshape(-1, 3), axis=0)
+        drawn = (np.abs(pixels - background).sum(axis=2) > 30).mean()
+        assert drawn > 0.01, (img["alt"], drawn)
 
 
 def test_self_contained(page, run):
@@ -163,7 +255,6 @@ def test_self_contained(page, run):
 
 
 def test_every_image_is_an_embedded_png_with_a_caption(page):
-    assert len(page.images) >= 6  # coordinates, 2 sets x (slices, axial, glass, pos, neg), seeds
     for img in page.images:
         src = img["src"]
         assert src.startswith("data:image/png;base64,"), src[:40]
@@ -174,18 +265,18 @@ def test_every_image_is_an_embedded_png_with_a_caption(page):
     assert all(len(c) > 20 for c in page.captions)
 
 
-def test_peak_tables_equal_the_tsv(page, run):
-    peaks = sorted(run["out"].glob("*_peaks.tsv"))
-    assert len(peaks) == 2  # sets primary and control, one threshold
+def test_peak_tables_equal_the_tsv_with_labels(page, run):
+    peaks = sorted(p for p in run["out"].glob("*_thresh-5p1_peaks.tsv") if "variant" not in
+                   p.name and "set-random" not in p.name)
+    assert peaks
     for path in peaks:
         expected = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         shown = page.tables[path.name]
-        assert shown["header"] == list(expected.columns)
-        assert shown["rows"] == expected.values.tolist()
-        numbers = pd.DataFrame(shown["rows"], columns=shown["header"])
-        for column in ("x", "y", "z", "value", "cluster_size_mm3"):
-            np.testing.assert_array_equal(numbers[column].astype(float),
-                                          pd.read_csv(path, sep="\t")[column].to_numpy(float))
+        assert shown["header"][:len(expected.columns)] == list(expected.columns)
+        assert [r[:len(expected.columns)] for r in shown["rows"]] == expected.values.tolist()
+        assert shown["header"][-1] == "label"
+        labels = [r[-1] for r in shown["rows"]]
+        assert all(labels) and any(lab not in ("not cortical",) for lab in labels)
 
 
 def test_inputs_table_equals_seeds_tsv(page, run):
@@ -195,21 +286,17 @@ def test_inputs_table_equals_seeds_tsv(page, run):
     assert shown["rows"] == expected.values.tolist()
 
 
-def test_summary_and_provenance_come_from_the_derivatives(run, page):
+def test_provenance_comes_from_the_derivatives(run, page):
     text = run["report"].read_text(encoding="utf-8")
-    sidecar = json.loads(next(run["out"].glob("*desc-overlap_boldmap.json")).read_text())
-    assert sidecar["NumberOfSubjects"] == 6
-    summary = text[text.index('id="summary-list"'):text.index("</ul>", text.index("summary-list"))]
-    assert "Connectome subjects:</span> 6" in summary
-    seeds = pd.read_csv(run["out"] / "seeds.tsv", sep="\t")
-    assert f"{len(seeds)} seeds" in summary
-    assert "|t| &gt; 5.1" in summary and "MNI152NLin2009aAsym" in summary
     assert "versions" in page.ids and "settings" in page.ids
-    for name in ("bids_cnm", "numpy", "nilearn", "nipype", "pybids"):
+    for name in ("bids_cnm", "numpy", "nilearn", "nipype", "pybids", "jinja2"):
         assert f"<th>{name}</th>" in text, name
-    assert "<th>t_threshold</th><td>5.1</td>" in text  # settings read from the sidecars
-    assert "--nipype-plugin Linear" in text
-    assert "bids_cnm coordinate network mapping" in text  # dataset_description.json
+    assert "--n-permutations 100" in text
+    summary = page.tables_by_id["summary-list"]["rows"]
+    connectome = dict((r[0], r[1]) for r in [page.tables_by_id["summary-list"]["header"],
+                                             *summary])
+    assert "6 subjects" in connectome["Connectome"]
+    assert connectome["Main threshold"] == "|t| > 5.1"
 
 
 def test_index_agrees_with_pybids(run):
@@ -237,71 +324,9 @@ def test_index_agrees_with_pybids(run):
     assert checked > 20
 
 
-def _add_optional_outputs(out: Path) -> None:
-    """Files of later analyses (sensitivity, specificity, validation, DBS) on the demo grid."""
-    overlap = next(out.glob("*set-primary*desc-overlap_boldmap.nii.gz"))
-    img = nb.load(overlap)
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    prefix = overlap.name.split("_thresh-")[0]
-    names = ["main", "thresh-4", "d9mm"]
-    matrix = pd.DataFrame([[1.0, 0.9, 0.8], [0.9, 1.0, 0.7], [0.8, 0.7, 1.0]],
-                          index=names, columns=names)
-    matrix.insert(0, "variant", names)
-    matrix.to_csv(out / f"{prefix}_desc-sensitivity_correlations.tsv", sep="\t", index=False)
-    stem = f"{prefix}_control-control"
-    nb.Nifti1Image(data * 40, img.affine).to_filename(out / f"{stem}_stat-tfce_boldmap.nii.gz")
-    nb.Nifti1Image(np.abs(data) * 3, img.affine).to_filename(
-        out / f"{stem}_stat-logpFWE_boldmap.nii.gz")
-    rng = np.random.default_rng(0)
-    pd.DataFrame({"group": ["IGE"] * 10 + ["HC"] * 10,
-                  "overlap_pct": np.r_[rng.normal(30, 5, 10), rng.normal(10, 5, 10)]}).to_csv(
-        out / f"{prefix}_desc-roioverlap_stats.tsv", sep="\t", index=False)
-    (out / f"{prefix}_desc-roioverlap_stats.json").write_text(json.dumps({"p": 0.001}))
-    nb.Nifti1Image(data * 0.5, img.affine).to_filename(
-        out / f"{prefix}_desc-convergent_boldmap.nii.gz")
-    (out / f"{prefix}_desc-dbs_stats.tsv").write_text("not\ta table\n\"unclosed\n")  # broken
-
-
-def test_optional_sections_render_when_their_files_exist(run, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(run["out"], out)
-    _add_optional_outputs(out)
-    page = parse(build_report(out))
-    for section in ("opt-sensitivity", "opt-specificity", "opt-validation",
-                    "opt-dbs-and-convergent-networks"):
-        assert section in page.sections, section
-        assert f"#{section}" in page.nav_links
-    assert page.sections[-1] == "provenance"
-    text = (out / REPORT_NAME).read_text(encoding="utf-8")
-    assert next(out.glob("*_desc-roioverlap_stats.tsv")).name in page.tables
-    assert len(page.images) > len(parse(run["report"]).images) + 5
-    for img in page.images:
-        png_size(base64.b64decode(img["src"].split(",", 1)[1]))
-    # a file a renderer cannot read shows an error in place (and in the summary);
-    # the rest of the report stands
-    assert text.count('class="cnm-error"') == 1
-    assert "cnm-error-list" in page.classes
-    assert "desc-dbs_stats.tsv" in text[text.index('class="cnm-error"'):][:400]
-
-
-def test_a_new_kind_of_output_is_one_registry_line(run, tmp_path):
-    from bids_cnm.reports.optional import REGISTRY, Renderer, optional_sections, render_table
-    from bids_cnm.reports.report import _make_context
-
-    out = tmp_path / "out"
-    shutil.copytree(run["out"], out)
-    pd.DataFrame({"study": ["a", "b"], "score": [1.5, 2.5]}).to_csv(
-        out / "space-MNI_desc-foo_stats.tsv", sep="\t", index=False)
-    registry = [*REGISTRY, Renderer("*_desc-foo*.tsv", "Foo analysis", render_table)]
-    sections = optional_sections(_make_context(out, None), registry)
-    assert [s.title for s in sections] == ["Foo analysis"]
-    assert "<td>2.5</td>" in sections[0].body
-    assert optional_sections(_make_context(out, None)) == []  # not in the default registry
-
-
 def test_name_parsing_and_matrix_layouts():
     from bids_cnm.reports.index import parse_name, threshold_value
-    from bids_cnm.reports.optional import read_matrix
+    from bids_cnm.reports.tables import read_matrix
 
     assert parse_name("task-rest_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz") == (
         {"task": "rest", "set": "primary", "thresh": "5p1", "desc": "overlap"}, "boldmap",
@@ -323,7 +348,7 @@ def test_name_parsing_and_matrix_layouts():
 def test_seed_cap_keeps_every_set():
     from bids_cnm.reports.context import ReportContext
     from bids_cnm.reports.index import DerivativesIndex
-    from bids_cnm.reports.report import MAX_SEED_PANELS, _pick_seeds
+    from bids_cnm.reports.sections.network import MAX_SEED_PANELS, _pick_seeds
 
     ctx = ReportContext(index=DerivativesIndex.__new__(DerivativesIndex), settings={})
     ids = [f"p{i}" for i in range(40)] + [f"c{i}" for i in range(10)] + ["r0", "r1"]
@@ -370,17 +395,60 @@ def test_report_renders_in_chromium(run, page, tmp_path):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (/usr/bin/chromium)")
-def test_report_screenshot(run, tmp_path):
-    """A full-width screenshot: the navigation bar is drawn, and the page is not blank."""
+def test_every_section_renders_at_1400_px(run, tmp_path):
+    """Screenshot the page at 1400 px; the page's own script reports where each section is.
+    A section whose area is blank (almost only background) fails."""
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None
+    result = _chromium(["--window-size=1400,1000", "--dump-dom", run["report"].as_uri()],
+                       tmp_path / "profile-dom")
+    dom = Page()
+    dom.feed(result.stdout)
+    layout = json.loads(dom.ids["report-status"]["data-sections"])
+    height = max(top + h for _, top, h in layout) + 50
     shot = tmp_path / "report.png"
-    result = _chromium([f"--screenshot={shot}", "--window-size=1280,4000", "--hide-scrollbars",
-                        run["report"].as_uri()], tmp_path / "profile-shot")
+    result = _chromium([f"--screenshot={shot}", f"--window-size=1400,{height}",
+                        "--hide-scrollbars", run["report"].as_uri()], tmp_path / "profile-shot")
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
-    assert pixels.shape[:2] == (4000, 1280)
-    navbar = pixels[5:40, :, :].reshape(-1, 3).mean(axis=0)
-    assert np.all(np.abs(navbar - [0x34, 0x3A, 0x40]) < 30), navbar  # the dark fixed bar
-    body = pixels[60:]
-    assert (body.sum(axis=2) < 600).mean() > 0.02  # figures and text, not an empty page
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=int)
+    assert pixels.shape[1] == 1400
+    navbar = pixels[5:40].mean()
+    assert navbar < 90, navbar  # the dark fixed bar is drawn
+    assert [name for name, _, _ in layout][:1] == ["summary"]
+    for name, top, h in layout:
+        area = pixels[top + 50: top + h]  # below the section's heading
+        assert area.size, name
+        inked = (area < 200).mean()
+        assert inked > 0.01, (name, inked)
+        assert area.std() > 10, name
+
+
+def test_templates_escape_every_text():
+    from bids_cnm.reports.blocks import Group, Section, Table, note
+    from bids_cnm.reports.render import render_page
+
+    evil = '<script>alert("x")</script>'
+    section = Section("s", evil, [note(evil), Group("g", evil, [Table(
+        pd.DataFrame({evil: [evil]}), source=evil)])])
+    html = render_page([section], evil, evil)
+    assert "<script>alert" not in html
+    assert html.count("&lt;script&gt;alert(") >= 6
+
+
+def test_index_can_be_restricted_to_a_list_of_files(tmp_path):
+    from bids_cnm.reports.index import DerivativesIndex
+
+    for name in ("space-A_desc-a_mask.nii.gz", "space-A_desc-b_mask.nii.gz", "seeds.tsv"):
+        (tmp_path / name).write_text("x")
+    for name in ("space-A_desc-a_mask.json", "space-A_desc-b_mask.json"):
+        (tmp_path / name).write_text("{}")
+    every = DerivativesIndex(tmp_path)
+    some = DerivativesIndex(tmp_path, only=["space-A_desc-a_mask.nii.gz"])
+    assert len(every.get(suffix="mask")) == 4 and every.first("seeds.tsv") is not None
+    assert [f.name for f in some.get(suffix="mask", extension=".nii.gz")] == [
+        "space-A_desc-a_mask.nii.gz"]
+    assert some.first("seeds.tsv") is None
+    # the listed file's sidecar follows it, not the others'
+    assert [f.name for f in some.get(suffix="mask", extension=".json")] == [
+        "space-A_desc-a_mask.json"]

@@ -17,6 +17,8 @@ def build_report(
     command: list[str] | None = None,
     settings: dict | None = None,
     versions: dict | None = None,
+    files=None,
+    n_procs: int | None = None,
 ) -> Path:
     """Write ``output_dir/bids_cnm_report.html`` from the derivatives on disk.
 
@@ -24,4 +26,5 @@ def build_report(
     """
     from bids_cnm.reports.report import build_report as _build
 
-    return _build(output_dir, command=command, settings=settings, versions=versions)
+    return _build(output_dir, command=command, settings=settings, versions=versions,
+                  files=files, n_procs=n_procs)

@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import nibabel as nb
 import numpy as np
 import pandas as pd
 
-from bids_cnm.reports.index import DerivativesIndex
+from bids_cnm.reports.index import DerivativesIndex, DerivFile
 
-__all__ = ["Section", "ReportContext", "NIFTI", "parse_coordinates"]
+__all__ = ["ReportContext", "KeyNumber", "NIFTI", "parse_coordinates"]
 
 NIFTI = (".nii.gz", ".nii")
 
 
 @dataclass
-class Section:
-    """One section of the report (``body`` is HTML)."""
+class KeyNumber:
+    """One row of the summary's table of key numbers."""
 
-    id: str
-    title: str
-    body: str
+    analysis: str
+    result: str
+    statistic: str = ""
+    p: str = ""
+    section: str = ""  # id of the section that shows it
 
 
 @dataclass
 class ReportContext:
-    """Shared state of one report."""
+    """Shared state of one report: read once, filled in by the section builders."""
 
     index: DerivativesIndex
     settings: dict
@@ -36,14 +38,38 @@ class ReportContext:
     seed_variants: dict[str, str] = field(default_factory=dict)  # seed id -> variant
     set_colors: dict[str, str] = field(default_factory=dict)
     threshold: float | None = None
-    mask: nb.spatialimages.SpatialImage | None = None
+    mask: DerivFile | None = None  # the analysis mask
+    plan: dict | None = None  # plan.json, when the run had an analysis plan
     errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    drawn: set = field(default_factory=set)  # paths a renderer has shown already
+    warnings: list[str] = field(default_factory=list)
+    key_numbers: list[KeyNumber] = field(default_factory=list)
+    shown: set[Path] = field(default_factory=set)  # files a section has shown
 
     def main_seeds(self) -> list[str]:
         """Seed ids of the main variant (all seeds when there is no ``variant`` column)."""
         return [s for s in self.coords if self.seed_variants.get(s, "main") == "main"]
+
+    def show(self, *files: DerivFile | Path | None) -> list[str]:
+        """Mark files as shown; returns their names (for captions)."""
+        names = []
+        for f in files:
+            if f is None:
+                continue
+            path = f.path if isinstance(f, DerivFile) else Path(f)
+            self.shown.add(path)
+            names.append(path.name)
+        return names
+
+    def set_is_primary(self, name: str) -> bool:
+        """Whether a set holds studies (the plan's primary sets; default the first set)."""
+        primary = (self.plan or {}).get("primary_sets")
+        if primary:
+            return name in primary
+        return bool(self.set_colors) and name == next(iter(self.set_colors))
+
+    @property
+    def mask_path(self) -> Path | None:
+        return self.mask.path if self.mask is not None else None
 
 
 def parse_coordinates(text: str) -> np.ndarray:

@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import nibabel as nb
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 __all__ = [
-    "DPI", "fast_gc", "new_figure", "to_png", "robust_abs_max", "coordinates_glass_brain",
-    "stat_map_ortho", "stat_map_mosaic", "glass_brain", "Panel", "glass_grid",
-    "heatmap", "distributions", "bars", "SET_COLORS",
+    "DPI", "fast_gc", "new_figure", "to_png", "load", "clean", "finite_data",
+    "robust_abs_max", "coordinates_glass_brain", "stat_map_ortho", "stat_map_mosaic",
+    "zoomed_slices", "values_glass_brain", "Panel", "glass_grid", "slices_grid", "heatmap",
+    "null_histogram", "group_strip", "scatter_fit", "bars", "SET_COLORS",
 ]
 
 DPI = 90
@@ -74,8 +79,23 @@ def to_png(fig: Figure, dpi: int = DPI, tight: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-def finite_data(img: nb.spatialimages.SpatialImage) -> np.ndarray:
+ImageLike = nb.spatialimages.SpatialImage | str | os.PathLike
+
+
+def load(img: ImageLike) -> nb.spatialimages.SpatialImage:
+    """An image from an image or a path (figure jobs carry paths: they pickle cheaply)."""
+    return img if isinstance(img, nb.spatialimages.SpatialImage) else nb.load(img)
+
+
+def clean(img: ImageLike) -> nb.Nifti1Image:
+    """The image (3-D, float32) with non-finite values and placeholders set to 0."""
+    img = load(img)
+    return nb.Nifti1Image(finite_data(img), img.affine)
+
+
+def finite_data(img: ImageLike) -> np.ndarray:
     """3-D float data with non-finite values and placeholders (|v| > 1e30) set to 0."""
+    img = load(img)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4:
         data = data[..., 0]
@@ -116,79 +136,144 @@ def coordinates_glass_brain(points: Mapping[str, np.ndarray], colors: Mapping[st
     return png
 
 
+@lru_cache(maxsize=1)
+def background() -> nb.Nifti1Image:
+    """nilearn's MNI152 template at 2 mm, loaded once (before the drawing processes fork,
+    so they share it): the slices' background."""
+    from nilearn.datasets import load_mni152_template
+
+    template = load_mni152_template(resolution=2)
+    return nb.Nifti1Image(np.asarray(template.dataobj, dtype=np.float32), template.affine)
+
+
+def _stat_kwargs(vmax: float, symmetric: bool) -> dict:
+    common = {"bg_img": background()}
+    if symmetric:
+        return {"vmax": vmax, "symmetric_cbar": True, **common}
+    return {"vmin": 0.0, "vmax": vmax, "symmetric_cbar": False, **common}
+
+
+def _colorbar_label(fig: Figure, label: str | None) -> None:
+    """Name the colour bar nilearn drew (the last axes), beside it and out of the ticks' way."""
+    if label and fig.axes:
+        fig.axes[-1].tick_params(labelsize=7)
+        fig.text(0.995, 0.995, label, ha="right", va="top", fontsize=8)
+
+
 def stat_map_ortho(
-    img: nb.spatialimages.SpatialImage,
+    img: ImageLike,
     cut_coords: Sequence[float] | None,
     vmax: float,
     threshold: float,
     symmetric: bool = True,
     cmap: str = "RdBu_r",
     title: str | None = None,
+    cbar_label: str | None = None,
+    markers: np.ndarray | None = None,
 ) -> bytes:
     """Orthogonal slices of a map on the MNI template, crossing at ``cut_coords``."""
     from nilearn import plotting
 
     _freeze()
     fig = new_figure(9.0, 3.2)
-    kwargs = {"vmax": vmax, "symmetric_cbar": True} if symmetric else {"vmin": 0.0, "vmax": vmax,
-                                                                       "symmetric_cbar": False}
-    plotting.plot_stat_map(
-        img, display_mode="ortho", cut_coords=cut_coords, threshold=threshold, cmap=cmap,
-        figure=fig, title=title, black_bg=False, dim=-0.3, draw_cross=True, **kwargs,
+    display = plotting.plot_stat_map(
+        clean(img), display_mode="ortho", cut_coords=cut_coords, threshold=threshold,
+        cmap=cmap, figure=fig, title=title, black_bg=False, dim=-0.3, draw_cross=True,
+        annotate=True, **_stat_kwargs(vmax, symmetric),
     )
-    png = to_png(fig)
-    return png
+    if markers is not None and len(markers):
+        display.add_markers(np.asarray(markers, float), marker_color="#2ca02c",
+                            marker_size=18, edgecolors="black", linewidths=0.5)
+    _colorbar_label(fig, cbar_label)
+    return to_png(fig)
 
 
 def stat_map_mosaic(
-    img: nb.spatialimages.SpatialImage,
+    img: ImageLike,
     z_cuts: Sequence[float],
     vmax: float,
     threshold: float,
     symmetric: bool = True,
     cmap: str = "RdBu_r",
+    cbar_label: str | None = None,
 ) -> bytes:
     """Axial slices of a map at the given z (mm)."""
     from nilearn import plotting
 
     _freeze()
-    fig = new_figure(max(2.0 * len(z_cuts) + 1.0, 6.0), 2.6)
-    kwargs = {"vmax": vmax, "symmetric_cbar": True} if symmetric else {"vmin": 0.0, "vmax": vmax,
-                                                                       "symmetric_cbar": False}
+    fig = new_figure(max(1.7 * len(z_cuts) + 1.2, 6.0), 2.3)
     plotting.plot_stat_map(
-        img, display_mode="z", cut_coords=list(z_cuts), threshold=threshold, cmap=cmap,
-        figure=fig, black_bg=False, dim=-0.3, **kwargs,
+        clean(img), display_mode="z", cut_coords=list(z_cuts), threshold=threshold,
+        cmap=cmap, figure=fig, black_bg=False, dim=-0.3, **_stat_kwargs(vmax, symmetric),
     )
-    png = to_png(fig)
-    return png
+    _colorbar_label(fig, cbar_label)
+    return to_png(fig)
 
 
-def glass_brain(
-    img: nb.spatialimages.SpatialImage,
+def zoomed_slices(
+    img: ImageLike,
+    center: Sequence[float],
+    references: Sequence[tuple[str, Sequence[float]]],
     vmax: float,
     threshold: float,
+    radius: float = 28.0,
     symmetric: bool = True,
     cmap: str = "RdBu_r",
-    title: str | None = None,
-    width: float = 9.0,
-    markers: np.ndarray | None = None,
+    cbar_label: str | None = None,
 ) -> bytes:
-    """A signed glass brain (maximum-intensity projections in three views)."""
+    """Orthogonal slices through ``center`` zoomed to +-``radius`` mm, with the peak
+    (a cross) and labelled reference points (dots)."""
     from nilearn import plotting
 
     _freeze()
-    fig = new_figure(width, width / 2.9)
-    kwargs = {"vmin": -vmax, "vmax": vmax, "symmetric_cbar": True} if symmetric else {
-        "vmin": 0.0, "vmax": vmax, "symmetric_cbar": False}
-    display = plotting.plot_glass_brain(
-        img, display_mode="ortho", plot_abs=False, threshold=threshold, cmap=cmap,
-        colorbar=True, figure=fig, title=title, **kwargs,
+    fig = new_figure(9.0, 3.3)
+    center = [float(c) for c in center]
+    display = plotting.plot_stat_map(
+        clean(img), display_mode="ortho", cut_coords=center, threshold=threshold,
+        cmap=cmap, figure=fig, black_bg=False, dim=-0.3, draw_cross=True, annotate=False,
+        **_stat_kwargs(vmax, symmetric),
     )
-    if markers is not None and len(markers):
-        display.add_markers(np.asarray(markers, float), marker_color="#2ca02c", marker_size=14,
-                            edgecolors="black", linewidths=0.4)
-    png = to_png(fig)
-    return png
+    refs = np.asarray([xyz for _, xyz in references], float).reshape(-1, 3)
+    if len(refs):
+        display.add_markers(refs, marker_color="#2ca02c", marker_size=30, edgecolors="black",
+                            linewidths=0.6)
+    # (cut, horizontal axis, vertical axis) of nilearn's ortho views
+    for cut, h, v in (("x", 1, 2), ("y", 0, 2), ("z", 0, 1)):
+        ax = display.axes[cut].ax
+        ax.set_xlim(center[h] - radius, center[h] + radius)
+        ax.set_ylim(center[v] - radius, center[v] + radius)
+        for (label, _), xyz in zip(references, refs):
+            near = abs(xyz[{"x": 0, "y": 1, "z": 2}[cut]] - center[{"x": 0, "y": 1, "z": 2}[cut]])
+            if near <= 6 and abs(xyz[h] - center[h]) < radius and abs(xyz[v] - center[v]) < radius:
+                ax.annotate(label, (xyz[h], xyz[v]), xytext=(4, 4), textcoords="offset points",
+                            fontsize=7, color="#145214")
+        ax.set_title({"x": f"x = {center[0]:g}", "y": f"y = {center[1]:g}",
+                      "z": f"z = {center[2]:g}"}[cut], fontsize=8, color="black")
+    _colorbar_label(fig, cbar_label)
+    return to_png(fig)
+
+
+def values_glass_brain(xyz: np.ndarray, values: Sequence[float], label: str,
+                       cmap: str = "viridis") -> bytes:
+    """Points (e.g. electrode spheres) on a glass brain, coloured by a value."""
+    from nilearn import plotting
+
+    _freeze()
+    values = np.asarray(values, float)
+    fig = new_figure(9.5, 3.3)
+    display = plotting.plot_glass_brain(None, display_mode="lyrz", figure=fig, annotate=True)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    norm = Normalize(low, high if high > low else low + 1.0)
+    colors = [colormaps[cmap](norm(v)) if np.isfinite(v) else (0.6, 0.6, 0.6, 1)
+              for v in values]
+    display.add_markers(np.asarray(xyz, float), marker_color=colors, marker_size=40,
+                        edgecolors="black", linewidths=0.5)
+    cax = fig.add_axes([0.35, 0.06, 0.3, 0.035])
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return to_png(fig)
 
 
 @dataclass
@@ -196,7 +281,7 @@ class Panel:
     """One map of :func:`glass_grid`."""
 
     label: str
-    img: nb.spatialimages.SpatialImage
+    img: ImageLike
     coords: np.ndarray | None = None  # (n, 3) MNI mm, drawn as dots
     color: str = "black"  # of the label
 
@@ -219,7 +304,7 @@ def _grid_extent(affine: np.ndarray, shape: Sequence[int]) -> list[tuple[float, 
 
 def glass_grid(
     panels: Sequence[Panel],
-    mask: nb.spatialimages.SpatialImage | None,
+    mask: ImageLike | None,
     threshold: float,
     vmax: float | None = None,
     ncols: int = 3,
@@ -234,7 +319,7 @@ def glass_grid(
     costs ~0.3 s; this ~0.02 s per map), so dozens of maps stay fast.  All maps
     must share one grid.
     """
-    canonical = [nb.as_closest_canonical(p.img) for p in panels]
+    canonical = [nb.as_closest_canonical(load(p.img)) for p in panels]
     shown_maps = []
     for img in canonical:
         data = finite_data(img)
@@ -246,7 +331,7 @@ def glass_grid(
     extent = _grid_extent(affine, shape)
     mask_data = None
     if mask is not None:
-        mask_c = nb.as_closest_canonical(mask)
+        mask_c = nb.as_closest_canonical(load(mask))
         if mask_c.shape[:3] == tuple(shape) and np.allclose(mask_c.affine, affine):
             mask_data = np.asarray(mask_c.dataobj) > 0
     # the views show the mask's bounding box (plus a voxel), not the whole grid
@@ -349,38 +434,171 @@ def heatmap(
     return to_png(fig, tight=True)
 
 
-def distributions(
+def null_histogram(
+    null: np.ndarray,
+    observed: float,
+    p: float | None,
+    xlabel: str,
+    alternative: str | None = None,
+) -> bytes:
+    """The null distribution as a histogram, the observed value as a red line with its p."""
+    null = np.asarray(null, float)
+    null = null[np.isfinite(null)]
+    fig = new_figure(5.6, 2.9)
+    ax = fig.add_axes([0.12, 0.18, 0.84, 0.7])
+    ax.hist(null, bins=min(40, max(10, null.size // 20)), color="#9aa5b1",
+            edgecolor="white", linewidth=0.4)
+    ax.axvline(observed, color="#d62728", linewidth=2)
+    text = f"observed {observed:.3g}"
+    if p is not None and np.isfinite(p):
+        text += f"\np = {p:.3g}" + (f" ({alternative})" if alternative else "")
+    right = observed >= np.median(null) if null.size else True
+    ax.text(0.98 if right else 0.02, 0.95, text, transform=ax.transAxes, fontsize=8,
+            ha="right" if right else "left", va="top", color="#d62728")
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(f"null draws (n = {null.size})", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return to_png(fig)
+
+
+def group_strip(
     groups: Mapping[str, np.ndarray],
     ylabel: str,
-    title: str | None = None,
-    reference: float | None = None,
+    annotation: str = "",
 ) -> bytes:
-    """Box plots with the individual values jittered on top (one box per group)."""
+    """Two (or more) groups as jittered points with their mean and 95% CI of the mean."""
     names = list(groups)
-    values = [np.asarray(groups[n], dtype=float) for n in names]
-    values = [v[np.isfinite(v)] for v in values]
-    fig = new_figure(min(max(1.1 * len(names) + 2.0, 4.5), 12.0), 3.6)
-    ax = fig.add_axes([0.12, 0.24, 0.84, 0.66])
-    positions = np.arange(1, len(names) + 1)
-    ax.boxplot(values, positions=positions, widths=0.55, showfliers=False,
-               medianprops={"color": "#d62728"}, boxprops={"color": "#444444"},
-               whiskerprops={"color": "#444444"}, capprops={"color": "#444444"})
+    fig = new_figure(max(3.2, 1.3 * len(names) + 1.8), 3.3)
+    ax = fig.add_axes([0.2, 0.14, 0.75, 0.68])
     rng = np.random.default_rng(0)
-    for k, v in enumerate(values):
+    for k, name in enumerate(names):
+        v = np.asarray(groups[name], float)
+        v = v[np.isfinite(v)]
+        color = SET_COLORS[k % len(SET_COLORS)]
+        ax.scatter(k + rng.uniform(-0.12, 0.12, v.size), v, s=22, color=color, alpha=0.75,
+                   edgecolors="black", linewidths=0.3, zorder=3)
         if v.size:
-            jitter = rng.uniform(-0.16, 0.16, v.size)
-            ax.scatter(positions[k] + jitter, v, s=10, alpha=0.6,
-                       color=SET_COLORS[k % len(SET_COLORS)], edgecolors="none", zorder=3)
-    if reference is not None:
-        ax.axhline(reference, color="#888888", linewidth=0.8, linestyle="--")
-    ax.set_xticks(positions)
-    ax.set_xticklabels(names, rotation=30 if len(names) > 4 else 0,
-                       ha="right" if len(names) > 4 else "center", fontsize=8)
-    ax.set_ylabel(ylabel)
+            mean = v.mean()
+            half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0
+            ax.errorbar(k + 0.3, mean, yerr=half, fmt="o", color="black", capsize=4,
+                        markersize=5, zorder=4)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{n}\n(n = {len(groups[n])})" for n in names], fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.3)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
     ax.spines[["top", "right"]].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return to_png(fig, tight=True)
+    if annotation:
+        fig.text(0.5, 0.97, annotation, ha="center", va="top", fontsize=8)
+    return to_png(fig)
+
+
+def scatter_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    xlabel: str,
+    ylabel: str,
+    annotation: str = "",
+    labels: Sequence[str] | None = None,
+) -> bytes:
+    """A scatter with its least-squares line (e.g. predicted similarity vs outcome)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    fig = new_figure(4.6, 3.6)
+    ax = fig.add_axes([0.16, 0.15, 0.78, 0.7])
+    ax.scatter(x[ok], y[ok], s=30, color="#1f77b4", edgecolors="black", linewidths=0.4,
+               zorder=3)
+    if ok.sum() >= 2 and np.ptp(x[ok]) > 0:
+        slope, intercept = np.polyfit(x[ok], y[ok], 1)
+        grid = np.linspace(x[ok].min(), x[ok].max(), 2)
+        ax.plot(grid, slope * grid + intercept, color="#d62728", linewidth=1.2)
+    if labels is not None:
+        for xi, yi, lab, good in zip(x, y, labels, ok):
+            if good:
+                ax.annotate(str(lab), (xi, yi), xytext=(3, 3), textcoords="offset points",
+                            fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    if annotation:
+        ax.set_title(annotation, fontsize=9)
+    return to_png(fig)
+
+
+def _row_mosaic(volume: np.ndarray, ks: Sequence[int], box: tuple[slice, slice]) -> np.ndarray:
+    """Axial slices ``ks`` of a canonical volume, cropped to ``box``, side by side
+    (separated by a blank column) as one 2-D image (rows: y, columns: x)."""
+    parts = []
+    for k in ks:
+        parts.append(volume[box[0], box[1], k].T)
+        parts.append(np.full((parts[-1].shape[0], 1), np.nan))
+    return np.hstack(parts[:-1])
+
+
+def slices_grid(
+    items: Sequence[tuple[str, ImageLike]],
+    z_cuts: Sequence[float],
+    vmax: float,
+    threshold: float,
+    mask: ImageLike | None = None,
+    cmap: str = "RdBu_r",
+    value_label: str = "value",
+    symmetric: bool = True,
+) -> bytes:
+    """Small multiples: one row per map, its axial slices at ``z_cuts`` (mm), over the
+    ``mask`` in light grey; one colour scale.
+
+    Each row is one ``imshow`` of the slices side by side on the maps' own grid (all
+    maps share one grid), so dozens of maps stay fast.
+    """
+    imgs = [nb.as_closest_canonical(load(path)) for _, path in items]
+    affine = imgs[0].affine
+    shape = imgs[0].shape[:3]
+    mask_data = np.ones(shape, bool)
+    if mask is not None:
+        m = nb.as_closest_canonical(load(mask))
+        if m.shape[:3] == tuple(shape) and np.allclose(m.affine, affine):
+            mask_data = np.asarray(m.dataobj) > 0
+    inv = np.linalg.inv(affine)
+    ks = [int(np.clip(round((inv @ [0, 0, z, 1])[2]), 0, shape[2] - 1)) for z in z_cuts]
+    nonzero = np.nonzero(mask_data)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in nonzero[:2]) \
+        if mask_data.any() else (slice(None), slice(None))
+    background_row = _row_mosaic(mask_data.astype(float), ks, box)
+    height, width = background_row.shape
+    label_w, bar_h = 2.0, 0.6
+    row_w = min(1.0 * len(ks), 7.5)
+    row_h = row_w * height / width
+    fig_w, fig_h = label_w + row_w + 0.1, row_h * len(imgs) + bar_h
+    fig = new_figure(fig_w, fig_h)
+    norm = Normalize(-vmax if symmetric else 0.0, vmax)
+    image = None
+    for row, ((label, _), img) in enumerate(zip(items, imgs)):
+        data = finite_data(img)
+        shown = np.where(np.abs(data) > threshold, data, np.nan)
+        bottom = fig_h - (row + 1) * row_h
+        ax = fig.add_axes([label_w / fig_w, bottom / fig_h, row_w / fig_w, row_h / fig_h])
+        ax.set_axis_off()
+        ax.imshow(np.where(background_row > 0, 0.12, np.nan), origin="lower", cmap="Greys",
+                  vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+        image = ax.imshow(_row_mosaic(shown, ks, box), origin="lower", cmap=cmap, norm=norm,
+                          interpolation="nearest", aspect="auto")
+        fig.text(0.06 / fig_w, (bottom + row_h / 2) / fig_h, label, ha="left", va="center",
+                 fontsize=8)
+    slice_w = row_w / len(ks)
+    for col, z in enumerate(z_cuts):
+        fig.text((label_w + (col + 0.5) * slice_w) / fig_w, (bar_h - 0.05) / fig_h,
+                 f"z = {z:g}", ha="center", va="top", fontsize=7)
+    if image is not None:
+        cax = fig.add_axes([label_w / fig_w, 0.12 / fig_h, min(3.0, row_w) / fig_w,
+                            0.1 / fig_h])
+        bar = fig.colorbar(image, cax=cax, orientation="horizontal")
+        bar.ax.tick_params(labelsize=7)
+        fig.text((label_w - 0.1) / fig_w, 0.17 / fig_h, value_label, ha="right",
+                 va="center", fontsize=8)
+    return to_png(fig)
 
 
 def bars(labels: Sequence[str], values: Sequence[float], xlabel: str,

@@ -18,6 +18,7 @@ import fnmatch
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,12 +111,19 @@ class DerivativesIndex:
     ----------
     root : Path
         The bids_cnm output directory.
+    only : iterable of path, optional
+        Index only these files (paths absolute or relative to ``root``), e.g. the
+        files a run manifest lists; default every file found.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, only: Iterable[str | Path] | None = None) -> None:
         self.root = Path(root)
         self.files: list[DerivFile] = []
         self.participants: list[str] = []
+        self.only = None if only is None else {
+            (self.root / p).resolve() if not Path(p).is_absolute() else Path(p).resolve()
+            for p in only}
+        self._only_stems = {p.with_name(p.name.split(".")[0]) for p in self.only or ()}
         for folder, dirs, names in os.walk(self.root):
             here = Path(folder)
             if here == self.root:
@@ -130,6 +138,10 @@ class DerivativesIndex:
             for name in sorted(names):
                 if name.startswith(".") or name.endswith(".part"):
                     continue
+                if self.only is not None and (here / name).resolve() not in self.only \
+                        and not (name.endswith(".json") and (here / name.split(".")[0])
+                                 .resolve() in self._only_stems):
+                    continue  # a sidecar follows its file
                 parsed = parse_name(name)
                 if parsed is None:
                     continue
@@ -181,4 +193,7 @@ class DerivativesIndex:
     def first(self, name: str) -> Path | None:
         """A top-level file by exact name (``seeds.tsv``, ``dataset_description.json``)."""
         path = self.root / name
+        if self.only is not None and path.resolve() not in self.only \
+                and not name.endswith(".json"):
+            return None
         return path if path.is_file() else None
