@@ -5,19 +5,15 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
-import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
 
-from bids_cnm.cli.run import main
-from bids_cnm.demo.data import make_demo_dataset
 from bids_cnm.reports import REPORT_NAME, build_report
 
 CHROMIUM = Path("/usr/bin/chromium")

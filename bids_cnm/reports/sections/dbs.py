@@ -23,7 +23,6 @@ def _first(ctx: ReportContext, **entities):
 
 
 def _dbs_blocks(ctx: ReportContext) -> list:
-    index = ctx.index
     blocks: list = []
     network = _first(ctx, suffix="boldmap", desc="dbs", extension=NIFTI)
     if network is not None:
