@@ -1,6 +1,6 @@
 """Allow ``python -m bids_cnm``."""
 
-from bids_cnm.cli.run import main
+from bids_cnm.cli.run import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()

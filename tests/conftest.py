@@ -124,3 +124,17 @@ def tiny_connectome(tmp_path_factory) -> Path:
 def tiny_coordinates(tmp_path_factory) -> Path:
     """Coordinates for the tiny connectome: 3 primary studies in network A, 1 control."""
     return write_coordinates(tmp_path_factory.mktemp("coords") / "coords.tsv", TINY_COORDS)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_bids_cnm_logger():
+    """Each test starts with the 'bids_cnm' logger as a library leaves it (propagating, no
+    handler of its own): the CLI, run in-process by earlier tests or fixtures, gives it its
+    own stderr handler and stops propagation, which would hide its messages from caplog."""
+    import logging
+
+    logger = logging.getLogger("bids_cnm")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+    yield

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,3 +282,80 @@ def test_stale_temporaries_swept(tmp_path):
         path.write_bytes(b"")
     assert sorted(sweep_temporaries(tmp_path)) == sorted([stale, part])
     assert all(p.exists() for p in keep)
+
+
+# --------------------------------------------------------------------------------------
+# Interrupting a run (issue 9, item 11)
+
+
+def _children(pid: int) -> set[int]:
+    """PIDs of a process's children (Linux /proc)."""
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids |= {int(k) for k in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_multiproc_run(tiny_connectome, tiny_coordinates, tmp_path):
+    import subprocess
+    import time
+
+    command = [sys.executable, "-m", "bids_cnm", str(tiny_connectome), str(tmp_path / "out"),
+               "group", "--coordinates", str(tiny_coordinates), "-w", str(tmp_path / "work"),
+               "--nipype-plugin", "MultiProc", "--nprocs", "2"]
+    # stderr to a file: workers inherit it, and a pipe would stay open while any lives
+    log = open(tmp_path / "stderr.log", "w+")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    started = tmp_path / "work" / "cnm_wf"  # the workflow runs: the handlers are set
+    while time.time() < deadline and proc.poll() is None and not (workers and started.exists()):
+        time.sleep(0.05)
+        workers = _children(proc.pid)
+    if not workers:
+        proc.kill()
+        pytest.skip("the run ended before its worker processes could be seen")
+    return proc, workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigterm_stops_the_workers_with_one_line(tiny_connectome, tiny_coordinates, tmp_path):
+    import signal
+    import time
+
+    proc, workers = _start_multiproc_run(tiny_connectome, tiny_coordinates, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("bids_cnm: terminated")
+    assert "Traceback" not in stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "worker processes outlived the run"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigkill_of_the_main_process_ends_its_workers(tiny_connectome, tiny_coordinates,
+                                                      tmp_path):
+    import time
+
+    proc, workers = _start_multiproc_run(tiny_connectome, tiny_coordinates, tmp_path)
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "orphaned workers kept running"

@@ -9,6 +9,7 @@ that says what to fix and a BIDS-Apps exit code.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -16,6 +17,7 @@ import time
 # reads local files only.  bids_cnm.cli (imported before this module) already set
 # NIPYPE_NO_ET unless the user chose otherwise; see bids_cnm.cli.environment.
 
+from bids_cnm.cli import interrupt
 from bids_cnm.cli.parser import parse_args
 from bids_cnm.cli.workflow import build_workflow, execute
 from bids_cnm.config import Config
@@ -85,6 +87,7 @@ def _sweep(inputs) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    interrupt.install()
     try:
         config = parse_args(argv)
         setup_logging(config.verbosity)
@@ -92,10 +95,31 @@ def main(argv: list[str] | None = None) -> int:
     except CNMError as exc:
         print(f"bids_cnm: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("bids_cnm: interrupted; run the same command again to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        interrupt.acknowledge()
+        stopped = interrupt.stop_workers()
+        what = "terminated" if isinstance(exc, interrupt.Terminated) else "interrupted"
+        workers = f" ({stopped} worker process(es) stopped)" if stopped else ""
+        print(f"bids_cnm: {what}{workers}; run the same command again to resume.",
+              file=sys.stderr)
+        # the shell's convention for a process ended by SIGTERM / SIGINT
+        return 143 if isinstance(exc, interrupt.Terminated) else 130
+
+
+def console() -> None:
+    """The ``bids_cnm`` command: :func:`main`, then exit with its code.
+
+    An interrupted run exits at once after its message: the interpreter's exit handlers
+    would otherwise wait for the process pool's threads, which the stopped workers may
+    leave waiting.  Every output is already complete or absent (written atomically).
+    """
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()
