@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydantic
 import pytest
 import yaml
 
@@ -537,7 +538,7 @@ def test_schema_key_is_ignored_and_models_are_frozen(inputs):
     plan = load_plan(write_plan(inputs, content, "json"))
     assert plan == load_plan(write_plan(inputs, full_plan()))
     assert "$schema" not in plan.to_dict()
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         plan.random_seed = 4  # type: ignore[misc]
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         plan.validation.roi_overlap[0].spheres.diameter = 4  # type: ignore[misc]

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLAN_MD = REPO / "docs" / "plan.md"
 SCHEMA_JSON = Path(__file__).resolve().parents[1] / "data" / "plan.schema.json"
 
-_BLOCK = re.compile(r"(<!-- plan-schema: (\w+) -->\n\n).*?(\n<!-- /plan-schema -->)", re.S)
+_BLOCK = re.compile(r"(<!-- plan-schema: (\w+) -->\n\n).*?(\n<!-- /plan-schema -->)", re.DOTALL)
 
 
 def _docs(field: FieldInfo) -> Doc:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import annotated_types as at
 from pydantic import (
@@ -139,8 +140,7 @@ def _scalar_text(value: Any) -> Any:
     if isinstance(value, bool):
         raise invalid(f"got {type_name(value)}", "YAML reads unquoted yes/no/true/false/on/off "
                       "as booleans; quote the value as it is written in the table (e.g. 'yes')")
-    if isinstance(value, int) or (isinstance(value, float) and abs(value) != float("inf")
-                                  and value == value):
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
         return str(value)
     if isinstance(value, str) and value.strip():
         return value.strip()
@@ -188,9 +188,8 @@ FilePath = Annotated[Path, BeforeValidator(_path_check("file"), json_schema_inpu
 DirPath = Annotated[Path, BeforeValidator(_path_check("dir"), json_schema_input_type=str),
                     Doc("path")]
 SetNames = Annotated[tuple[Text, ...], at.MinLen(1), Doc("list of set names")]
-ScalarText = Annotated[str, BeforeValidator(_scalar_text,
-                                            json_schema_input_type=Union[str, float])]
-SelectItem = Annotated[Union[str, int], BeforeValidator(_select_item)]
+ScalarText = Annotated[str, BeforeValidator(_scalar_text, json_schema_input_type=str | float)]
+SelectItem = Annotated[str | int, BeforeValidator(_select_item)]
 Alternative = Literal["greater", "less", "two-sided"]
 MapStat = Literal["t", "z", "r"]
 
@@ -246,8 +245,8 @@ class Image(Section):
 
 MapRef = Annotated[
     Image,  # or one of the map names: the wrap validator takes those before Image does
-    WrapValidator(_map_ref, json_schema_input_type=Union[
-        Annotated[str, Field(pattern=_MAP_PATTERN)], Image]),
+    WrapValidator(_map_ref, json_schema_input_type=(
+        Annotated[str, Field(pattern=_MAP_PATTERN)] | Image)),
     WrapSerializer(lambda value, handler: value if isinstance(value, str) else handler(value)),
     Doc("map"),
 ]
@@ -259,7 +258,7 @@ class Spheres(Section):
     table: FilePath = Field(description="table with columns `x`, `y`, `z` (MNI mm); any "
                             "others are kept")
     diameter: Mm = Field(6.0, description="sphere diameter")
-    label_column: Optional[Text] = Field(None, description="column naming the spheres "
+    label_column: Text | None = Field(None, description="column naming the spheres "
                                          "(default `name` or `label` if present, else "
                                          "`roi1`, `roi2`…)")
 
@@ -267,10 +266,10 @@ class Spheres(Section):
 class Masks(Section):
     """Binary mask images (e.g. lesions): a folder, a list of files, or a table of files."""
 
-    folder: Optional[DirPath] = Field(None, description="every `.nii`/`.nii.gz` of the folder")
-    files: Optional[Annotated[tuple[FilePath, ...], at.MinLen(1)]] = Field(
+    folder: DirPath | None = Field(None, description="every `.nii`/`.nii.gz` of the folder")
+    files: Annotated[tuple[FilePath, ...], at.MinLen(1)] | None = Field(
         None, description="the mask files")
-    table: Optional[FilePath] = Field(None, description="table whose `file_column` lists the "
+    table: FilePath | None = Field(None, description="table whose `file_column` lists the "
                                       "files (relative to `folder` when given, else to the "
                                       "table), one row per ROI, with any group columns")
     file_column: Text = Field("file", description="column of `table` with the files")
@@ -290,10 +289,10 @@ class Atlas(Section):
     """Regions of an integer-label atlas image with a label table (``index``, ``name``)."""
 
     image: FilePath = Field(description="integer-label image (resampled nearest-neighbour)")
-    labels: Optional[FilePath] = Field(None, description="table with `index`, `name` and any "
+    labels: FilePath | None = Field(None, description="table with `index`, `name` and any "
                                        "columns")
-    select: Optional[Annotated[tuple[SelectItem, ...], at.MinLen(1), BeforeValidator(
-        _listify, json_schema_input_type=Union[SelectItem, list[SelectItem]])]] = Field(
+    select: Annotated[tuple[SelectItem, ...], at.MinLen(1), BeforeValidator(
+        _listify, json_schema_input_type=SelectItem | list[SelectItem])] | None = Field(
         None, description="region names or indices (default every region)")
 
 
@@ -305,10 +304,10 @@ class Null(Section):
         "without replacement; `spheres`: as many spheres centred on random voxels of the "
         "analysis mask")
     n_draws: Int1 = Field(10000, description="number of draws")
-    diameter: Annotated[Optional[Mm], Doc(default="the ROIs' sphere diameter")] = Field(
+    diameter: Annotated[Mm | None, Doc(default="the ROIs' sphere diameter")] = Field(
         None, description="random spheres' diameter (`spheres`; required when the ROIs are "
         "not spheres)")
-    atlas: Annotated[Optional[Atlas], Doc(default="the ROIs' atlas, all regions")] = Field(
+    atlas: Annotated[Atlas | None, Doc(default="the ROIs' atlas, all regions")] = Field(
         None, description="the atlas to draw from (`regions`; `select` restricts the "
         "candidates, e.g. to cortical regions)")
     alternative: Alternative = Field(
@@ -321,7 +320,7 @@ class Null(Section):
         "the voxels of `within_mask` inside the analysis mask; `auto` = `cortex` when every "
         "ROI sphere centre lies in the shell or outside the mask (electrode-like sets, e.g. "
         "10–20 positions), else `brain`")
-    within_mask: Optional[FilePath] = Field(None, description="the NIfTI mask of `within: "
+    within_mask: FilePath | None = Field(None, description="the NIfTI mask of `within: "
                                             "mask` (resampled nearest-neighbour)")
     shell_mm: Mm = Field(5.0, description="thickness of the `cortex` shell")
 
@@ -371,22 +370,22 @@ class ROIOverlap(Section):
 
     name: Label = Field(description="names the outputs (`desc-roioverlap<name>`)")
     network: MapRef = Field("overlap", description="the network whose overlap is measured")
-    spheres: Optional[Spheres] = Field(
+    spheres: Spheres | None = Field(
         None, description="ROIs as spheres: `table` (columns `x`, `y`, `z` in MNI mm, any "
         "others kept), `diameter` (mm, default 6), `label_column` (default `name` or "
         "`label` if present, else `roi1`, `roi2`…)")
-    masks: Optional[Masks] = Field(
+    masks: Masks | None = Field(
         None, description="ROIs as mask images (e.g. lesions), resampled nearest-neighbour "
         "onto the grid: `folder` (every `.nii`/`.nii.gz`) or `files` (a list), and "
         "optionally `table` whose `file_column` (default `file`) lists the files, one row "
         "per ROI, with any group columns")
-    atlas: Optional[Atlas] = Field(
+    atlas: Atlas | None = Field(
         None, description="ROIs as atlas regions: `image` (integer labels, resampled "
         "nearest-neighbour), `labels` (TSV with `index`, `name` and any columns), `select` "
         "(names or indices; default every region)")
-    null_model: Optional[Null] = Field(
+    null_model: Null | None = Field(
         None, description="null distribution of the set's mean overlap (below)")
-    compare: Optional[Compare] = Field(
+    compare: Compare | None = Field(
         None, description="`column`, `a`, `b`: Welch t-test of the ROIs whose `column` is "
         "`a` against those whose `column` is `b`")
     statistic: Literal["mean_of_regions", "pooled"] = Field(
@@ -418,8 +417,7 @@ class ROIOverlap(Section):
 
 
 MapRefs = Annotated[tuple[MapRef, ...], at.MinLen(1), Doc("map or list of maps"),
-                    BeforeValidator(_listify, json_schema_input_type=Union[MapRef,
-                                                                           list[MapRef]])]
+                    BeforeValidator(_listify, json_schema_input_type=MapRef | list[MapRef])]
 
 
 class SpatialCorrelation(Section):
@@ -428,12 +426,12 @@ class SpatialCorrelation(Section):
     one_of: ClassVar[tuple[str, ...]] = ("seeds", "image")
 
     name: Label = Field(description="`desc-spatialcorr<name>`")
-    seeds: Optional[Spheres] = Field(
+    seeds: Spheres | None = Field(
         None, description="a reference *seed network* computed in the same pass over the "
         "connectome: `table` (`x`, `y`, `z`), `diameter` (default 6); all spheres are united "
         "into ONE seed (id `ref<name>`, set `reference`), e.g. the nodes of the "
         "somato-cognitive action network (SCAN)")
-    image: Optional[FilePath] = Field(None, description="a reference NIfTI map (resampled "
+    image: FilePath | None = Field(None, description="a reference NIfTI map (resampled "
                                       "linearly onto the grid)")
     network: MapRefs = Field(("overlap",), description="the networks correlated with the "
                              "reference")
@@ -469,7 +467,7 @@ class ROIToROI(Section):
                             "`name`: one row per node (e.g. the centroids of a "
                             "canonical-network parcellation), at least 2 networks")
     diameter: Mm = Field(6.0, description="sphere diameter of a node")
-    sets: Annotated[Optional[SetNames], Doc("list of sets", "`primary_sets`")] = Field(
+    sets: Annotated[SetNames | None, Doc("list of sets", "`primary_sets`")] = Field(
         None, description="whose seeds (each subject's value averages the sets' seeds and "
         "the network's nodes)")
     test: Literal[ROI_TO_ROI_TESTS] = Field(  # type: ignore[valid-type]
@@ -489,9 +487,9 @@ class Region(Section):
 
     one_of: ClassVar[tuple[str, ...]] = ("spheres", "atlas", "mask")
 
-    spheres: Optional[Spheres] = Field(None, description="union of spheres")
-    atlas: Optional[Atlas] = Field(None, description="union of atlas regions")
-    mask: Optional[FilePath] = Field(None, description="a NIfTI mask")
+    spheres: Spheres | None = Field(None, description="union of spheres")
+    atlas: Atlas | None = Field(None, description="union of atlas regions")
+    mask: FilePath | None = Field(None, description="a NIfTI mask")
 
 
 class Peak(Section):
@@ -502,7 +500,7 @@ class Peak(Section):
     region: Region = Field(description="exactly one of `spheres` (`table`, `diameter`: union "
                            "of spheres), `atlas` (`image`, `labels`, `select`: union of "
                            "regions), `mask` (a NIfTI)")
-    references: Optional[FilePath] = Field(None, description="TSV `label`, `x`, `y`, `z`: "
+    references: FilePath | None = Field(None, description="TSV `label`, `x`, `y`, `z`: "
                                            "distances from the peak (e.g. thalamic nuclei)")
     sign: Literal["positive", "negative", "abs"] = Field(
         "positive", description="maximum, minimum or largest absolute value")
@@ -527,7 +525,7 @@ class Validation(Section):
     roi_overlap: tuple[ROIOverlap, ...] = Field((), description="ROI overlaps (below)")
     spatial_correlation: tuple[SpatialCorrelation, ...] = Field(
         (), description="spatial correlations with reference maps")
-    roi_to_roi: Optional[ROIToROI] = Field(None, description="connectivity of the study seeds "
+    roi_to_roi: ROIToROI | None = Field(None, description="connectivity of the study seeds "
                                            "to the networks of a parcellation")
     peaks: tuple[Peak, ...] = Field((), description="peaks of maps inside regions")
 
@@ -555,7 +553,7 @@ class DBS(Section):
     vat_model: Literal["kuncel2008", "maedler2012", "dembek2017"] = Field(
         "kuncel2008", description="amplitude → VAT radius for contacts (see "
         "`bids_cnm.analyses.dbs.vat_radius_mm`)")
-    unit: Optional[Literal["mA", "V"]] = Field(None, description="amplitude unit when the "
+    unit: Literal["mA", "V"] | None = Field(None, description="amplitude unit when the "
                                                "table has no `unit` column")
     network: MapRef = Field("overlap", description="the coordinate network compared with and "
                             "combined into the convergent network")
@@ -576,11 +574,11 @@ class ALE(Section):
     n_iters: Int1 = Field(10000, description="Monte-Carlo iterations")
     voxel_thresh: Fraction = Field(0.001, description="cluster-forming voxel-level p")
     cluster_threshold: Fraction = Field(0.05, description="cluster-level FWE alpha")
-    sample_size_column: Optional[Text] = Field(
+    sample_size_column: Text | None = Field(
         None, description="coordinate-table column with each study's sample size (else "
         "`sample_size`/`n` when present, else `default_sample_size`)")
     default_sample_size: Int1 = Field(20, description="sample size of studies without one")
-    sets: Annotated[Optional[SetNames], Doc("list of sets", "`primary_sets`")] = Field(
+    sets: Annotated[SetNames | None, Doc("list of sets", "`primary_sets`")] = Field(
         None, description="coordinates meta-analysed")
     target: Literal["mni152_2mm", "mni152_1mm", "ale_2mm"] = Field(
         "mni152_2mm", description="NiMARE template (maps are written on its grid: "
@@ -616,18 +614,18 @@ class Plan(Section):
 
     primary_sets: SetNames = Field(("primary",), description="sets whose studies make the "
                                    "coordinate network")
-    control_sets: Annotated[Optional[Annotated[tuple[Text, ...], Doc("list of set names")]],
+    control_sets: Annotated[Annotated[tuple[Text, ...], Doc("list of set names")] | None,
                             Doc(default="every other set")] = Field(
         None, description="control sets (`[]`: none)")
     random_seed: Int0 = Field(0, description="seed of every random draw")
     validation: Annotated[Validation, Doc(default="see below")] = Field(
         default_factory=Validation, description="the validation analyses")
-    dbs: Optional[DBS] = Field(None, description="the DBS analyses")
-    ale: Optional[ALE] = Field(None, description="the ALE meta-analysis (`ale: {}` for the "
+    dbs: DBS | None = Field(None, description="the DBS analyses")
+    ale: ALE | None = Field(None, description="the ALE meta-analysis (`ale: {}` for the "
                                "defaults)")
 
     # the plan file, for messages: kept out of the schema, of to_dict and of equality
-    _source: Optional[str] = PrivateAttr(None)
+    _source: str | None = PrivateAttr(None)
 
     @property
     def source(self) -> str | None:
