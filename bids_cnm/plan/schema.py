@@ -259,8 +259,8 @@ class Spheres(Section):
                             "others are kept")
     diameter: Mm = Field(6.0, description="sphere diameter")
     label_column: Text | None = Field(None, description="column naming the spheres "
-                                         "(default `name` or `label` if present, else "
-                                         "`roi1`, `roi2`…)")
+                                      "(default `name` or `label` if present, else "
+                                      "`roi1`, `roi2`…)")
 
 
 class Masks(Section):
@@ -270,8 +270,8 @@ class Masks(Section):
     files: Annotated[tuple[FilePath, ...], at.MinLen(1)] | None = Field(
         None, description="the mask files")
     table: FilePath | None = Field(None, description="table whose `file_column` lists the "
-                                      "files (relative to `folder` when given, else to the "
-                                      "table), one row per ROI, with any group columns")
+                                   "files (relative to `folder` when given, else to the "
+                                   "table), one row per ROI, with any group columns")
     file_column: Text = Field("file", description="column of `table` with the files")
 
     @model_validator(mode="after")
@@ -290,7 +290,7 @@ class Atlas(Section):
 
     image: FilePath = Field(description="integer-label image (resampled nearest-neighbour)")
     labels: FilePath | None = Field(None, description="table with `index`, `name` and any "
-                                       "columns")
+                                    "columns")
     select: Annotated[tuple[SelectItem, ...], at.MinLen(1), BeforeValidator(
         _listify, json_schema_input_type=SelectItem | list[SelectItem])] | None = Field(
         None, description="region names or indices (default every region)")
@@ -321,7 +321,7 @@ class Null(Section):
         "ROI sphere centre lies in the shell or outside the mask (electrode-like sets, e.g. "
         "10–20 positions), else `brain`")
     within_mask: FilePath | None = Field(None, description="the NIfTI mask of `within: "
-                                            "mask` (resampled nearest-neighbour)")
+                                         "mask` (resampled nearest-neighbour)")
     shell_mm: Mm = Field(5.0, description="thickness of the `cortex` shell")
 
     @model_validator(mode="after")
@@ -432,7 +432,7 @@ class SpatialCorrelation(Section):
         "into ONE seed (id `ref<name>`, set `reference`), e.g. the nodes of the "
         "somato-cognitive action network (SCAN)")
     image: FilePath | None = Field(None, description="a reference NIfTI map (resampled "
-                                      "linearly onto the grid)")
+                                   "linearly onto the grid)")
     network: MapRefs = Field(("overlap",), description="the networks correlated with the "
                              "reference")
     stat: MapStat = Field("t", description="which map of the reference seed (`seeds` only)")
@@ -501,7 +501,7 @@ class Peak(Section):
                            "of spheres), `atlas` (`image`, `labels`, `select`: union of "
                            "regions), `mask` (a NIfTI)")
     references: FilePath | None = Field(None, description="TSV `label`, `x`, `y`, `z`: "
-                                           "distances from the peak (e.g. thalamic nuclei)")
+                                        "distances from the peak (e.g. thalamic nuclei)")
     sign: Literal["positive", "negative", "abs"] = Field(
         "positive", description="maximum, minimum or largest absolute value")
 
@@ -526,7 +526,7 @@ class Validation(Section):
     spatial_correlation: tuple[SpatialCorrelation, ...] = Field(
         (), description="spatial correlations with reference maps")
     roi_to_roi: ROIToROI | None = Field(None, description="connectivity of the study seeds "
-                                           "to the networks of a parcellation")
+                                        "to the networks of a parcellation")
     peaks: tuple[Peak, ...] = Field((), description="peaks of maps inside regions")
 
     @model_validator(mode="after")
@@ -554,7 +554,7 @@ class DBS(Section):
         "kuncel2008", description="amplitude → VAT radius for contacts (see "
         "`bids_cnm.analyses.dbs.vat_radius_mm`)")
     unit: Literal["mA", "V"] | None = Field(None, description="amplitude unit when the "
-                                               "table has no `unit` column")
+                                            "table has no `unit` column")
     network: MapRef = Field("overlap", description="the coordinate network compared with and "
                             "combined into the convergent network")
     convergent: Flag = Field(True, description="compute the convergent network")
@@ -622,7 +622,7 @@ class Plan(Section):
         default_factory=Validation, description="the validation analyses")
     dbs: DBS | None = Field(None, description="the DBS analyses")
     ale: ALE | None = Field(None, description="the ALE meta-analysis (`ale: {}` for the "
-                               "defaults)")
+                            "defaults)")
 
     # the plan file, for messages: kept out of the schema, of to_dict and of equality
     _source: str | None = PrivateAttr(None)
