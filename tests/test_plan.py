@@ -527,6 +527,8 @@ def test_json_schema_accepts_the_example_plans(tmp_path):
     ("validation.roi_overlap[2].null_model.kind", "random"), ("ale.voxel_thresh", 1.5),
     ("validation.roi_overlap[0].name", "EEG_fMRI"), ("validation.controls", "yes"),
     ("validation.spatial_correlation[0].network", ["tmap"]), ("primary_sets", []),
+    ("validation.roi_overlap[0].atlas", {"image": "atlas.nii.gz"}),
+    ("validation.peaks[0].region", {}),
 ])
 def test_json_schema_rejects_what_the_loader_rejects(key, value):
     errors = list(_json_validator().iter_errors(_set(copy.deepcopy(full_plan()), key, value)))

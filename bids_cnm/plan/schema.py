@@ -213,6 +213,14 @@ class Section(BaseModel):
     # treat it as its own
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict:
+        # "exactly one of" in the JSON Schema too, so editors flag it
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        if cls.one_of:
+            schema["oneOf"] = [{"required": [key]} for key in cls.one_of]
+        return schema
+
     @model_validator(mode="before")
     @classmethod
     def _keys(cls, data: Any) -> Any:
