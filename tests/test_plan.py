@@ -497,7 +497,7 @@ def test_committed_json_schema_is_generated_from_the_models(capsys):
     from bids_cnm.plan.docs import SCHEMA_JSON
     from bids_cnm.plan.schema import main
 
-    assert main() == 0  # python -m bids_cnm.plan.schema
+    assert main() == 0  # python -m bids_cnm.plan
     assert SCHEMA_JSON.read_text() == capsys.readouterr().out, (
         "bids_cnm/data/plan.schema.json differs from the models: run "
         "`python -m bids_cnm.cli.docs`")

@@ -2,10 +2,10 @@
 ALE analyses run on the group results.
 
 ``schema`` holds the plan's records as pydantic models, the one source of the loader's
-validation, of the committed JSON Schema and of the key tables of ``docs/plan.md``
-(written by ``docs``); ``load`` reads a plan file and words its errors (key path and
-fix); ``tables`` reads the tables a plan points at.  May import only
-:mod:`bids_cnm.errors`.
+validation, of the committed JSON Schema (``python -m bids_cnm.plan`` prints it) and of
+the key tables of ``docs/plan.md`` (written by ``docs``); ``load`` reads a plan file and
+words its errors (key path and fix); ``tables`` reads the tables a plan points at.  May
+import only :mod:`bids_cnm.errors`.
 """
 
 from bids_cnm.plan.load import load_plan, plan_from_dict

@@ -1,7 +1,7 @@
 """The analysis plan's schema: one set of pydantic models.
 
 The loader's validation (:mod:`bids_cnm.plan.load`), the committed JSON Schema
-(``bids_cnm/data/plan.schema.json``, printed by ``python -m bids_cnm.plan.schema``) and
+(``bids_cnm/data/plan.schema.json``, printed by ``python -m bids_cnm.plan``) and
 the key tables of ``docs/plan.md`` (:mod:`bids_cnm.plan.docs`) all come from these models,
 so they cannot disagree.  Every model is frozen and picklable (plans travel through nipype
 nodes); the attribute interface is that of the frozen dataclasses they replaced.
@@ -730,15 +730,11 @@ def json_schema() -> dict:
 
 
 def schema_text() -> str:
-    """``plan.schema.json`` as committed (and as ``python -m bids_cnm.plan.schema`` prints it)."""
+    """``plan.schema.json`` as committed (and as ``python -m bids_cnm.plan`` prints it)."""
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def main() -> int:
-    """``python -m bids_cnm.plan.schema``: print the JSON Schema of a plan file."""
+    """``python -m bids_cnm.plan``: print the JSON Schema of a plan file."""
     sys.stdout.write(schema_text())
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
