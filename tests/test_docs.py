@@ -89,3 +89,13 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         assert (tmp_path / "html" / f"{page}.html").exists(), page
     methods = (tmp_path / "html" / "methods.html").read_text()
     assert "math" in methods  # the equations were parsed as math, not left as text
+
+
+def test_plan_md_tables_are_generated_from_the_schema():
+    from bids_cnm.plan.docs import PLAN_MD, plan_markdown
+
+    text = PLAN_MD.read_text()
+    assert text.count("<!-- plan-schema: ") == 9
+    assert text == plan_markdown(text), (
+        "docs/plan.md's key tables differ from bids_cnm/plan/schema.py: run "
+        "`python -m bids_cnm.cli.docs`")

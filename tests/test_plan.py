@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydantic
 import pytest
 import yaml
 
@@ -477,3 +478,69 @@ def test_demo_plan_uses_every_analysis(tmp_path):
             for p in patients if len(p.contacts)]
     outcome = [p.outcome for p in patients if len(p.contacts)]
     assert np.corrcoef(dist, outcome)[0, 1] < -0.8
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+
+def _json_validator():
+    jsonschema = pytest.importorskip("jsonschema")
+    from bids_cnm.plan.docs import SCHEMA_JSON
+
+    schema = json.loads(SCHEMA_JSON.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def test_committed_json_schema_is_generated_from_the_models(capsys):
+    from bids_cnm.plan.docs import SCHEMA_JSON
+    from bids_cnm.plan.schema import main
+
+    assert main() == 0  # python -m bids_cnm.plan
+    assert SCHEMA_JSON.read_text() == capsys.readouterr().out, (
+        "bids_cnm/data/plan.schema.json differs from the models: run "
+        "`python -m bids_cnm.cli.docs`")
+
+
+def test_json_schema_accepts_the_example_plans(tmp_path):
+    from bids_cnm.demo.plan import make_demo_plan
+
+    validator = _json_validator()
+    demo = make_demo_plan(tmp_path / "demo")
+    text = demo.read_text()
+    # the first line points editors at the schema, written beside the plan
+    first = text.splitlines()[0]
+    assert first == "# yaml-language-server: $schema=plan.schema.json"
+    assert (demo.parent / "plan.schema.json").read_text() == json.dumps(
+        validator.schema, indent=2, ensure_ascii=False) + "\n"
+    validator.validate(yaml.safe_load(text))
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plan.md").read_text()
+    example = docs.split("## A complete example", 1)[1].split("```yaml\n", 1)[1]
+    validator.validate(yaml.safe_load(example.split("```", 1)[0]))
+    validator.validate(full_plan())
+    validator.validate(Plan().to_dict())
+
+
+@pytest.mark.parametrize("key,value", [
+    ("validaton", {}), ("validation.roi_overlap[0].nul", {}), ("random_seed", -1),
+    ("validation.roi_overlap[2].null_model.kind", "random"), ("ale.voxel_thresh", 1.5),
+    ("validation.roi_overlap[0].name", "EEG_fMRI"), ("validation.controls", "yes"),
+    ("validation.spatial_correlation[0].network", ["tmap"]), ("primary_sets", []),
+    ("validation.roi_overlap[0].atlas", {"image": "atlas.nii.gz"}),
+    ("validation.peaks[0].region", {}),
+])
+def test_json_schema_rejects_what_the_loader_rejects(key, value):
+    errors = list(_json_validator().iter_errors(_set(copy.deepcopy(full_plan()), key, value)))
+    assert errors, f"{key}={value!r} passes the JSON Schema"
+
+
+def test_schema_key_is_ignored_and_models_are_frozen(inputs):
+    content = {"$schema": "plan.schema.json", **full_plan()}
+    plan = load_plan(write_plan(inputs, content, "json"))
+    assert plan == load_plan(write_plan(inputs, full_plan()))
+    assert "$schema" not in plan.to_dict()
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        plan.random_seed = 4  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        plan.validation.roi_overlap[0].spheres.diameter = 4  # type: ignore[misc]

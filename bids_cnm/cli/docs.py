@@ -2,10 +2,13 @@
 
 Both files are committed; the tests compare them with what this module
 generates, so an option added to :func:`bids_cnm.cli.parser.build_parser` that
-is not documented fails the tests until they are regenerated::
+is not documented fails the tests until they are regenerated.  The same command
+rewrites the files generated from the analysis plan's schema (the key tables of
+``docs/plan.md`` and ``bids_cnm/data/plan.schema.json``, see
+:mod:`bids_cnm.plan.docs`)::
 
-    python -m bids_cnm.cli.docs            # rewrite docs/cli.md and boutiques.json
-    python -m bids_cnm.cli.docs --check    # exit 1 when either is out of date
+    python -m bids_cnm.cli.docs            # rewrite every generated file
+    python -m bids_cnm.cli.docs --check    # exit 1 when one is out of date
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 
 from bids_cnm import __version__, errors
 from bids_cnm.cli.parser import build_parser
+from bids_cnm.plan.docs import PLAN_MD, SCHEMA_JSON, plan_markdown
+from bids_cnm.plan.schema import schema_text
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_MD = REPO / "docs" / "cli.md"
@@ -404,14 +409,16 @@ def boutiques_text(parser: argparse.ArgumentParser | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write (or ``--check``) docs/cli.md and boutiques.json."""
+    """Write (or ``--check``) docs/cli.md, boutiques.json and the plan's generated files."""
     cli = argparse.ArgumentParser(prog="python -m bids_cnm.cli.docs", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--check", action="store_true",
                      help="exit 1 when a generated file differs from the committed one")
     args = cli.parse_args(argv)
     stale = []
-    for path, text in ((CLI_MD, cli_markdown()), (BOUTIQUES_JSON, boutiques_text())):
+    generated = ((CLI_MD, cli_markdown()), (BOUTIQUES_JSON, boutiques_text()),
+                 (PLAN_MD, plan_markdown(PLAN_MD.read_text())), (SCHEMA_JSON, schema_text()))
+    for path, text in generated:
         current = path.read_text() if path.exists() else None
         if current == text:
             continue

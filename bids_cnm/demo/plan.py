@@ -30,8 +30,9 @@ reference study (Ji et al. 2025) but placed on the networks planted by
     DMN thalamic blob.
 ``dmn_loading.nii.gz``
     The planted DMN loading map (a reference image for a spatial correlation).
-``plan.yml``
-    A plan that runs every analysis on these inputs, the ALE with 100 iterations.
+``plan.yml`` (+ ``plan.schema.json``)
+    A plan that runs every analysis on these inputs, the ALE with 100 iterations; its
+    first line points editors at the plan's JSON Schema beside it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import pandas as pd
 
 from bids_cnm.analyses.roi import sphere_mask, voxel_to_world, world_to_voxel
 from bids_cnm.demo.data import NETWORK_BLOBS, load_grid_mask, loading_maps
+from bids_cnm.plan.schema import schema_text
 
 __all__ = ["make_demo_plan", "DEMO_PLAN_NAME", "main"]
 
@@ -260,11 +262,14 @@ def make_demo_plan(demo_dir: str | os.PathLike, resolution: int = 4,
                     ignore_index=True)
     dbs.to_csv(out / "dbs.tsv", sep="\t", index=False, na_rep="n/a")
 
+    # the schema beside the plan, so an editor validates and completes it offline
+    (out / "plan.schema.json").write_text(schema_text())
     (out / DEMO_PLAN_NAME).write_text(_PLAN_TEXT)
     return out / DEMO_PLAN_NAME
 
 
 _PLAN_TEXT = """\
+# yaml-language-server: $schema=plan.schema.json
 # Analysis plan of the bids_cnm demo: every analysis on synthetic inputs.
 # Paths are relative to this file's folder.  See docs/plan.md.
 primary_sets: [primary]
