@@ -74,7 +74,7 @@ from bids_cnm.analyses.validation import (
 )
 from bids_cnm.errors import CNMError, InputDataError, MissingInputError, ReadError
 from bids_cnm.engine.group_results import GroupResults
-from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json, write_tsv
+from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json
 from bids_cnm.plan import (
     DBS_MAPS,
     Atlas,
@@ -144,6 +144,11 @@ _COLUMN_DESCRIPTIONS = {
     "distance_mm": "Euclidean distance from the peak (mm).",
     "null_overlap": "One draw of the null distribution (% overlap).",
 }
+
+
+def _column_fallback(column: str) -> str:
+    """Columns named after the plan's data (an ROI table's own metadata, networks)."""
+    return f"Column '{column}' of the analysis plan's input table, or a network of the plan."
 
 
 @dataclass(frozen=True)
@@ -276,13 +281,10 @@ class _Runner:
 
     def write_table(self, entities: dict, suffix: str, table: pd.DataFrame,
                     description: str, sources: list, **extra: object) -> Path:
-        path = self.writer.path(entities, suffix, ".tsv")
-        write_tsv(path, table)
-        sidecar = self.writer.sidecar(description, [str(s) for s in sources], **extra)
-        for column in table.columns:
-            if column in _COLUMN_DESCRIPTIONS:
-                sidecar[column] = {"Description": _COLUMN_DESCRIPTIONS[column]}
-        write_json(path.with_name(path.name[: -len(".tsv")] + ".json"), sidecar)
+        path = self.writer.write_table(
+            entities, suffix, table, description, [str(s) for s in sources],
+            columns=_COLUMN_DESCRIPTIONS, fallback=_column_fallback, **extra,
+        )
         self.paths.append(path)
         return path
 
@@ -852,7 +854,8 @@ def run_plan(
         run.peak(i, item)
     if plan.ale is not None:
         run.ale()
-    record = {"Source": plan.source, "Threshold": float(threshold), **plan.to_dict()}
-    run.paths.append(write_json(writer.root / "plan.json", record))
+    record = {"Source": writer.uri(plan.source) if plan.source else None, "Threshold": float(threshold), **plan.to_dict()}
+    # a record of the run, not a data file's sidecar: with the logs
+    run.paths.append(write_json(writer.logs_path("plan.json"), record))
     LOGGER.info("analysis plan: wrote %d files", len(run.paths))
     return run.paths

@@ -283,6 +283,7 @@ def resolve_inputs(config: Config) -> RunInputs:
             "bids_dir": str(config.bids_dir),
             "settings": settings,
             "space": connectome.space,
+            "links": input_links(config),
         },
         entities=grid_entities(connectome.task, connectome.space, connectome.res),
         thresholds=[config.t_threshold, *config.t_thresholds],
@@ -292,6 +293,16 @@ def resolve_inputs(config: Config) -> RunInputs:
         plan_file=plan_file,
         nodes_file=nodes_file,
     )
+
+
+def input_links(config: Config) -> dict[str, str]:
+    """Named input folders: sidecars cite their files as ``bids:<name>:<path>``."""
+    links = {"coordinates": config.coordinates.parent}
+    if config.analysis_plan is not None:
+        links["plan"] = config.analysis_plan.parent
+    if config.compare_connectome is not None or config.compare_participant_filter:
+        links["compare"] = config.compare_connectome or config.bids_dir
+    return {name: str(path) for name, path in links.items()}
 
 
 _ERROR_LINE = re.compile(r"bids_cnm\.errors\.(\w+): (.*)")

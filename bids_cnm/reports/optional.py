@@ -253,7 +253,10 @@ def render_sensitivity_variants(f: DerivFile, ctx: ReportContext) -> str:
     items = []
     if "file" in frame.columns:
         for _, row in frame.iterrows():
-            path = f.path.parent / str(row["file"])
+            # the file column is relative to the derivatives folder (older runs: to the TSV's)
+            path = ctx.index.root / str(row["file"])
+            if not path.is_file():
+                path = f.path.parent / str(row["file"])
             if not path.is_file():
                 continue
             label = str(row.get("variant", path.name))
