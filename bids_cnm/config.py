@@ -37,6 +37,11 @@ _NON_SCIENCE_FIELDS = frozenset(
         "plugin_config",
         "mem_gb",
         "write_participant_maps",
+        "bids_filters",
+        "omp_nthreads",
+        "clean_workdir",
+        "stop_on_first_crash",
+        "boilerplate_only",
     }
 )
 
@@ -133,6 +138,18 @@ class Config:
         Cohort of the second pass (on ``compare_connectome`` or on BIDS_DIR).
     compare_label : str or None
         Name of the second pass in file names.
+    bids_filters : dict
+        ``--bids-filter-file``: ``{"bold": {entity: value}}`` added to the BOLD query.
+    omp_nthreads : int or None
+        Threads of each process (BLAS, OpenMP, numba); ``None`` leaves the libraries'.
+    clean_workdir : bool
+        Empty the work directory before running.
+    stop_on_first_crash : bool
+        Stop at the first failing nipype node.
+    boilerplate_only : bool
+        Write the methods boilerplate and stop.
+    extra : dict
+        Not settings: ``options`` holds the command line's options as given.
     """
 
     bids_dir: Path
@@ -178,6 +195,11 @@ class Config:
     compare_connectome: Path | None = None
     compare_participant_filter: tuple[tuple[str, str], ...] = ()
     compare_label: str | None = None
+    bids_filters: dict = field(default_factory=dict, compare=False)
+    omp_nthreads: int | None = None
+    clean_workdir: bool = False
+    stop_on_first_crash: bool = False
+    boilerplate_only: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:

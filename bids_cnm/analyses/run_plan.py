@@ -794,7 +794,8 @@ class _Runner:
                          "ALE of the coordinates: surviving clusters (cluster-size FWE) and "
                          "spatial correlation of the ALE z map (resampled onto the connectome "
                          "grid) with the sets' signed overlap (r_ale_overlap).", self.sources,
-                         **common)
+                         NiMAREDescription=getattr(maps, "description", ""),
+                         NiMAREBibTeX=getattr(maps, "bibtex", ""), **common)
         if n_clusters:
             peaks = find_peaks(maps[ale_mod.THRESHOLDED_MAP], fraction=1e-6)
         else:

@@ -20,6 +20,7 @@ import nibabel as nb
 import numpy as np
 
 from bids_cnm import __version__
+from bids_cnm.cli import record
 from bids_cnm.cli.parser import parse_args
 from bids_cnm.config import RANDOM_SET, Config
 from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
@@ -50,6 +51,7 @@ def setup_logging(verbosity: int) -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     LOGGER.propagate = False
+    record.route_warnings(LOGGER)
     nipype_level = logging.INFO if verbosity >= 2 else logging.WARNING
     from nipype import logging as nlogging
 
@@ -225,18 +227,14 @@ def find_participant_maps(
     return found, "all participant outputs match"
 
 
-def resolve_inputs(config: Config) -> RunInputs:
-    """Index the connectome, read the coordinates and build the seeds."""
-    config.work_dir.mkdir(parents=True, exist_ok=True)
-    connectome: Connectome = index_connectome(
-        config.bids_dir,
-        participant_label=config.participant_label,
-        participant_filter=config.participant_filter,
-        task=config.task,
-        space=config.space,
-        res=config.res,
-        bold_desc=config.bold_desc,
-    )
+def read_inputs(config: Config):
+    """The plan and the coordinates (checked first: they fail fast), then the connectome.
+
+    Returns
+    -------
+    (config, plan, table, connectome)
+        ``config`` with the plan's sets and random seed when there is a plan.
+    """
     plan = load_plan(config.analysis_plan)
     if config.analysis_plan is not None:
         # the plan declares the study and control sets and the random seed
@@ -248,6 +246,23 @@ def resolve_inputs(config: Config) -> RunInputs:
                     ", ".join(plan.primary_sets))
     table = read_coordinates(config.coordinates)
     check_columns(config, table)
+    connectome: Connectome = index_connectome(
+        config.bids_dir,
+        participant_label=config.participant_label,
+        participant_filter=config.participant_filter,
+        task=config.task,
+        space=config.space,
+        res=config.res,
+        bold_desc=config.bold_desc,
+        filters=config.bids_filters.get("bold"),
+    )
+    return config, plan, table, connectome
+
+
+def resolve_inputs(config: Config) -> RunInputs:
+    """Index the connectome, read the coordinates and build the seeds."""
+    config, plan, table, connectome = read_inputs(config)
+    config.work_dir.mkdir(parents=True, exist_ok=True)
     support = support_mask(connectome)
     seeds = build_seeds(config, connectome, table, support)
     extra = plan_seeds(plan, connectome.shape, connectome.affine, support,
@@ -345,11 +360,24 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
     command : tuple of str
         The command line, recorded in the report.
     """
+    with record.folders_removed_on_error(config.output_dir, config.work_dir):
+        return _run(config, command)
+
+
+def _run(config: Config, command: tuple[str, ...]) -> int:
     started = time.time()
+    if config.clean_workdir:
+        record.clean_workdir(config)
+    record.limit_threads(config.omp_nthreads)
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create OUTPUT_DIR {config.output_dir}: {exc}") from exc
+    if config.boilerplate_only:
+        run_config, plan, table, connectome = read_inputs(config)
+        paths = record.write_record(run_config, connectome, table, plan)
+        LOGGER.info("--boilerplate-only: wrote %s", ", ".join(p.name for p in paths))
+        return 0
     inputs = resolve_inputs(config)
     inputs = RunInputs(**{**inputs.__dict__, "command": tuple(command)})
     if config.analysis_level == "participant":
@@ -367,7 +395,7 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
         {
             "crashdump_dir": str(crash_dir),
             "crashfile_format": "txt",
-            "stop_on_first_crash": True,
+            "stop_on_first_crash": config.stop_on_first_crash,
             "remove_unnecessary_outputs": False,
         }
     )
@@ -383,6 +411,9 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
             workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         raise _error_from_crash(crash_dir, started - 1) from exc
+    record.write_record(inputs.config, inputs.connectome,
+                        read_coordinates(inputs.config.coordinates),
+                        load_plan(inputs.config.analysis_plan))
     LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
     return 0
 
