@@ -268,13 +268,20 @@ def parse_args(argv: list[str] | None = None) -> Config:
         When the paths are inconsistent (OUTPUT_DIR equal to or inside BIDS_DIR).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config_file is not None:
-        # the file's options become defaults, so the command line still wins
+    # --config-file first: its options become defaults, so the command line still wins
+    # (and a required option such as --coordinates may come from the file)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config-file", type=Path, default=None)
+    config_file = pre.parse_known_args(argv)[0].config_file
+    if config_file is not None:
         from bids_cnm.cli.config_file import file_defaults
 
-        parser.set_defaults(**file_defaults(parser, args.config_file.expanduser().resolve()))
-        args = parser.parse_args(argv)
+        defaults = file_defaults(parser, config_file.expanduser().resolve())
+        parser.set_defaults(**defaults)
+        for action in parser._actions:
+            if action.dest in defaults:
+                action.required = False
+    args = parser.parse_args(argv)
     bids_filters = {}
     if args.bids_filter_file is not None:
         from bids_cnm.cli.config_file import load_bids_filters
