@@ -127,7 +127,7 @@ def test_rerun_reuses_and_participant_then_group(tiny_connectome, tiny_coordinat
     fresh = tmp_path / "fresh"
     assert run_cli(tiny_connectome, fresh, "group", "--coordinates", tiny_coordinates, "-w",
                    tmp_path / "work2", "--nipype-plugin", "Linear") == 0
-    direct = nb.load(fresh / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
+    direct = nb.load(fresh / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
     np.testing.assert_allclose(reused, direct, rtol=1e-4, atol=1e-4)
 
 

@@ -489,7 +489,7 @@ def test_spatial_correlations_and_controls(run):
     # planted: the reference seed's network is network A, the primary network's positive part
     assert scan["r"].iloc[0] > 0.25 > abs(scan["r"].iloc[1])
     controls = read(run, f"{PREFIX}_set-primary_thresh-5p1_desc-controls_summary.tsv")
-    assert list(controls["set"]) == ["control"] and controls["n_studies"].iloc[0] == 2
+    assert list(controls["control_set"]) == ["control"] and controls["n_studies"].iloc[0] == 2
     assert controls["r"].iloc[0] == pytest.approx(np.corrcoef(overlap, control)[0, 1])
     img = read(run, f"{PREFIX}_desc-spatialcorrImg_summary.tsv")
     planted = np.asarray(nib.load(run["inputs"] / "planted.nii.gz").dataobj).ravel()

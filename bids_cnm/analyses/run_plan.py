@@ -113,6 +113,10 @@ _ALE_SPACE = {"mni152_2mm": ("MNI152NLin6Asym", "2"), "ale_2mm": ("MNI152NLin6As
 
 _COLUMN_DESCRIPTIONS = {
     "roi": "ROI name (sphere label, mask file name or atlas region).",
+    # not "set": pybids reads a sidecar key named after an entity of the file name as
+    # that entity's value
+    "control_set": "Control coordinate set compared with the primary sets.",
+    "max_abs_overlap": "Largest |signed overlap| of the control set's network.",
     "n_voxels_in_mask": "ROI voxels inside the analysis mask with a finite network value.",
     "overlap_pct": "% overlap x 100, as the column 'denominator' says: 'roi' = sum of the "
                    "network's values in the ROI / number of ROI voxels (voxels outside the "
@@ -362,7 +366,7 @@ class _Runner:
         for name in sets:
             values = self.overlap((name,), "overlap", "control_sets")
             r = spatial_correlation(primary, values) if np.ptp(values) > 0 else float("nan")
-            rows.append({"set": name, "n_studies": len(self.results.columns(name)),
+            rows.append({"control_set": name, "n_studies": len(self.results.columns(name)),
                          "r": r, "max_abs_overlap": float(np.abs(values).max())})
         LOGGER.info("analysis plan: %d control set(s) compared with the primary overlap",
                     len(rows))
