@@ -235,12 +235,17 @@ def run(tmp_path_factory):
             "ale": captured, "inputs": root / "inputs", "writer": writer}
 
 
+def find(root: Path, name: str) -> Path:
+    """An output by file name, in whichever analysis folder (test_written_files checks them)."""
+    return next(Path(root).rglob(name))
+
+
 def read(run, name: str) -> pd.DataFrame:
-    return pd.read_csv(run["out"] / name, sep="\t")
+    return pd.read_csv(find(run["out"], name), sep="\t")
 
 
 def image(run, name: str) -> np.ndarray:
-    return np.asarray(nib.load(run["out"] / name).dataobj, dtype=float)
+    return np.asarray(nib.load(find(run["out"], name)).dataobj, dtype=float)
 
 
 def overlap_volume(results: GroupResults, set_name: str = "primary") -> np.ndarray:
@@ -340,6 +345,10 @@ def test_written_files(run):
     ]
     for name in expected:
         assert name in names, name
+    folders = {p.relative_to(run["out"]).parts[0] for p in run["paths"]}
+    assert folders == {"validation", "dbs", "ale", "logs"}
+    assert (run["out"] / "ale" / "space-MNI152NLin6Asym_res-2_set-primary_desc-ale_summary.tsv"
+            ).is_file()
     for path in run["paths"]:
         assert path.exists()
         if path.name != "plan.json":
@@ -347,7 +356,7 @@ def test_written_files(run):
             content = json.loads(sidecar.read_text())
             assert content["Description"] and content["bids_cnm"] == {"t_threshold": 5.1}
     assert not list(run["out"].rglob("*.part"))
-    record = json.loads((run["out"] / "plan.json").read_text())
+    record = json.loads((run["out"] / "logs" / "plan.json").read_text())
     assert record["Threshold"] == THRESHOLD and record["dbs"]["n_permutations"] == 200
 
 
@@ -506,7 +515,7 @@ def test_roi_to_roi(run):
     z = results.node_values[:, results.columns("primary"), :]
     for net in ("A", "B", "C"):
         expected = z[:, :, nodes == net].reshape(len(z), -1).mean(1)
-        np.testing.assert_allclose(values[net], expected)
+        np.testing.assert_allclose(values[net], expected, rtol=1e-6)  # 7 digits in TSVs
     # the study's units: one value per node (mean z over subjects and seeds)
     node_means = z.mean(axis=(0, 1))
     nodes_table = read(run, f"{PREFIX}_set-primary_desc-roitoroinodes_values.tsv")
@@ -552,7 +561,7 @@ def test_ale_inputs_and_maps(run):
     assert captured["kwargs"]["n_iters"] == 5 and captured["kwargs"]["random_state"] == 7
     z = image(run, "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-ale_statmap.nii.gz")
     np.testing.assert_allclose(z, captured["maps"]["z"].get_fdata(), rtol=1e-6)
-    sidecar = json.loads((run["out"] / "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-"
+    sidecar = json.loads((run["out"] / "ale" / "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-"
                           "ale_statmap.json").read_text())
     assert sidecar["SpatialReference"] == "MNI152NLin6Asym" and sidecar["Iterations"] == 5
     summary = read(run, "space-MNI152NLin6Asym_res-2_set-primary_desc-ale_summary.tsv").iloc[0]
@@ -576,7 +585,7 @@ def test_runs_are_reproducible(run, tmp_path):
     results = run["results"]
     run_plan(plan, results, writer, GRID, THRESHOLD)
     name = f"{PREFIX}_set-primary_thresh-5p1_desc-roioverlapGroups_null.tsv"
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name, sep="\t"), read(run, name))
+    pd.testing.assert_frame_equal(pd.read_csv(find(tmp_path, name), sep="\t"), read(run, name))
 
 
 def test_default_plan_and_runtime_errors(run, tmp_path):

@@ -44,8 +44,9 @@ MAP_SETTINGS = (
     "coordinates", "task", "space", "res", "bold_desc", "sphere_diameter", "seed_signal",
     "run_combination", "cache_dtype", "t_threshold",
 )
-#: significant digits of the floats in the TSVs (float32 maps carry about 7)
-TSV_FLOAT_FORMAT = "%.6g"
+#: significant digits of the floats in the TSVs: those of the float32 maps (about 7),
+#: not the 17 of a float64 repr
+TSV_FLOAT_FORMAT = "%.7g"
 
 
 def bids_name(entities: Mapping[str, object], suffix: str, extension: str) -> str:
@@ -121,7 +122,7 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_tsv(path: Path, table: pd.DataFrame) -> Path:
-    """Write a TSV atomically (``n/a`` for missing values, as BIDS asks; 6 significant digits)."""
+    """Write a TSV atomically (``n/a`` for missing values, as BIDS asks; 7 significant digits)."""
     _atomic_write_bytes(
         Path(path),
         lambda tmp: table.to_csv(tmp, sep="\t", index=False, na_rep="n/a",
@@ -352,7 +353,7 @@ class DerivativesWriter:
     ) -> Path:
         """Write ``table`` at ``path`` with a sidecar: description, sources, columns."""
         write_tsv(path, table)
-        extra.setdefault("settings", None)
+        extra.setdefault("settings", MAP_SETTINGS)
         sidecar = self.sidecar(description, sources, **extra)
         if "space-" not in path.name:  # a table of no grid (seeds.tsv)
             sidecar.pop("SpatialReference", None)

@@ -115,6 +115,8 @@ def write_seeds(writer: DerivativesWriter, seeds: Seeds, entities: dict) -> list
         "seeds/<grid>_seed-<id>_mask.nii.gz).", [writer.settings.get("coordinates", "")],
         fallback=lambda column: f"The coordinate table's column '{column}' (first value of "
         "the seed's coordinates).",
+        settings=("coordinates", "sphere_diameter", "sphere_diameters", "per_coordinate",
+                  "random_relocations", "relocation_mode", "random_seed"),
     ))
     return paths
 
