@@ -519,7 +519,7 @@ def test_roi_to_roi(run):
     # the study's units: one value per node (mean z over subjects and seeds)
     node_means = z.mean(axis=(0, 1))
     nodes_table = read(run, f"{PREFIX}_set-primary_desc-roitoroinodes_values.tsv")
-    np.testing.assert_allclose(nodes_table["mean_z"], node_means)
+    np.testing.assert_allclose(nodes_table["mean_z"], node_means, rtol=1e-6)
     assert list(nodes_table["network"]) == list(nodes)
     summary = read(run, f"{PREFIX}_set-primary_desc-roitoroi_summary.tsv").iloc[0]
     f, p = stats.f_oneway(*[node_means[nodes == net] for net in ("A", "B", "C")])
