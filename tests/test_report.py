@@ -175,7 +175,7 @@ def test_every_image_is_an_embedded_png_with_a_caption(page):
 
 
 def test_peak_tables_equal_the_tsv(page, run):
-    peaks = sorted(run["out"].glob("*_peaks.tsv"))
+    peaks = sorted(run["out"].glob("network/*_peaks.tsv"))
     assert len(peaks) == 2  # sets primary and control, one threshold
     for path in peaks:
         expected = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
@@ -197,7 +197,7 @@ def test_inputs_table_equals_seeds_tsv(page, run):
 
 def test_summary_and_provenance_come_from_the_derivatives(run, page):
     text = run["report"].read_text(encoding="utf-8")
-    sidecar = json.loads(next(run["out"].glob("*desc-overlap_boldmap.json")).read_text())
+    sidecar = json.loads(next(run["out"].glob("network/*desc-overlap_boldmap.json")).read_text())
     assert sidecar["NumberOfSubjects"] == 6
     summary = text[text.index('id="summary-list"'):text.index("</ul>", text.index("summary-list"))]
     assert "Connectome subjects:</span> 6" in summary
@@ -239,7 +239,7 @@ def test_index_agrees_with_pybids(run):
 
 def _add_optional_outputs(out: Path) -> None:
     """Files of later analyses (sensitivity, specificity, validation, DBS) on the demo grid."""
-    overlap = next(out.glob("*set-primary*desc-overlap_boldmap.nii.gz"))
+    overlap = next(out.glob("network/*set-primary*desc-overlap_boldmap.nii.gz"))
     img = nb.load(overlap)
     data = np.asarray(img.dataobj, dtype=np.float32)
     prefix = overlap.name.split("_thresh-")[0]
