@@ -240,12 +240,13 @@ def test_warnings_are_one_log_line(caplog):
 
     from bids_cnm.cli.record import route_warnings
 
-    logger = logging.getLogger("bids_cnm.test_warnings")
-    original = warnings.showwarning
-    try:
+    # not under "bids_cnm", whose handler does not propagate to caplog's
+    logger = logging.getLogger("test_bids_outputs.warnings")
+    with warnings.catch_warnings():  # restores warnings.showwarning afterwards
+        warnings.simplefilter("always")
         route_warnings(logger)
         with caplog.at_level(logging.WARNING, logger=logger.name):
             warnings.warn("permutation floor: p >= 1/21", stacklevel=1)
-    finally:
-        warnings.showwarning = original
-    assert [r.getMessage() for r in caplog.records] == ["permutation floor: p >= 1/21"]
+            warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "permutation floor: p >= 1/21", "deprecated thing (DeprecationWarning)"]

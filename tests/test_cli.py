@@ -108,7 +108,8 @@ def test_overlap_recovers_planted_network(group_run):
     assert np.mean(truth[overlap == 1.0] > 0.1) > 0.9
     assert np.mean(truth[overlap == -1.0] < -0.1) > 0.9
     assert (truth[overlap == 1.0] > 0.1).sum() >= 10
-    tmap = np.asarray(nb.load(out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").dataobj)[mask]
+    tmap_img = nb.load(out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz")
+    tmap = np.asarray(tmap_img.dataobj)[mask]
     assert np.corrcoef(tmap, truth)[0, 1] > 0.8
 
 
@@ -310,7 +311,8 @@ def test_killed_run_resumes(tiny_connectome, tiny_coordinates, tmp_path):
         nb.load(path).get_fdata()
     assert subprocess.run(command, capture_output=True).returncode == 0
     assert first.stat().st_mtime_ns == stamp  # the finished step was reused
-    assert (out / "network" / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
+    assert (out / "network"
+            / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
     assert not list(out.rglob(".*.part")) and not list(out.rglob(".*.nii.gz"))
 
 
@@ -321,5 +323,6 @@ def test_outputs_are_readable_by_others(group_run):
     os.umask(umask)
     expected = 0o666 & ~umask  # what open() would have given
     for path in (out / "dataset_description.json", out / "seeds.tsv",
-                 out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz", out / "bids_cnm_report.html"):
+                 out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz",
+                 out / "bids_cnm_report.html"):
         assert path.stat().st_mode & 0o777 == expected, path

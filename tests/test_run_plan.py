@@ -561,8 +561,8 @@ def test_ale_inputs_and_maps(run):
     assert captured["kwargs"]["n_iters"] == 5 and captured["kwargs"]["random_state"] == 7
     z = image(run, "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-ale_statmap.nii.gz")
     np.testing.assert_allclose(z, captured["maps"]["z"].get_fdata(), rtol=1e-6)
-    sidecar = json.loads((run["out"] / "ale" / "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-"
-                          "ale_statmap.json").read_text())
+    sidecar = json.loads((run["out"] / "ale" / "space-MNI152NLin6Asym_res-2_set-primary_stat-z"
+                          "_desc-ale_statmap.json").read_text())
     assert sidecar["SpatialReference"] == "MNI152NLin6Asym" and sidecar["Iterations"] == 5
     summary = read(run, "space-MNI152NLin6Asym_res-2_set-primary_desc-ale_summary.tsv").iloc[0]
     assert summary["n_studies"] == 4 and summary["n_foci"] == 8

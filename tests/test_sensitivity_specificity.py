@@ -122,17 +122,22 @@ def test_cli_sensitivity_and_specificity(tiny_connectome, tmp_path):
     for name in (f"network/{prefix}_thresh-4_desc-overlap_boldmap.nii.gz",
                  f"network/{prefix}_thresh-7_desc-overlap_boldmap.nii.gz",
                  f"sensitivity/{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz",
-                 f"sensitivity/{prefix}_variant-percoord_thresh-5p1_desc-overlap_boldmap.nii.gz",
-                 f"sensitivity/{prefix}_variant-modalityPET_thresh-5p1_desc-overlap_boldmap.nii.gz",
+                 f"sensitivity/{prefix}_variant-percoord_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz",
+                 f"sensitivity/{prefix}_variant-modalityPET_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz",
                  f"sensitivity/{prefix}_variant-modalityWithoutPET_thresh-5p1_desc-overlap_boldmap"
                  ".nii.gz",
                  f"sensitivity/{prefix}_desc-sensitivity_correlations.tsv",
                  f"sensitivity/{prefix}_desc-sensitivity_variants.tsv"):
         assert (out / name).exists(), name
-    matrix = pd.read_csv(out / "sensitivity" / f"{prefix}_desc-sensitivity_correlations.tsv", sep="\t",
+    matrix = pd.read_csv(out / "sensitivity" / f"{prefix}_desc-sensitivity_correlations.tsv",
+                         sep="\t",
                          index_col=0)
-    main_map = nb.load(out / "network" / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz").get_fdata()
-    d9 = nb.load(out / "sensitivity" / f"{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz")
+    main_map = nb.load(out / "network" / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz"
+                       ).get_fdata()
+    d9 = nb.load(out / "sensitivity"
+                 / f"{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz")
     mask = nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").get_fdata() > 0
     expected = np.corrcoef(main_map[mask], d9.get_fdata()[mask])[0, 1]
     assert matrix.loc["main", "d9mm"] == pytest.approx(expected, abs=1e-6)
@@ -170,11 +175,14 @@ def test_cli_compare_cohort(tiny_connectome, tiny_coordinates, tmp_path):
                  "--no-degree-check"]) == 0
     assert not list(out.rglob("*degree*"))
     prefix = f"{ENTS}_set-primary"
-    other = out / "sensitivity" / f"{prefix}_variant-connectomeIGE_thresh-5p1_desc-overlap_boldmap.nii.gz"
+    other = (out / "sensitivity"
+             / f"{prefix}_variant-connectomeIGE_thresh-5p1_desc-overlap_boldmap.nii.gz")
     assert other.exists()
-    table = pd.read_csv(out / "sensitivity" / f"{prefix}_desc-connectomes_correlations.tsv", sep="\t")
+    table = pd.read_csv(out / "sensitivity" / f"{prefix}_desc-connectomes_correlations.tsv",
+                        sep="\t")
     assert list(table["n_subjects"]) == [4, 4]
-    main_map = nb.load(out / "network" / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz").get_fdata()
+    main_map = nb.load(out / "network" / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz"
+                       ).get_fdata()
     mask = nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").get_fdata() > 0
     expected = np.corrcoef(main_map[mask], nb.load(other).get_fdata()[mask])[0, 1]
     assert table["r_with_main"].iloc[1] == pytest.approx(expected, abs=1e-6)

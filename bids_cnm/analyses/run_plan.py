@@ -859,7 +859,8 @@ def run_plan(
         run.peak(i, item)
     if plan.ale is not None:
         run.ale()
-    record = {"Source": writer.uri(plan.source) if plan.source else None, "Threshold": float(threshold), **plan.to_dict()}
+    record = {"Source": writer.uri(plan.source) if plan.source else None,
+              "Threshold": float(threshold), **plan.to_dict()}
     # a record of the run, not a data file's sidecar: with the logs
     run.paths.append(write_json(writer.logs_path("plan.json"), record))
     LOGGER.info("analysis plan: wrote %d files", len(run.paths))

@@ -29,7 +29,9 @@ REFERENCES: dict[str, str] = {
   doi = {10.1038/s41467-025-57392-7}
 }""",
     "nilearn": """@article{nilearn,
-  author = {Abraham, Alexandre and Pedregosa, Fabian and Eickenberg, Michael and Gervais, Philippe and Mueller, Andreas and Kossaifi, Jean and Gramfort, Alexandre and Thirion, Bertrand and Varoquaux, Gael},
+  author = {Abraham, Alexandre and Pedregosa, Fabian and Eickenberg, Michael and Gervais,
+    Philippe and Mueller, Andreas and Kossaifi, Jean and Gramfort, Alexandre and Thirion,
+    Bertrand and Varoquaux, Gael},
   title = {Machine learning for neuroimaging with scikit-learn},
   journal = {Frontiers in Neuroinformatics},
   volume = {8},
@@ -38,8 +40,10 @@ REFERENCES: dict[str, str] = {
   doi = {10.3389/fninf.2014.00014}
 }""",
     "nipype": """@article{nipype,
-  author = {Gorgolewski, Krzysztof and Burns, Christopher D. and Madison, Cindee and Clark, Dav and Halchenko, Yaroslav O. and Waskom, Michael L. and Ghosh, Satrajit S.},
-  title = {Nipype: a flexible, lightweight and extensible neuroimaging data processing framework in Python},
+  author = {Gorgolewski, Krzysztof and Burns, Christopher D. and Madison, Cindee and Clark, Dav
+    and Halchenko, Yaroslav O. and Waskom, Michael L. and Ghosh, Satrajit S.},
+  title = {Nipype: a flexible, lightweight and extensible neuroimaging data processing framework
+    in Python},
   journal = {Frontiers in Neuroinformatics},
   volume = {5},
   pages = {13},
@@ -48,7 +52,8 @@ REFERENCES: dict[str, str] = {
 }""",
     "bidsapps": """@article{bidsapps,
   author = {Gorgolewski, Krzysztof J. and Alfaro-Almagro, Fidel and Auer, Tibor and others},
-  title = {{BIDS} apps: improving ease of use, accessibility, and reproducibility of neuroimaging data analysis methods},
+  title = {{BIDS} apps: improving ease of use, accessibility, and reproducibility of
+    neuroimaging data analysis methods},
   journal = {PLoS Computational Biology},
   volume = {13},
   number = {3},
@@ -67,7 +72,8 @@ REFERENCES: dict[str, str] = {
 }""",
     "tfce": """@article{tfce,
   author = {Smith, Stephen M. and Nichols, Thomas E.},
-  title = {Threshold-free cluster enhancement: addressing problems of smoothing, threshold dependence and localisation in cluster inference},
+  title = {Threshold-free cluster enhancement: addressing problems of smoothing, threshold
+    dependence and localisation in cluster inference},
   journal = {NeuroImage},
   volume = {44},
   number = {1},
@@ -87,7 +93,8 @@ REFERENCES: dict[str, str] = {
 }""",
     "vandenheuvel2026": """@article{vandenheuvel2026,
   author = {van den Heuvel and others},
-  note = {Lesion and coordinate network maps can largely reflect the connectome's degree structure; title: see the DOI},
+  note = {Lesion and coordinate network maps can largely reflect the connectome's degree
+    structure; title: see the DOI},
   journal = {Nature Neuroscience},
   year = {2026},
   doi = {10.1038/s41593-025-02196-7}
@@ -104,7 +111,8 @@ REFERENCES: dict[str, str] = {
 }""",
     "kuncel2008": """@article{kuncel2008,
   author = {Kuncel, Alexis M. and Cooper, Scott E. and Grill, Warren M.},
-  title = {A method to estimate the spatial extent of activation in thalamic deep brain stimulation},
+  title = {A method to estimate the spatial extent of activation in thalamic deep brain
+    stimulation},
   journal = {Clinical Neurophysiology},
   volume = {119},
   number = {9},
@@ -114,7 +122,8 @@ REFERENCES: dict[str, str] = {
 }""",
     "maedler2012": """@article{maedler2012,
   author = {M{\\"a}dler, Burkhard and Coenen, Volker A.},
-  title = {Explaining clinical effects of deep brain stimulation through simplified target-specific modeling of the volume of activated tissue},
+  title = {Explaining clinical effects of deep brain stimulation through simplified target-
+    specific modeling of the volume of activated tissue},
   journal = {American Journal of Neuroradiology},
   volume = {33},
   number = {6},

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import nibabel as nb
@@ -327,7 +327,7 @@ class DerivativesWriter:
         description: str,
         sources: list,
         columns: Mapping[str, str] | None = None,
-        fallback=None,
+        fallback: Callable[[str], str] | None = None,
         folder: str | None = None,
         **extra: object,
     ) -> Path:
@@ -348,7 +348,7 @@ class DerivativesWriter:
         description: str,
         sources: list,
         columns: Mapping[str, str] | None = None,
-        fallback=None,
+        fallback: Callable[[str], str] | None = None,
         **extra: object,
     ) -> Path:
         """Write ``table`` at ``path`` with a sidecar: description, sources, columns."""
