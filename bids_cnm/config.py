@@ -39,6 +39,11 @@ _NON_SCIENCE_FIELDS = frozenset(
         "write_participant_maps",
         "overwrite",
         "min_volumes",
+        "bids_filters",
+        "omp_nthreads",
+        "clean_workdir",
+        "stop_on_first_crash",
+        "boilerplate_only",
     }
 )
 
@@ -140,6 +145,18 @@ class Config:
         remove the files that run recorded instead of refusing.
     min_volumes : int
         Subjects with fewer BOLD volumes (all runs together) are listed in a warning.
+    bids_filters : dict
+        ``--bids-filter-file``: ``{"bold": {entity: value}}`` added to the BOLD query.
+    omp_nthreads : int or None
+        Threads of each process (BLAS, OpenMP, numba); ``None`` leaves the libraries'.
+    clean_workdir : bool
+        Empty the work directory before running.
+    stop_on_first_crash : bool
+        Stop at the first failing nipype node.
+    boilerplate_only : bool
+        Write the methods boilerplate and stop.
+    extra : dict
+        Not settings: ``options`` holds the command line's options as given.
     """
 
     bids_dir: Path
@@ -187,6 +204,11 @@ class Config:
     compare_label: str | None = None
     overwrite: bool = False
     min_volumes: int = 50
+    bids_filters: dict = field(default_factory=dict, compare=False)
+    omp_nthreads: int | None = None
+    clean_workdir: bool = False
+    stop_on_first_crash: bool = False
+    boilerplate_only: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:

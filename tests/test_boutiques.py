@@ -179,7 +179,7 @@ def test_bosh_exec_launch(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (out / "dataset_description.json").exists()
-    overlap = sorted(out.glob("*_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz"))
+    overlap = sorted(out.glob("network/*_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz"))
     assert len(overlap) == 1, sorted(p.name for p in out.iterdir())
     assert "Missing files" in result.stdout  # bosh's report, listing none
     report = result.stdout.split("Missing files", 1)[1]

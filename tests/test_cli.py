@@ -23,31 +23,36 @@ ENTS = f"task-rest_space-{SPACE}"
 
 def expected_group_files(seed_ids, sets, thresholds=("5p1",)) -> set[str]:
     """The complete list of files a group run with these settings must write."""
-    files = {"dataset_description.json", "seeds.tsv", "bids_cnm_report.html",
+    files = {"dataset_description.json", ".bidsignore", "seeds.tsv", "seeds.json",
+             "bids_cnm_report.html", "logs/bids_cnm.toml", "logs/CITATION.md",
+             "logs/CITATION.html", "logs/CITATION.bib",
              # the run record and the locks (see docs/guarantees.md)
              "logs/bids_cnm_run.json", "logs/.bids_cnm_run.lock", ".bids_cnm.lock"}
     for name in (f"space-{SPACE}_desc-analysis_mask",):
         files |= {f"{name}.nii.gz", f"{name}.json"}
     for seed in seed_ids:
-        files |= {f"space-{SPACE}_seed-{seed}_mask.nii.gz", f"space-{SPACE}_seed-{seed}_mask.json"}
+        files |= {f"seeds/space-{SPACE}_seed-{seed}_mask.nii.gz",
+                  f"seeds/space-{SPACE}_seed-{seed}_mask.json"}
         for stat in "rzt":
-            stem = f"{ENTS}_seed-{seed}_stat-{stat}_boldmap"
+            stem = f"seeds/{ENTS}_seed-{seed}_stat-{stat}_boldmap"
             files |= {f"{stem}.nii.gz", f"{stem}.json"}
     for s in sets:
         for th in thresholds:
             for desc in ("overlap", "posoverlap", "negoverlap"):
-                stem = f"{ENTS}_set-{s}_thresh-{th}_desc-{desc}_boldmap"
+                stem = f"network/{ENTS}_set-{s}_thresh-{th}_desc-{desc}_boldmap"
                 files |= {f"{stem}.nii.gz", f"{stem}.json"}
-            files.add(f"{ENTS}_set-{s}_thresh-{th}_peaks.tsv")
+            files |= {f"network/{ENTS}_set-{s}_thresh-{th}_peaks.tsv",
+                      f"network/{ENTS}_set-{s}_thresh-{th}_peaks.json"}
     # the degree check (on by default): degree map, residual networks, table
-    for stem in [f"{ENTS}_stat-degree_boldmap",
-                 *(f"{ENTS}_set-{s}_thresh-{thresholds[0]}_desc-degreeresidual_boldmap"
+    for stem in [f"degree/{ENTS}_stat-degree_boldmap",
+                 *(f"degree/{ENTS}_set-{s}_thresh-{thresholds[0]}_desc-degreeresidual_boldmap"
                    for s in sets)]:
         files |= {f"{stem}.nii.gz", f"{stem}.json"}
-    files |= {f"{ENTS}_desc-degree_correlations.tsv", f"{ENTS}_desc-degree_correlations.json"}
+    files |= {f"degree/{ENTS}_desc-degree_correlations.tsv",
+              f"degree/{ENTS}_desc-degree_correlations.json"}
     # the default analysis plan: the plan as run, and each control set vs the primary set
-    files.add("plan.json")
-    stem = f"{ENTS}_set-primary_thresh-{thresholds[0]}_desc-controls_summary"
+    files.add("logs/plan.json")
+    stem = f"validation/{ENTS}_set-primary_thresh-{thresholds[0]}_desc-controls_summary"
     files |= {f"{stem}.tsv", f"{stem}.json"}
     return files
 
@@ -75,7 +80,7 @@ def test_group_writes_every_file(group_run):
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "bids_cnm"
     assert description["GeneratedBy"][0]["Version"] == __version__
-    sidecar = json.loads((out / f"{ENTS}_seed-StudyA_stat-t_boldmap.json").read_text())
+    sidecar = json.loads((out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.json").read_text())
     assert {"Description", "Sources", "SpatialReference", "bids_cnm"} <= set(sidecar)
     assert sidecar["bids_cnm"]["sphere_diameter"] == 6.0
 
@@ -94,7 +99,7 @@ def test_outputs_index_with_pybids(group_run):
 def test_overlap_recovers_planted_network(group_run):
     """The primary studies sit in network A: their overlap is A (+) and its anti-network B (-)."""
     out, _ = group_run
-    img = nb.load(out / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz")
+    img = nb.load(out / "network" / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz")
     mask = np.asarray(nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").dataobj) > 0
     overlap = np.asarray(img.dataobj)[mask]
     truth = planted_truth()[mask]
@@ -105,7 +110,8 @@ def test_overlap_recovers_planted_network(group_run):
     assert np.mean(truth[overlap == 1.0] > 0.1) > 0.9
     assert np.mean(truth[overlap == -1.0] < -0.1) > 0.9
     assert (truth[overlap == 1.0] > 0.1).sum() >= 10
-    tmap = np.asarray(nb.load(out / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").dataobj)[mask]
+    tmap_img = nb.load(out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz")
+    tmap = np.asarray(tmap_img.dataobj)[mask]
     assert np.corrcoef(tmap, truth)[0, 1] > 0.8
 
 
@@ -119,12 +125,12 @@ def test_rerun_reuses_and_participant_then_group(tiny_connectome, tiny_coordinat
     assert not (out / "sub-03").exists()
     assert run_cli(tiny_connectome, out, "participant", *common) == 0
     assert run_cli(tiny_connectome, out, "group", *common) == 0
-    reused = nb.load(out / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
+    reused = nb.load(out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
     # the same group run from scratch (no participant maps) gives the same t-map
     fresh = tmp_path / "fresh"
     assert run_cli(tiny_connectome, fresh, "group", "--coordinates", tiny_coordinates, "-w",
                    tmp_path / "work2", "--nipype-plugin", "Linear") == 0
-    direct = nb.load(fresh / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
+    direct = nb.load(fresh / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz").get_fdata()
     np.testing.assert_allclose(reused, direct, rtol=1e-4, atol=1e-4)
 
 
@@ -307,7 +313,8 @@ def test_killed_run_resumes(tiny_connectome, tiny_coordinates, tmp_path):
         nb.load(path).get_fdata()
     assert subprocess.run(command, capture_output=True).returncode == 0
     assert first.stat().st_mtime_ns == stamp  # the finished step was reused
-    assert (out / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
+    assert (out / "network"
+            / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
     assert not list(out.rglob(".*.part")) and not list(out.rglob(".*.nii.gz"))
 
 
@@ -318,5 +325,6 @@ def test_outputs_are_readable_by_others(group_run):
     os.umask(umask)
     expected = 0o666 & ~umask  # what open() would have given
     for path in (out / "dataset_description.json", out / "seeds.tsv",
-                 out / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz", out / "bids_cnm_report.html"):
+                 out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz",
+                 out / "bids_cnm_report.html"):
         assert path.stat().st_mode & 0o777 == expected, path

@@ -30,22 +30,22 @@ def test_plan_outputs_and_extra_seeds(plan_run):
     seeds = pd.read_csv(out / "seeds.tsv", sep="\t")
     assert {"dbs", "reference"} <= set(seeds["set"])
     g = f"task-rest_space-{SPACE}_res-4"
-    for name in (f"{g}_set-dbs_desc-dbs_boldmap.nii.gz",
-                 f"{g}_set-primary_thresh-5p1_desc-convergent_boldmap.nii.gz",
-                 f"{g}_set-primary_desc-roitoroi_values.tsv",
-                 f"{g}_set-primary_desc-roitoroi_summary.tsv",
-                 "plan.json", "bids_cnm_report.html"):
+    for name in (f"dbs/{g}_set-dbs_desc-dbs_boldmap.nii.gz",
+                 f"dbs/{g}_set-primary_thresh-5p1_desc-convergent_boldmap.nii.gz",
+                 f"validation/{g}_set-primary_desc-roitoroi_values.tsv",
+                 f"validation/{g}_set-primary_desc-roitoroi_summary.tsv",
+                 "logs/plan.json", "bids_cnm_report.html"):
         assert (out / name).exists(), name
     # overlap networks are for coordinate sets only
-    assert not list(out.glob("*_set-dbs_thresh-*_desc-overlap_boldmap.nii.gz"))
-    assert not list(out.glob("*_set-reference_thresh-*"))
-    plan = json.loads((out / "plan.json").read_text())
+    assert not list(out.rglob("*_set-dbs_thresh-*_desc-overlap_boldmap.nii.gz"))
+    assert not list(out.rglob("*_set-reference_thresh-*"))
+    plan = json.loads((out / "logs" / "plan.json").read_text())
     assert plan["primary_sets"] == ["primary"]
 
 
 def test_roi_to_roi_values_come_from_every_subject(plan_run):
     out = plan_run
-    values = pd.read_csv(next(out.glob("*_desc-roitoroi_values.tsv")), sep="\t")
+    values = pd.read_csv(next(out.glob("validation/*_desc-roitoroi_values.tsv")), sep="\t")
     assert values.shape[0] >= 6
     numeric = values.select_dtypes("number")
     assert np.isfinite(numeric.to_numpy()).all()

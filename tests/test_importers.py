@@ -280,7 +280,7 @@ def group_tmaps(bids: Path, out: Path, coords: Path) -> dict[str, np.ndarray]:
 
     assert run_main([str(bids), str(out), "group", "--coordinates", str(coords), "-w",
                      str(out.parent / (out.name + "_work")), "--nipype-plugin", "Linear"]) == 0
-    return {p.name: nb.load(p).get_fdata() for p in out.glob("*stat-t_boldmap.nii.gz")}
+    return {p.name: nb.load(p).get_fdata() for p in out.glob("seeds/*stat-t_boldmap.nii.gz")}
 
 
 @pytest.mark.slow

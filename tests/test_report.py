@@ -195,7 +195,7 @@ def test_sections_follow_the_paper_and_the_menu_follows_them(page):
 
 def _expected_sections(out: Path) -> dict[str, set[str]]:
     expected: dict[str, set[str]] = {}
-    for path in sorted(out.glob("*")):
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
         if path.suffix == ".json":
             continue
         for rule, section in SECTION_OF:
@@ -213,7 +213,7 @@ def test_every_analysis_has_its_section_and_figure(run, page):
         assert names <= shown, (section, sorted(names - shown)[:5])
         assert page.images_in[section] >= 1, section
     # one group, with a figure, per validation analysis of the plan
-    for path in run["out"].glob("*_desc-roioverlap*_summary.tsv"):
+    for path in run["out"].rglob("*_desc-roioverlap*_summary.tsv"):
         name = path.name.split("desc-roioverlap")[1].split("_")[0].lower()
         assert page.images_in[f"validation-roioverlap-{name}"] >= 1, name
     for key in ("validation-roitoroi", "dbs-network", "dbs-convergent"):
@@ -226,7 +226,7 @@ def test_summary_has_the_key_numbers(run, page):
     for word in ("Overlap network", "Specificity", "Validation", "ROI-to-ROI", "DBS",
                  "Convergent", "ALE"):
         assert any(a.startswith(word) for a in analyses), (word, analyses)
-    dbs = pd.read_csv(next(run["out"].glob("*_desc-dbs_summary.tsv")), sep="\t")
+    dbs = pd.read_csv(next(run["out"].rglob("*_desc-dbs_summary.tsv")), sep="\t")
     row = table["rows"][analyses.index("DBS network")]
     assert f"{dbs['loo_r'].iloc[0]:.3g}" in row[2]
 
@@ -262,7 +262,7 @@ def test_every_image_is_an_embedded_png_with_a_caption(page):
 
 
 def test_peak_tables_equal_the_tsv_with_labels(page, run):
-    peaks = sorted(p for p in run["out"].glob("*_thresh-5p1_peaks.tsv") if "variant" not in
+    peaks = sorted(p for p in run["out"].rglob("*_thresh-5p1_peaks.tsv") if "variant" not in
                    p.name and "set-random" not in p.name)
     assert peaks
     for path in peaks:

@@ -235,12 +235,17 @@ def run(tmp_path_factory):
             "ale": captured, "inputs": root / "inputs", "writer": writer}
 
 
+def find(root: Path, name: str) -> Path:
+    """An output by file name, in whichever analysis folder (test_written_files checks them)."""
+    return next(Path(root).rglob(name))
+
+
 def read(run, name: str) -> pd.DataFrame:
-    return pd.read_csv(run["out"] / name, sep="\t")
+    return pd.read_csv(find(run["out"], name), sep="\t")
 
 
 def image(run, name: str) -> np.ndarray:
-    return np.asarray(nib.load(run["out"] / name).dataobj, dtype=float)
+    return np.asarray(nib.load(find(run["out"], name)).dataobj, dtype=float)
 
 
 def overlap_volume(results: GroupResults, set_name: str = "primary") -> np.ndarray:
@@ -340,6 +345,10 @@ def test_written_files(run):
     ]
     for name in expected:
         assert name in names, name
+    folders = {p.relative_to(run["out"]).parts[0] for p in run["paths"]}
+    assert folders == {"validation", "dbs", "ale", "logs"}
+    assert (run["out"] / "ale" / "space-MNI152NLin6Asym_res-2_set-primary_desc-ale_summary.tsv"
+            ).is_file()
     for path in run["paths"]:
         assert path.exists()
         if path.name != "plan.json":
@@ -347,7 +356,7 @@ def test_written_files(run):
             content = json.loads(sidecar.read_text())
             assert content["Description"] and content["bids_cnm"] == {"t_threshold": 5.1}
     assert not list(run["out"].rglob("*.part"))
-    record = json.loads((run["out"] / "plan.json").read_text())
+    record = json.loads((run["out"] / "logs" / "plan.json").read_text())
     assert record["Threshold"] == THRESHOLD and record["dbs"]["n_permutations"] == 200
 
 
@@ -489,7 +498,7 @@ def test_spatial_correlations_and_controls(run):
     # planted: the reference seed's network is network A, the primary network's positive part
     assert scan["r"].iloc[0] > 0.25 > abs(scan["r"].iloc[1])
     controls = read(run, f"{PREFIX}_set-primary_thresh-5p1_desc-controls_summary.tsv")
-    assert list(controls["set"]) == ["control"] and controls["n_studies"].iloc[0] == 2
+    assert list(controls["control_set"]) == ["control"] and controls["n_studies"].iloc[0] == 2
     assert controls["r"].iloc[0] == pytest.approx(np.corrcoef(overlap, control)[0, 1])
     img = read(run, f"{PREFIX}_desc-spatialcorrImg_summary.tsv")
     planted = np.asarray(nib.load(run["inputs"] / "planted.nii.gz").dataobj).ravel()
@@ -506,11 +515,11 @@ def test_roi_to_roi(run):
     z = results.node_values[:, results.columns("primary"), :]
     for net in ("A", "B", "C"):
         expected = z[:, :, nodes == net].reshape(len(z), -1).mean(1)
-        np.testing.assert_allclose(values[net], expected)
+        np.testing.assert_allclose(values[net], expected, rtol=1e-6)  # 7 digits in TSVs
     # the study's units: one value per node (mean z over subjects and seeds)
     node_means = z.mean(axis=(0, 1))
     nodes_table = read(run, f"{PREFIX}_set-primary_desc-roitoroinodes_values.tsv")
-    np.testing.assert_allclose(nodes_table["mean_z"], node_means)
+    np.testing.assert_allclose(nodes_table["mean_z"], node_means, rtol=1e-6)
     assert list(nodes_table["network"]) == list(nodes)
     summary = read(run, f"{PREFIX}_set-primary_desc-roitoroi_summary.tsv").iloc[0]
     f, p = stats.f_oneway(*[node_means[nodes == net] for net in ("A", "B", "C")])
@@ -552,8 +561,8 @@ def test_ale_inputs_and_maps(run):
     assert captured["kwargs"]["n_iters"] == 5 and captured["kwargs"]["random_state"] == 7
     z = image(run, "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-ale_statmap.nii.gz")
     np.testing.assert_allclose(z, captured["maps"]["z"].get_fdata(), rtol=1e-6)
-    sidecar = json.loads((run["out"] / "space-MNI152NLin6Asym_res-2_set-primary_stat-z_desc-"
-                          "ale_statmap.json").read_text())
+    sidecar = json.loads((run["out"] / "ale" / "space-MNI152NLin6Asym_res-2_set-primary_stat-z"
+                          "_desc-ale_statmap.json").read_text())
     assert sidecar["SpatialReference"] == "MNI152NLin6Asym" and sidecar["Iterations"] == 5
     summary = read(run, "space-MNI152NLin6Asym_res-2_set-primary_desc-ale_summary.tsv").iloc[0]
     assert summary["n_studies"] == 4 and summary["n_foci"] == 8
@@ -576,7 +585,7 @@ def test_runs_are_reproducible(run, tmp_path):
     results = run["results"]
     run_plan(plan, results, writer, GRID, THRESHOLD)
     name = f"{PREFIX}_set-primary_thresh-5p1_desc-roioverlapGroups_null.tsv"
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name, sep="\t"), read(run, name))
+    pd.testing.assert_frame_equal(pd.read_csv(find(tmp_path, name), sep="\t"), read(run, name))
 
 
 def test_default_plan_and_runtime_errors(run, tmp_path):

@@ -45,14 +45,14 @@ def test_variants_and_correlations_match_direct_computation():
     results = synthetic_results(np.random.default_rng(0))
     variants = enumerate_variants(results, "primary", 2.0, [3.0], ["modality"])
     labels = [v.label for v in variants]
-    assert labels == ["main", "thresh-3", "modality-PET", "modality-without-PET",
-                      "modality-fMRI", "modality-without-fMRI"]
+    assert labels == ["main", "thresh-3", "modalityPET", "modalityWithoutPET",
+                      "modalityfMRI", "modalityWithoutfMRI"]
     maps = variant_maps(results, variants)
     t = results.t[:, results.columns("primary")]
     pet = t[:, 0::2]  # even studies are PET
     signs = np.sign(pet) * (np.abs(pet) > 2.0)
-    np.testing.assert_allclose(maps["modality-PET"]["overlap"], signs.mean(axis=1), atol=1e-6)
-    np.testing.assert_allclose(maps["modality-without-PET"]["overlap"],
+    np.testing.assert_allclose(maps["modalityPET"]["overlap"], signs.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(maps["modalityWithoutPET"]["overlap"],
                                (np.sign(t[:, 1::2]) * (np.abs(t[:, 1::2]) > 2.0)).mean(axis=1),
                                atol=1e-6)
     matrix = correlation_matrix({k: m["overlap"] for k, m in maps.items()})
@@ -119,24 +119,30 @@ def test_cli_sensitivity_and_specificity(tiny_connectome, tmp_path):
     assert sorted(seeds["variant"].unique()) == ["d9mm", "main", "percoord"]
     assert (seeds["set"] == "random").sum() == 6  # 3 primary studies x 2 relocations
     prefix = f"{ENTS}_set-primary"
-    for name in (f"{prefix}_thresh-4_desc-overlap_boldmap.nii.gz",
-                 f"{prefix}_thresh-7_desc-overlap_boldmap.nii.gz",
-                 f"{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz",
-                 f"{prefix}_variant-percoord_thresh-5p1_desc-overlap_boldmap.nii.gz",
-                 f"{prefix}_variant-modalityPET_thresh-5p1_desc-overlap_boldmap.nii.gz",
-                 f"{prefix}_variant-modalityWithoutPET_thresh-5p1_desc-overlap_boldmap.nii.gz",
-                 f"{prefix}_desc-sensitivity_correlations.tsv",
-                 f"{prefix}_desc-sensitivity_variants.tsv"):
+    for name in (f"network/{prefix}_thresh-4_desc-overlap_boldmap.nii.gz",
+                 f"network/{prefix}_thresh-7_desc-overlap_boldmap.nii.gz",
+                 f"sensitivity/{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz",
+                 f"sensitivity/{prefix}_variant-percoord_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz",
+                 f"sensitivity/{prefix}_variant-modalityPET_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz",
+                 f"sensitivity/{prefix}_variant-modalityWithoutPET_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz",
+                 f"sensitivity/{prefix}_desc-sensitivity_correlations.tsv",
+                 f"sensitivity/{prefix}_desc-sensitivity_variants.tsv"):
         assert (out / name).exists(), name
-    matrix = pd.read_csv(out / f"{prefix}_desc-sensitivity_correlations.tsv", sep="\t",
+    matrix = pd.read_csv(out / "sensitivity" / f"{prefix}_desc-sensitivity_correlations.tsv",
+                         sep="\t",
                          index_col=0)
-    main_map = nb.load(out / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz").get_fdata()
-    d9 = nb.load(out / f"{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz")
+    main_map = nb.load(out / "network" / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz"
+                       ).get_fdata()
+    d9 = nb.load(out / "sensitivity"
+                 / f"{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz")
     mask = nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").get_fdata() > 0
     expected = np.corrcoef(main_map[mask], d9.get_fdata()[mask])[0, 1]
     assert matrix.loc["main", "d9mm"] == pytest.approx(expected, abs=1e-6)
     for control in ("control", "random"):
-        stem = f"{prefix}_control-{control}"
+        stem = f"specificity/{prefix}_control-{control}"
         for stat in ("t", "tfce", "logp", "logpFWE", "logpFDR"):
             assert (out / f"{stem}_stat-{stat}_boldmap.nii.gz").exists()
         assert (out / f"{stem}_desc-significant_mask.nii.gz").exists()
@@ -144,19 +150,19 @@ def test_cli_sensitivity_and_specificity(tiny_connectome, tmp_path):
         sidecar = json.loads((out / f"{stem}_stat-tfce_boldmap.json").read_text())
         assert sidecar["NumberOfPermutations"] == 40
     # the degree check (on by default): r of each network with the degree map, over the mask
-    degree = nb.load(out / f"{ENTS}_stat-degree_boldmap.nii.gz").get_fdata()[mask]
+    degree = nb.load(out / "degree" / f"{ENTS}_stat-degree_boldmap.nii.gz").get_fdata()[mask]
     assert (degree > 0).all()
-    check = pd.read_csv(out / f"{ENTS}_desc-degree_correlations.tsv", sep="\t")
+    check = pd.read_csv(out / "degree" / f"{ENTS}_desc-degree_correlations.tsv", sep="\t")
     assert list(check["network"]) == ["main", "main", "relocation-1", "relocation-2"]
     row = check.iloc[0]
     assert row["set"] == "primary" and row["n_null"] == 2
     assert row["r_degree"] == pytest.approx(np.corrcoef(main_map[mask], degree)[0, 1], abs=1e-5)
-    residual = nb.load(out / f"{prefix}_thresh-5p1_desc-degreeresidual_boldmap.nii.gz")
+    residual = nb.load(out / "degree" / f"{prefix}_thresh-5p1_desc-degreeresidual_boldmap.nii.gz")
     design = np.c_[np.ones(mask.sum()), degree]
     beta, *_ = np.linalg.lstsq(design, main_map[mask], rcond=None)
     np.testing.assert_allclose(residual.get_fdata()[mask], main_map[mask] - design @ beta,
                                atol=1e-5)
-    described = json.loads((out / f"{ENTS}_desc-degree_correlations.json").read_text())
+    described = json.loads((out / "degree" / f"{ENTS}_desc-degree_correlations.json").read_text())
     assert described["NumberOfSampleVoxels"] == 300 and "p_degree" in described
 
 
@@ -167,13 +173,16 @@ def test_cli_compare_cohort(tiny_connectome, tiny_coordinates, tmp_path):
                  "-w", str(tmp_path / "w"), "--participant-filter", "group=HC",
                  "--compare-participant-filter", "group=IGE", "--nipype-plugin", "Linear",
                  "--no-degree-check"]) == 0
-    assert not list(out.glob("*degree*"))
+    assert not list(out.rglob("*degree*"))
     prefix = f"{ENTS}_set-primary"
-    other = out / f"{prefix}_variant-connectomeIGE_thresh-5p1_desc-overlap_boldmap.nii.gz"
+    other = (out / "sensitivity"
+             / f"{prefix}_variant-connectomeIGE_thresh-5p1_desc-overlap_boldmap.nii.gz")
     assert other.exists()
-    table = pd.read_csv(out / f"{prefix}_desc-connectomes_correlations.tsv", sep="\t")
+    table = pd.read_csv(out / "sensitivity" / f"{prefix}_desc-connectomes_correlations.tsv",
+                        sep="\t")
     assert list(table["n_subjects"]) == [4, 4]
-    main_map = nb.load(out / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz").get_fdata()
+    main_map = nb.load(out / "network" / f"{prefix}_thresh-5p1_desc-overlap_boldmap.nii.gz"
+                       ).get_fdata()
     mask = nb.load(out / f"space-{SPACE}_desc-analysis_mask.nii.gz").get_fdata() > 0
     expected = np.corrcoef(main_map[mask], nb.load(other).get_fdata()[mask])[0, 1]
     assert table["r_with_main"].iloc[1] == pytest.approx(expected, abs=1e-6)

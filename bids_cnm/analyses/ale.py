@@ -130,6 +130,13 @@ def coordinates_to_nimare_source(
     return src
 
 
+class ALEMaps(dict):
+    """NiMARE's maps by name, with NiMARE's ``description_`` and ``bibtex_`` of the run."""
+
+    description: str = ""
+    bibtex: str = ""
+
+
 def run_ale(
     coordinates: pd.DataFrame,
     n_iters: int = 10000,
@@ -215,7 +222,10 @@ def run_ale(
             n_cores=n_cores,
         )
         corrected = corrector.transform(result)
-    maps = {name: corrected.get_map(name) for name in corrected.maps}
+    maps = ALEMaps({name: corrected.get_map(name) for name in corrected.maps})
+    # NiMARE's own methods text and references, for the run's citation boilerplate
+    maps.description = str(getattr(corrected, "description_", "") or "")
+    maps.bibtex = str(getattr(corrected, "bibtex_", "") or "")
 
     logp_cluster = corrected.get_map(
         "logp_desc-size_level-cluster_corr-FWE_method-montecarlo", return_type="array"

@@ -74,7 +74,7 @@ from bids_cnm.analyses.validation import (
 )
 from bids_cnm.errors import CNMError, InputDataError, MissingInputError, ReadError
 from bids_cnm.engine.group_results import GroupResults
-from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json, write_tsv
+from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json
 from bids_cnm.plan import (
     DBS_MAPS,
     Atlas,
@@ -113,6 +113,10 @@ _ALE_SPACE = {"mni152_2mm": ("MNI152NLin6Asym", "2"), "ale_2mm": ("MNI152NLin6As
 
 _COLUMN_DESCRIPTIONS = {
     "roi": "ROI name (sphere label, mask file name or atlas region).",
+    # not "set": pybids reads a sidecar key named after an entity of the file name as
+    # that entity's value
+    "control_set": "Control coordinate set compared with the primary sets.",
+    "max_abs_overlap": "Largest |signed overlap| of the control set's network.",
     "n_voxels_in_mask": "ROI voxels inside the analysis mask with a finite network value.",
     "overlap_pct": "% overlap x 100, as the column 'denominator' says: 'roi' = sum of the "
                    "network's values in the ROI / number of ROI voxels (voxels outside the "
@@ -144,6 +148,11 @@ _COLUMN_DESCRIPTIONS = {
     "distance_mm": "Euclidean distance from the peak (mm).",
     "null_overlap": "One draw of the null distribution (% overlap).",
 }
+
+
+def _column_fallback(column: str) -> str:
+    """Columns named after the plan's data (an ROI table's own metadata, networks)."""
+    return f"Column '{column}' of the analysis plan's input table, or a network of the plan."
 
 
 @dataclass(frozen=True)
@@ -276,13 +285,10 @@ class _Runner:
 
     def write_table(self, entities: dict, suffix: str, table: pd.DataFrame,
                     description: str, sources: list, **extra: object) -> Path:
-        path = self.writer.path(entities, suffix, ".tsv")
-        write_tsv(path, table)
-        sidecar = self.writer.sidecar(description, [str(s) for s in sources], **extra)
-        for column in table.columns:
-            if column in _COLUMN_DESCRIPTIONS:
-                sidecar[column] = {"Description": _COLUMN_DESCRIPTIONS[column]}
-        write_json(path.with_name(path.name[: -len(".tsv")] + ".json"), sidecar)
+        path = self.writer.write_table(
+            entities, suffix, table, description, [str(s) for s in sources],
+            columns=_COLUMN_DESCRIPTIONS, fallback=_column_fallback, **extra,
+        )
         self.paths.append(path)
         return path
 
@@ -360,7 +366,7 @@ class _Runner:
         for name in sets:
             values = self.overlap((name,), "overlap", "control_sets")
             r = spatial_correlation(primary, values) if np.ptp(values) > 0 else float("nan")
-            rows.append({"set": name, "n_studies": len(self.results.columns(name)),
+            rows.append({"control_set": name, "n_studies": len(self.results.columns(name)),
                          "r": r, "max_abs_overlap": float(np.abs(values).max())})
         LOGGER.info("analysis plan: %d control set(s) compared with the primary overlap",
                     len(rows))
@@ -792,7 +798,8 @@ class _Runner:
                          "ALE of the coordinates: surviving clusters (cluster-size FWE) and "
                          "spatial correlation of the ALE z map (resampled onto the connectome "
                          "grid) with the sets' signed overlap (r_ale_overlap).", self.sources,
-                         **common)
+                         NiMAREDescription=getattr(maps, "description", ""),
+                         NiMAREBibTeX=getattr(maps, "bibtex", ""), **common)
         if n_clusters:
             peaks = find_peaks(maps[ale_mod.THRESHOLDED_MAP], fraction=1e-6)
         else:
@@ -852,7 +859,9 @@ def run_plan(
         run.peak(i, item)
     if plan.ale is not None:
         run.ale()
-    record = {"Source": plan.source, "Threshold": float(threshold), **plan.to_dict()}
-    run.paths.append(write_json(writer.root / "plan.json", record))
+    record = {"Source": writer.uri(plan.source) if plan.source else None,
+              "Threshold": float(threshold), **plan.to_dict()}
+    # a record of the run, not a data file's sidecar: with the logs
+    run.paths.append(write_json(writer.logs_path("plan.json"), record))
     LOGGER.info("analysis plan: wrote %d files", len(run.paths))
     return run.paths

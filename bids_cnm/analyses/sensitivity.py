@@ -21,7 +21,7 @@ import pandas as pd
 
 from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.engine.seeds import seed_label
-from bids_cnm.stats.overlap import overlap_maps
+from bids_cnm.stats.overlap import overlap_maps, threshold_label
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,9 @@ class Variant:
     Attributes
     ----------
     label : str
-        Unique, human-readable (``main``, ``thresh-7``, ``d3mm``,
-        ``modality-fMRI``, ``modality-without-fMRI``...).
+        Unique, spelt as in the file names (``main``, ``thresh-4p7``, ``d3mm``,
+        ``modalityfMRI``, ``modalityWithoutfMRI``...): the ``variant`` entity, or
+        ``thresh-<T>`` for the main seeds at another threshold.
     set_name, variant : str
         Seeds are those of this set and seed variant.
     threshold : float
@@ -99,7 +100,7 @@ def enumerate_variants(
     out = [Variant("main", set_name, "main", main_threshold, main, None)]
     for threshold in thresholds:
         if threshold != main_threshold:
-            label = f"thresh-{threshold:g}"
+            label = f"thresh-{threshold_label(threshold)}"
             out.append(Variant(label, set_name, "main", threshold, main, None))
     in_set = (table["set"] == set_name).to_numpy()
     for variant in sorted(set(table.loc[in_set, "variant"]) - {"main"}):
@@ -111,12 +112,12 @@ def enumerate_variants(
             has = _has_level(sub[column], level)
             tag = seed_label(f"{column}{level}")
             if has.any():
-                out.append(Variant(f"{column}-{level}", set_name, "main", main_threshold,
+                out.append(Variant(tag, set_name, "main", main_threshold,
                                    tuple(np.asarray(main)[has]), tag))
             if (~has).any() and has.any():
-                out.append(Variant(f"{column}-without-{level}", set_name, "main",
-                                   main_threshold, tuple(np.asarray(main)[~has]),
-                                   seed_label(f"{column}Without{level}")))
+                without = seed_label(f"{column}Without{level}")
+                out.append(Variant(without, set_name, "main", main_threshold,
+                                   tuple(np.asarray(main)[~has]), without))
     return out
 
 

@@ -368,7 +368,7 @@ def boutiques_descriptor(parser: argparse.ArgumentParser | None = None) -> dict:
                 "the thresholded seed networks of the 'primary' coordinate set (group "
                 "level).",
                 "path-template": (
-                    "[OUTPUT_DIR]/*_set-primary_thresh-*_desc-overlap_boldmap.nii.gz"
+                    "[OUTPUT_DIR]/network/*_set-primary_thresh-*_desc-overlap_boldmap.nii.gz"
                 ),
                 "optional": True,
             },

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import difflib
 import os
+import sys
 from pathlib import Path
 
 from bids_cnm import __version__
@@ -13,11 +15,44 @@ from bids_cnm.errors import EX_USAGE, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that exits with the BIDS-Apps usage code (64)."""
+    """An ArgumentParser that exits with the BIDS-Apps usage code (64), writes its usage
+    errors to stderr and suggests the closest option for a misspelt one."""
+
+    _argv: list[str] = []
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage()
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}{self._suggestion()}\n")
+
+    def _suggestion(self) -> str:
+        """``did you mean --x?`` for every misspelt option of the command line (Python
+        3.11 has no ``suggest_on_error``; difflib gives the same kind of hint).  A
+        misspelt option often shows as a missing required one, so the command line is
+        checked whatever the error."""
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        for word in self._argv:
+            option = word.split("=", 1)[0]
+            if not option.startswith("--") or any(k.startswith(option) for k in known):
+                continue  # not an option, or one argparse accepts (also abbreviated)
+            close = difflib.get_close_matches(option, known, n=1)
+            if close:
+                hints.append(f"{option}: did you mean {close[0]}?")
+        return ("; " + "; ".join(hints)) if hints else ""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once: not when the help already says it, nor an empty one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _positive_float(text: str) -> float:
@@ -67,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bids_cnm",
         description="Coordinate network mapping: seeds at reported MNI coordinates, their "
         "connectivity in a normative resting-state connectome, and the overlap network.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path,
                         help="the connectome: a BIDS derivatives dataset of preprocessed "
@@ -94,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--participant-filter", "--participant_filter", nargs="+", default=[],
                         type=_filter, metavar="COLUMN=VALUE", dest="participant_filter",
                         help="select a cohort from participants.tsv, e.g. group=IGE")
+    inputs.add_argument("--bids-filter-file", type=Path, default=None, metavar="FILE",
+                        help="JSON of pybids filters added to the BOLD query, NiPreps "
+                        "style: {\"bold\": {\"session\": \"1\"}}")
     inputs.add_argument("--task", default=None, help="task label of the BOLD runs")
     inputs.add_argument("--space", default=None,
                         help="space label of the BOLD runs (default: the only one present)")
@@ -156,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                       default="independent",
                       help="relocate every coordinate on its own, or each study's coordinates "
                       "together by one random rigid transform (keeps their configuration)")
-    spec.add_argument("--n-permutations", type=_positive_int, default=5000)
+    spec.add_argument("--n-permutations", type=_positive_int, default=5000, metavar="N",
+                      help="label permutations of each specificity test (p cannot go below "
+                      "1/(N+1))")
     spec.add_argument("--specificity-maps", choices=["t", "binarized", "liebermeister"],
                       default="t", help="compare unthresholded t-maps, binarized maps by "
                       "permutation, or binarized maps by the Liebermeister test")
@@ -190,18 +230,44 @@ def build_parser() -> argparse.ArgumentParser:
                       help="nipype execution plugin (cluster plugins submit one job per node)")
     perf.add_argument("--plugin-config", type=Path, default=None, metavar="FILE",
                       help="JSON or YAML file of nipype plugin_args (e.g. sbatch_args)")
-    perf.add_argument("--mem-gb", type=_positive_float, default=None,
-                      help="memory available to MultiProc, in GB")
     perf.add_argument("--overwrite", action="store_true",
                       help="OUTPUT_DIR holds outputs of another connectome or other settings: "
                       "remove the files that earlier run recorded, and only those, instead of "
                       "refusing (see docs/guarantees.md)")
     perf.add_argument("--min-volumes", type=_non_negative_int, default=50, metavar="N",
                       help="warn (once, listing them) about subjects with fewer BOLD volumes")
+    perf.add_argument("--omp-nthreads", type=_positive_int, default=None, metavar="N",
+                      help="threads of each process (BLAS, OpenMP, numba); default: the "
+                      "libraries' own")
+    memory = perf.add_mutually_exclusive_group()
+    memory.add_argument("--mem-mb", "--mem_mb", "--mem", type=_positive_float, default=None,
+                        dest="mem_mb", metavar="MB",
+                        help="memory available to MultiProc, in MB")
+    memory.add_argument("--mem-gb", type=_positive_float, default=None, metavar="GB",
+                        help="the same in GB (alias of --mem-mb)")
+    perf.add_argument("--clean-workdir", action="store_true",
+                      help="empty the work directory before running (nothing is reused)")
+    perf.add_argument("--stop-on-first-crash", action="store_true",
+                      help="stop at the first failing step instead of finishing the "
+                      "independent ones")
+    perf.add_argument("--notrack", action="store_true",
+                      help="accepted for NiPreps compatibility: bids_cnm sends no usage data "
+                      "and never reaches the network (nipype's version check is off, "
+                      "NIPYPE_NO_ET=1)")
     perf.add_argument("--skip-participant-maps", action="store_true",
                       help="participant level: prepare the time series only, write no maps")
     perf.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity",
                       help="more messages (-vv for nipype's own)")
+
+    record = parser.add_argument_group("configuration and record")
+    record.add_argument("--config-file", type=Path, default=None, metavar="FILE",
+                        help="TOML or JSON of options (long names, e.g. t-threshold = 4.7); "
+                        "the command line wins. Every run writes its own to "
+                        "OUTPUT_DIR/logs/bids_cnm.toml")
+    record.add_argument("--boilerplate-only", "--boilerplate_only", action="store_true",
+                        dest="boilerplate_only",
+                        help="write the methods boilerplate (OUTPUT_DIR/logs/CITATION.md, "
+                        ".html, .bib) and stop")
     return parser
 
 
@@ -220,7 +286,27 @@ def parse_args(argv: list[str] | None = None) -> Config:
         When the paths are inconsistent (OUTPUT_DIR or the work folder equal to or
         inside an input dataset: BIDS_DIR or --compare-connectome).
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # --config-file first: its options become defaults, so the command line still wins
+    # (and a required option such as --coordinates may come from the file)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config-file", type=Path, default=None)
+    config_file = pre.parse_known_args(argv)[0].config_file
+    if config_file is not None:
+        from bids_cnm.cli.config_file import file_defaults
+
+        defaults = file_defaults(parser, config_file.expanduser().resolve())
+        parser.set_defaults(**defaults)
+        for action in parser._actions:
+            if action.dest in defaults:
+                action.required = False
+    args = parser.parse_args(argv)
+    bids_filters = {}
+    if args.bids_filter_file is not None:
+        from bids_cnm.cli.config_file import load_bids_filters
+
+        bids_filters = load_bids_filters(args.bids_filter_file.expanduser().resolve())
+    mem_gb = args.mem_gb if args.mem_mb is None else args.mem_mb / 1024
     bids_dir = args.bids_dir.expanduser().resolve()
     output_dir = args.output_dir.expanduser().resolve()
     work_dir = (args.work_dir or _default_work_dir(output_dir)).expanduser().resolve()
@@ -256,7 +342,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         nprocs=args.nprocs,
         nipype_plugin=args.nipype_plugin,
         plugin_config=args.plugin_config.expanduser().resolve() if args.plugin_config else None,
-        mem_gb=args.mem_gb,
+        mem_gb=mem_gb,
+        bids_filters=bids_filters,
+        omp_nthreads=args.omp_nthreads,
+        clean_workdir=args.clean_workdir,
+        stop_on_first_crash=args.stop_on_first_crash,
+        boilerplate_only=args.boilerplate_only,
         verbosity=args.verbosity,
         write_participant_maps=not args.skip_participant_maps,
         # repeated values would only write the same variant twice
@@ -283,4 +374,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         compare_label=args.compare_label,
         overwrite=args.overwrite,
         min_volumes=args.min_volumes,
+        # every option as given, for OUTPUT_DIR/logs/bids_cnm.toml
+        extra={"options": {k: (str(v.expanduser().resolve()) if isinstance(v, Path) else v)
+                           for k, v in vars(args).items()}},
     )

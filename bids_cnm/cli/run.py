@@ -17,7 +17,7 @@ import time
 # reads local files only.  bids_cnm.cli (imported before this module) already set
 # NIPYPE_NO_ET unless the user chose otherwise; see bids_cnm.cli.environment.
 
-from bids_cnm.cli import interrupt
+from bids_cnm.cli import interrupt, record
 from bids_cnm.cli.parser import parse_args
 from bids_cnm.cli.workflow import build_workflow, execute
 from bids_cnm.config import Config
@@ -26,7 +26,9 @@ from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
 from bids_cnm.io.identity import dataset_identity
 from bids_cnm.io.lock import FolderLock
 from bids_cnm.io.run_record import begin_run, finish_run
-from bids_cnm.workflows.inputs import level_settings, resolve_inputs
+from bids_cnm.io.coordinates import read_coordinates
+from bids_cnm.plan import load_plan
+from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -38,6 +40,7 @@ def setup_logging(verbosity: int) -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     LOGGER.propagate = False
+    record.route_warnings(LOGGER)
     nipype_level = logging.INFO if verbosity >= 2 else logging.WARNING
     from nipype import logging as nlogging
 
@@ -51,14 +54,27 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
 
     ``command`` (the command line as typed) goes into the report.
     """
+    with record.folders_removed_on_error(config.output_dir, config.work_dir):
+        return _run(config, command)
+
+
+def _run(config: Config, command: tuple[str, ...]) -> int:
     started = time.time()
     writable_folder(config.output_dir, "OUTPUT_DIR")
     writable_folder(config.work_dir, "--work-dir")
+    record.limit_threads(config.omp_nthreads)
+    if config.boilerplate_only:
+        run_config, plan, table, connectome = read_inputs(config)
+        paths = record.write_record(run_config, connectome, table, plan)
+        LOGGER.info("--boilerplate-only: wrote %s", ", ".join(p.name for p in paths))
+        return 0
     # participant jobs of one cohort may share the folders (one per subject); a group
     # run owns them
     shared = config.analysis_level == "participant"
     with FolderLock(config.output_dir, "OUTPUT_DIR", shared), \
             FolderLock(config.work_dir, "--work-dir", shared):
+        if config.clean_workdir:
+            record.clean_workdir(config)
         inputs = resolve_inputs(config, command)
         _sweep(inputs)
         removed = begin_run(config.output_dir, config.analysis_level,
@@ -68,6 +84,9 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
             LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))
         workflow = build_workflow(inputs)
         execute(workflow, inputs.config, started)
+        record.write_record(inputs.config, inputs.connectome,
+                            read_coordinates(inputs.config.coordinates),
+                            load_plan(inputs.config.analysis_plan))
         finish_run(config.output_dir, config.analysis_level)
     return 0
 

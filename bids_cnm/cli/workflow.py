@@ -30,7 +30,7 @@ def build_workflow(inputs: RunInputs) -> pe.Workflow:
         {
             "crashdump_dir": str(config.work_dir / "crash"),
             "crashfile_format": "txt",
-            "stop_on_first_crash": True,
+            "stop_on_first_crash": config.stop_on_first_crash,
             "remove_unnecessary_outputs": False,
         }
     )

@@ -28,13 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     """Generate the demo data (once) and run the group level on it."""
     parser = argparse.ArgumentParser(
         prog="bids_cnm-demo",
-        description="Generate the synthetic demo connectome and run bids_cnm's group level.",
+        description="Generate the synthetic demo connectome, coordinates and analysis plan "
+        "(once) under OUT_DIR and run bids_cnm's whole group-level chain on them. Any other "
+        "option is passed on to bids_cnm (see bids_cnm --help).",
+        epilog="The default demo takes about 0.75 GB of disk (connectome 0.28 GB, work directory "
+        "0.42 GB, outputs 0.03 GB) and a few minutes on 2 cores.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("out_dir", type=Path, help="folder for the demo data and results")
-    parser.add_argument("--n-subjects", type=int, default=20)
-    parser.add_argument("--n-volumes", type=int, default=120)
-    parser.add_argument("--resolution", type=int, default=4, choices=[2, 3, 4])
-    parser.add_argument("--nprocs", type=int, default=min(os.cpu_count() or 1, 8))
+    parser.add_argument("--n-subjects", type=int, default=20,
+                        help="subjects of the synthetic connectome")
+    parser.add_argument("--n-volumes", type=int, default=120,
+                        help="BOLD volumes per run")
+    parser.add_argument("--resolution", type=int, default=4, choices=[2, 3, 4],
+                        help="voxel size of the connectome, in mm")
+    parser.add_argument("--nprocs", type=int, default=min(os.cpu_count() or 1, 8),
+                        help="processes of the bids_cnm run")
     args, extra = parser.parse_known_args(argv)
 
     out = args.out_dir.resolve()

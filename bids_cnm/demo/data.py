@@ -284,11 +284,15 @@ def _write_subject(index: int, label: str, run_ids: Sequence[int | None], desc: 
         bold = func_dir / f"{stem}_desc-{desc}_bold.nii.gz"
         _write_nifti(_make_img(vol, mask_img, tr=TR), bold)
         del vol
+        # BIDS requires Resolution where a file name has a res entity
+        resolution_text = f"{resolution} mm isotropic voxels in {SPACE}"
         bold.with_name(bold.name.replace(".nii.gz", ".json")).write_text(json.dumps(
-            {"RepetitionTime": TR, "TaskName": TASK, "SkullStripped": False},
-            indent=2) + "\n")
+            {"RepetitionTime": TR, "TaskName": TASK, "SkullStripped": False,
+             "Resolution": resolution_text}, indent=2) + "\n")
         mask_path = func_dir / f"{stem}_desc-brain_mask.nii.gz"
         _write_nifti(mask_u8, mask_path)
+        mask_path.with_name(mask_path.name.replace(".nii.gz", ".json")).write_text(json.dumps(
+            {"Type": "Brain", "Resolution": resolution_text}, indent=2) + "\n")
         written += [bold, mask_path]
     return written
 

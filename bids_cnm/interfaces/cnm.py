@@ -49,6 +49,7 @@ def _writer(args: dict) -> DerivativesWriter:
         Path(args["bids_dir"]),
         args["settings"],
         args["space"],
+        links=args.get("links"),
     )
 
 

@@ -170,6 +170,7 @@ def index_connectome(
     res: str | None = None,
     bold_desc: tuple[str, ...] = ("preproc", "denoised"),
     database_path: Path | None = None,
+    filters: dict | None = None,
 ) -> Connectome:
     """Index the connectome's BOLD runs and masks with pybids and check the grid.
 
@@ -187,6 +188,9 @@ def index_connectome(
         Accepted ``desc`` values of BOLD files.
     database_path : Path, optional
         Where pybids may keep its index (never inside ``root``).
+    filters : dict, optional
+        More pybids entity filters of the BOLD runs and masks (``--bids-filter-file``'s
+        ``bold`` query, e.g. ``{"session": "1"}``).
 
     Returns
     -------
@@ -200,6 +204,14 @@ def index_connectome(
             f"no BOLD file with desc in {{{', '.join(bold_desc)}}} in {root}: BIDS_DIR "
             "must hold preprocessed BOLD (e.g. *_desc-preproc_bold.nii.gz); see --bold-desc."
         )
+    if filters:
+        base.update(filters)
+        try:
+            found = layout.get(**base)
+        except ValueError as exc:  # pybids: an entity it does not know
+            raise UsageError(f"--bids-filter-file: {exc}") from exc
+        if not found:
+            raise NoMatchError(f"--bids-filter-file {filters} matches no BOLD run in {root}.")
     space = _single(layout, "space", space, base, "--space")
     if space is None:
         raise NoMatchError(

@@ -6,6 +6,10 @@ the pybids config shipped with the package (``bids_cnm/data/bids_cnm_config.json
 5.1), ``variant-<label>`` (sensitivity variants) and ``control-<set>``
 (specificity comparisons).  See ``docs/outputs.md`` for the full scheme.
 
+Group-level files go into one folder per analysis (:mod:`bids_cnm.io.layout`);
+sidecars name their sources as BIDS URIs (``bids:connectome:sub-01/func/...``)
+resolved by the ``DatasetLinks`` of ``dataset_description.json``.
+
 Every file is written to a temporary name in its final folder and renamed into
 place, so a crash never leaves a half-written output behind.
 """
@@ -17,7 +21,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import nibabel as nb
@@ -26,6 +30,8 @@ import pandas as pd
 
 from bids_cnm import __version__
 from bids_cnm.errors import OutputError
+from bids_cnm.io.columns import column_sidecar
+from bids_cnm.io.layout import LOGS_FOLDER, group_folder, write_bidsignore
 
 #: order of entities in file names (BIDS order, then ours)
 ENTITY_ORDER = (
@@ -34,6 +40,15 @@ ENTITY_ORDER = (
 )
 CODE_URL = "https://github.com/bids-cnm/bids_cnm"
 PYBIDS_CONFIG = Path(__file__).resolve().parent.parent / "data" / "bids_cnm_config.json"
+#: settings that shape a connectivity or network map (recorded in its sidecar; the
+#: whole configuration is in ``logs/bids_cnm.toml`` once)
+MAP_SETTINGS = (
+    "coordinates", "task", "space", "res", "bold_desc", "sphere_diameter", "seed_signal",
+    "run_combination", "cache_dtype", "t_threshold",
+)
+#: significant digits of the floats in the TSVs: those of the float32 maps (about 7),
+#: not the 17 of a float64 repr
+TSV_FLOAT_FORMAT = "%.7g"
 
 
 def bids_name(entities: Mapping[str, object], suffix: str, extension: str) -> str:
@@ -172,9 +187,11 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_tsv(path: Path, table: pd.DataFrame) -> Path:
-    """Write a TSV atomically (``n/a`` for missing values, as BIDS asks)."""
+    """Write a TSV atomically (``n/a`` for missing values, as BIDS asks; 7 significant digits)."""
     _atomic_write_bytes(
-        Path(path), lambda tmp: table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+        Path(path),
+        lambda tmp: table.to_csv(tmp, sep="\t", index=False, na_rep="n/a",
+                                 float_format=TSV_FLOAT_FORMAT),
     )
     return Path(path)
 
@@ -198,18 +215,23 @@ def _jsonable(value: object) -> object:
 
 
 class DerivativesWriter:
-    """Writes maps with sidecars into a BIDS derivatives folder.
+    """Writes maps and tables with their sidecars into a BIDS derivatives folder.
 
     Parameters
     ----------
     root : Path
         The output directory (created when missing).
     source_dataset : Path
-        The connectome (recorded in ``SourceDatasets``).
+        The connectome (recorded in ``SourceDatasets`` and as ``DatasetLinks``
+        ``connectome``).
     settings : dict
-        Settings recorded in every sidecar (``bids_cnm`` key).
+        The run's settings; a sidecar records those that shaped its file
+        (:data:`MAP_SETTINGS` unless told otherwise).
     spatial_reference : str
         Template name of the grid (e.g. ``MNI152NLin2009cAsym``).
+    links : dict, optional
+        More named input folders (``coordinates``, ``plan``, ``compare``...):
+        sources inside them are written ``bids:<name>:<relative path>``.
     """
 
     def __init__(
@@ -218,18 +240,21 @@ class DerivativesWriter:
         source_dataset: Path,
         settings: Mapping,
         spatial_reference: str,
+        links: Mapping[str, object] | None = None,
     ) -> None:
         self.root = Path(root)
         self.source_dataset = Path(source_dataset)
         self.settings = dict(settings)
         self.spatial_reference = spatial_reference
+        self.links = {"connectome": self.source_dataset}
+        self.links.update({k: Path(v) for k, v in (links or {}).items() if v})
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create OUTPUT_DIR {self.root}: {exc}") from exc
 
     def write_dataset_description(self) -> Path:
-        """Write ``dataset_description.json`` (DatasetType derivative)."""
+        """Write ``dataset_description.json`` (DatasetType derivative) and ``.bidsignore``."""
         generated = {"Name": "bids_cnm", "Version": __version__, "CodeURL": CODE_URL}
         container = os.environ.get("BIDS_CNM_CONTAINER")
         if container:
@@ -240,28 +265,95 @@ class DerivativesWriter:
             "DatasetType": "derivative",
             "GeneratedBy": [generated],
             "SourceDatasets": [{"URL": self.source_dataset.as_uri()}],
-            # resolves the bids:connectome:... URIs of the sidecars' Sources
-            "DatasetLinks": {"connectome": self.source_dataset.as_uri()},
+            # resolves the bids:<name>:... URIs of the sidecars' Sources
+            "DatasetLinks": {name: path.as_uri() for name, path in self.links.items()},
         }
+        write_bidsignore(self.root)
         return write_json(self.root / "dataset_description.json", description)
 
-    def path(self, entities: Mapping[str, object], suffix: str, extension: str) -> Path:
-        """Output path of a file (under ``sub-<label>/func`` when ``sub`` is given)."""
-        folder = self.root
-        if entities.get("sub"):
-            folder = folder / f"sub-{entities['sub']}" / "func"
-        return folder / bids_name(entities, suffix, extension)
+    def uri(self, source: object) -> str:
+        """A source file as a BIDS URI relative to a linked dataset (never absolute).
 
-    def sidecar(self, description: str, sources: list[str], **extra: object) -> dict:
-        """The JSON sidecar content of a map."""
+        ``bids::<path>`` for a file of these derivatives; a file outside every
+        linked folder is named by its file name only.
+        """
+        text = str(source)
+        if text.startswith("bids:"):
+            return text
+        path = Path(text).absolute()
+        candidates = [("", self.root), *self.links.items()]
+        # the deepest folder wins (the plan folder may sit inside the coordinates' one)
+        for name, folder in sorted(candidates, key=lambda c: -len(Path(c[1]).parts)):
+            try:
+                return f"bids:{name}:{path.relative_to(Path(folder).absolute()).as_posix()}"
+            except ValueError:
+                continue
+        return path.name
+
+    def path(
+        self,
+        entities: Mapping[str, object],
+        suffix: str,
+        extension: str,
+        folder: str | None = None,
+    ) -> Path:
+        """Output path of a file: ``sub-<label>/func`` when ``sub`` is given, else the
+        analysis folder (``folder``, or :func:`~bids_cnm.io.layout.group_folder`)."""
+        where = self.root
+        if entities.get("sub"):
+            where = where / f"sub-{entities['sub']}" / "func"
+        else:
+            folder = folder if folder is not None else group_folder(entities, suffix)
+            if folder:
+                where = where / folder
+        return where / bids_name(entities, suffix, extension)
+
+    def logs_path(self, name: str) -> Path:
+        """A file of the run's record (``logs/``: configuration, boilerplate, plan)."""
+        return self.root / LOGS_FOLDER / name
+
+    def sidecar(
+        self,
+        description: str,
+        sources: list,
+        settings: tuple[str, ...] | None = MAP_SETTINGS,
+        **extra: object,
+    ) -> dict:
+        """The JSON sidecar content of a map or table.
+
+        Parameters
+        ----------
+        description : str
+        sources : list
+            Paths or BIDS URIs of the inputs (written as BIDS URIs).
+        settings : tuple of str or None
+            Names of the run's settings that shaped the file (``None``: none).
+        **extra
+            More keys (BIDS keys in CamelCase).
+        """
         content = {
             "Description": description,
-            "Sources": sources,
+            "Sources": [self.uri(s) for s in sources],
             "SpatialReference": self.spatial_reference,
         }
         content.update(extra)
-        content["bids_cnm"] = self.settings
+        shaping = {k: self.settings[k] for k in settings or () if k in self.settings}
+        if isinstance(shaping.get("coordinates"), str):
+            shaping["coordinates"] = self.uri(shaping["coordinates"])
+        if shaping:
+            content["bids_cnm"] = shaping
         return content
+
+    @staticmethod
+    def _resolution(entities: Mapping[str, object], affine: np.ndarray | None) -> dict:
+        """BIDS requires ``Resolution`` in the sidecar of a file with a ``res`` entity."""
+        if entities.get("res") in (None, ""):
+            return {}
+        text = f"res-{entities['res']}: the grid of the connectome's BOLD runs"
+        if affine is not None:
+            zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+            text += f" ({' x '.join(f'{z:g}' for z in np.round(zooms, 3))} mm voxels)"
+        return {"Resolution": text}
 
     def write_map(
         self,
@@ -269,19 +361,63 @@ class DerivativesWriter:
         data: np.ndarray,
         affine: np.ndarray,
         description: str,
-        sources: list[str],
+        sources: list,
         suffix: str = "boldmap",
+        folder: str | None = None,
         **extra: object,
     ) -> Path:
         """Write a 3-D map and its sidecar; return the map's path."""
-        path = self.path(entities, suffix, ".nii.gz")
+        path = self.path(entities, suffix, ".nii.gz", folder)
         img = nb.Nifti1Image(np.asarray(data), affine)
         img.header.set_xyzt_units("mm")
         write_nifti(path, img)
+        extra = {**self._resolution(entities, affine), **extra}
         write_json(
             path.with_name(path.name.replace(".nii.gz", ".json")),
             self.sidecar(description, sources, **extra),
         )
+        return path
+
+    def write_table(
+        self,
+        entities: Mapping[str, object],
+        suffix: str,
+        table: pd.DataFrame,
+        description: str,
+        sources: list,
+        columns: Mapping[str, str] | None = None,
+        fallback: Callable[[str], str] | None = None,
+        folder: str | None = None,
+        **extra: object,
+    ) -> Path:
+        """Write a TSV and its sidecar describing every column; return the TSV's path.
+
+        ``columns`` and ``fallback`` are passed to :func:`bids_cnm.io.columns.column_sidecar`.
+        """
+        path = self.path(entities, suffix, ".tsv", folder)
+        return self.write_tsv_with_sidecar(
+            path, table, description, sources, columns, fallback,
+            **{**self._resolution(entities, None), **extra},
+        )
+
+    def write_tsv_with_sidecar(
+        self,
+        path: Path,
+        table: pd.DataFrame,
+        description: str,
+        sources: list,
+        columns: Mapping[str, str] | None = None,
+        fallback: Callable[[str], str] | None = None,
+        **extra: object,
+    ) -> Path:
+        """Write ``table`` at ``path`` with a sidecar: description, sources, columns."""
+        write_tsv(path, table)
+        extra.setdefault("settings", MAP_SETTINGS)
+        sidecar = self.sidecar(description, sources, **extra)
+        if "space-" not in path.name:  # a table of no grid (seeds.tsv)
+            sidecar.pop("SpatialReference", None)
+        sidecar.update(column_sidecar(table.columns, columns, fallback))
+        write_json(path.with_name(path.name[: -len(".tsv")] + ".json"), sidecar)
         return path
 
 

@@ -21,7 +21,7 @@ from bids_cnm.analyses.sensitivity import (
     variant_maps,
 )
 from bids_cnm.engine.group_results import GroupResults
-from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json, write_tsv
+from bids_cnm.io.derivatives import DerivativesWriter, unmask
 from bids_cnm.engine.seeds import Seeds, seed_label
 from bids_cnm.stats.overlap import threshold_label
 from bids_cnm.stats.peaks import find_peaks
@@ -109,7 +109,15 @@ def write_seeds(writer: DerivativesWriter, seeds: Seeds, entities: dict) -> list
                 Variant=row["variant"],
             )
         )
-    paths.append(write_tsv(writer.root / "seeds.tsv", seeds.table))
+    paths.append(writer.write_tsv_with_sidecar(
+        writer.root / "seeds.tsv", seeds.table,
+        "The seeds of the run: one row per seed (its mask is "
+        "seeds/<grid>_seed-<id>_mask.nii.gz).", [writer.settings.get("coordinates", "")],
+        fallback=lambda column: f"The coordinate table's column '{column}' (first value of "
+        "the seed's coordinates).",
+        settings=("coordinates", "sphere_diameter", "sphere_diameters", "per_coordinate",
+                  "random_relocations", "relocation_mode", "random_seed"),
+    ))
     return paths
 
 
@@ -151,6 +159,12 @@ def network_entities(entities: dict, variant: Variant) -> dict:
     )
 
 
+def network_folder(variant: Variant) -> str:
+    """``network/`` for a set's network at any threshold, ``sensitivity/`` for the
+    networks of other seeds, subgroups or connectomes."""
+    return "network" if variant.entity is None else "sensitivity"
+
+
 def write_network(
     writer: DerivativesWriter,
     results: GroupResults,
@@ -161,6 +175,7 @@ def write_network(
 ) -> list[Path]:
     """Write a variant's signed/positive/negative overlap maps and their peaks."""
     ents = network_entities(entities, variant)
+    folder = network_folder(variant)
     studies = list(results.seeds.table["study"].iloc[list(variant.columns)])
     paths, peak_tables = [], []
     for desc, values in maps.items():
@@ -170,6 +185,7 @@ def write_network(
             results.affine,
             OVERLAP_DESCRIPTIONS[desc],
             sources,
+            folder=folder,
             Threshold=variant.threshold,
             Variant=variant.label,
             NumberOfStudies=len(studies),
@@ -180,8 +196,11 @@ def write_network(
         peaks = find_peaks(nb.load(path))
         peaks.insert(0, "map", desc)
         peak_tables.append(peaks)
-    paths.append(write_tsv(writer.path(ents, "peaks", ".tsv"),
-                           pd.concat(peak_tables, ignore_index=True)))
+    paths.append(writer.write_table(
+        ents, "peaks", pd.concat(peak_tables, ignore_index=True),
+        f"Peaks of the clusters of the {variant.label} network's overlap maps.", sources,
+        folder=folder, Threshold=variant.threshold,
+    ))
     return paths
 
 
@@ -226,8 +245,13 @@ def write_networks(
         set_ents = dict(entities, set=seed_label(set_name))
         matrix = correlation_matrix({label: m["overlap"] for label, m in maps.items()})
         matrix.insert(0, "variant", matrix.index)
-        paths.append(write_tsv(writer.path(dict(set_ents, desc="sensitivity"),
-                                           "correlations", ".tsv"), matrix))
+        paths.append(writer.write_table(
+            dict(set_ents, desc="sensitivity"), "correlations", matrix,
+            "Spatial correlations (Pearson r over the analysis mask) between the signed "
+            "overlap maps of the network variants.", sources,
+            fallback=lambda column: f"Pearson r with the signed overlap map of variant "
+            f"'{column}'.",
+        ))
         described = pd.DataFrame(
             {
                 "variant": [v.label for v in variants],
@@ -239,13 +263,16 @@ def write_networks(
                 "r_with_main": matrix["main"].to_numpy(),
                 "file": [
                     writer.path(dict(network_entities(entities, v), desc="overlap"), "boldmap",
-                                ".nii.gz").name
+                                ".nii.gz", network_folder(v)).relative_to(writer.root).as_posix()
                     for v in variants
                 ],
             }
         )
-        paths.append(write_tsv(writer.path(dict(set_ents, desc="sensitivity"), "variants",
-                                           ".tsv"), described))
+        paths.append(writer.write_table(
+            dict(set_ents, desc="sensitivity"), "variants", described,
+            "The network variants of the sensitivity analysis: seeds, threshold, size and "
+            "likeness to the main network.", sources,
+        ))
     return paths
 
 
@@ -298,8 +325,11 @@ def write_specificity(
     stat = result.maps.get("t", result.maps.get("stat"))
     surviving = nb.Nifti1Image(results.volume(stat * (significant != 0)), results.affine)
     clusters = find_peaks(surviving, fraction=1e-9)
-    paths.append(write_tsv(writer.path(dict(ents, desc="significant"), "clusters", ".tsv"),
-                           clusters))
+    paths.append(writer.write_table(
+        dict(ents, desc="significant"), "clusters", clusters,
+        "Peaks of the clusters of significant voxels (values: the test statistic).", [],
+        **extra,
+    ))
     LOGGER.info("specificity %s vs %s: %d significant voxels", primary_set, result.control,
                 int((significant != 0).sum()))
     return paths
@@ -326,7 +356,7 @@ def write_connectome_comparison(
     for set_name in primary_sets:
         variants = enumerate_variants(results, set_name, threshold)[:1]
         mine = variant_maps(results, variants)["main"]["overlap"]
-        theirs_variant = Variant(f"connectome-{label}", set_name, "main", threshold,
+        theirs_variant = Variant(tag, set_name, "main", threshold,
                                  tuple(other.columns(set_name, "main")), tag)
         theirs = variant_maps(other, [theirs_variant])[theirs_variant.label]
         paths += write_network(writer, other, theirs_variant, theirs, entities, sources)
@@ -341,7 +371,11 @@ def write_connectome_comparison(
             "n_voxels_compared": [len(shared), len(shared)],
         })
         ents = dict(entities, set=seed_label(set_name), desc="connectomes")
-        paths.append(write_tsv(writer.path(ents, "correlations", ".tsv"), table))
+        paths.append(writer.write_table(
+            ents, "correlations", table,
+            f"Spatial correlation of the main network with the one computed on connectome "
+            f"'{label}', over the voxels both analysis masks share.", sources,
+        ))
         LOGGER.info("set %s: network on connectome '%s' correlates r = %.3f with the main one",
                     set_name, label, r)
     return paths
@@ -395,12 +429,11 @@ def write_degree_check(
             "residual with intercept, over the analysis mask).",
             sources, Threshold=threshold, **provenance,
         ))
-    tsv = write_tsv(writer.path(dict(entities, desc="degree"), "correlations", ".tsv"),
-                    check.table)
-    sidecar = {k: {"Description": v} for k, v in DEGREE_COLUMNS.items()}
-    sidecar.update(Threshold=threshold, **provenance)
-    write_json(tsv.with_suffix(".json"), sidecar)
-    paths.append(tsv)
+    paths.append(writer.write_table(
+        dict(entities, desc="degree"), "correlations", check.table,
+        "Degree check: how much of each overlap network the connectome's degree map "
+        "explains.", sources, columns=DEGREE_COLUMNS, Threshold=threshold, **provenance,
+    ))
     for row in check.table[check.table["network"] == "main"].itertuples():
         LOGGER.info("degree check: set %s, r with degree %.3f (p %s vs %d relocated networks)",
                     row.set, row.r_degree, f"{row.p_degree:.3f}", row.n_null)

@@ -38,7 +38,7 @@ from bids_cnm.io.derivatives import bids_name, write_json, write_nifti
 from bids_cnm.io.identity import dataset_identity, digest, subject_key
 from bids_cnm.io.outputs import grid_entities
 from bids_cnm.io.readable import check_all_readable
-from bids_cnm.plan import load_plan
+from bids_cnm.plan import Plan, load_plan
 from bids_cnm.workflows.base import RunInputs
 from bids_cnm.workflows.labels import check_labels, check_seed_ids
 
@@ -300,29 +300,18 @@ def with_reuse(inputs: RunInputs) -> RunInputs:
     return dataclasses.replace(inputs, reuse_maps=found)
 
 
-def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
-    """Index the connectome, read the coordinates and plan, build and save the seeds.
-
-    Parameters
-    ----------
-    config : Config
-    command : tuple of str
-        The command line, recorded in the report.
+def read_inputs(config: Config) -> tuple[Config, Plan, pd.DataFrame, Connectome]:
+    """The plan and the coordinates (checked first: they fail fast), then the connectome.
 
     Returns
     -------
-    RunInputs
+    config : Config
+        With the plan's sets and random seed when there is a plan.
+    plan : Plan
+    table : DataFrame
+        The coordinates.
+    connectome : Connectome
     """
-    config.work_dir.mkdir(parents=True, exist_ok=True)
-    connectome: Connectome = index_connectome(
-        config.bids_dir,
-        participant_label=config.participant_label,
-        participant_filter=config.participant_filter,
-        task=config.task,
-        space=config.space,
-        res=config.res,
-        bold_desc=config.bold_desc,
-    )
     plan = load_plan(config.analysis_plan)
     if config.analysis_plan is not None:
         # the plan declares the study and control sets and the random seed
@@ -334,6 +323,44 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
                     ", ".join(plan.primary_sets))
     table = read_coordinates(config.coordinates)
     check_columns(config, table)
+    connectome: Connectome = index_connectome(
+        config.bids_dir,
+        participant_label=config.participant_label,
+        participant_filter=config.participant_filter,
+        task=config.task,
+        space=config.space,
+        res=config.res,
+        bold_desc=config.bold_desc,
+        filters=config.bids_filters.get("bold"),
+    )
+    return config, plan, table, connectome
+
+
+def input_links(config: Config) -> dict[str, str]:
+    """Named input folders: sidecars cite their files as ``bids:<name>:<path>``."""
+    links = {"coordinates": config.coordinates.parent}
+    if config.analysis_plan is not None:
+        links["plan"] = config.analysis_plan.parent
+    if config.compare_connectome is not None or config.compare_participant_filter:
+        links["compare"] = config.compare_connectome or config.bids_dir
+    return {name: str(path) for name, path in links.items()}
+
+
+def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
+    """Read the plan and coordinates, index the connectome, build and save the seeds.
+
+    Parameters
+    ----------
+    config : Config
+    command : tuple of str
+        The command line, recorded in the report.
+
+    Returns
+    -------
+    RunInputs
+    """
+    config, plan, table, connectome = read_inputs(config)
+    config.work_dir.mkdir(parents=True, exist_ok=True)
     check_labels(table, config.subgroups, str(config.coordinates))
     check_all_readable([p for s in connectome.subjects for p in s.bold],
                        config.work_dir / "readable_inputs.json")
@@ -379,6 +406,7 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
             "bids_dir": str(config.bids_dir),
             "settings": settings,
             "space": connectome.space,
+            "links": input_links(config),
         },
         entities=grid_entities(connectome.task, connectome.space, connectome.res),
         thresholds=[config.t_threshold, *config.t_thresholds],

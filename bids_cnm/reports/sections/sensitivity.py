@@ -37,7 +37,10 @@ def _variants(ctx: ReportContext, f) -> list:
     items = []
     if "file" in frame.columns:
         for _, row in frame.iterrows():
-            path = f.path.parent / str(row["file"])
+            # the file column is relative to the derivatives folder (older runs: the TSV's)
+            path = ctx.index.root / str(row["file"])
+            if not path.is_file():
+                path = f.path.parent / str(row["file"])
             if not path.is_file():
                 continue
             label = str(row.get("variant", path.name))

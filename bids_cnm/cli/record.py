@@ -1,0 +1,128 @@
+"""What a run does around the workflow: its record, its folders, its threads, its warnings.
+
+- :func:`write_record`: ``logs/bids_cnm.toml`` (the options, to repeat the run with
+  ``--config-file``) and the methods boilerplate ``logs/CITATION.*``;
+- :func:`folders_removed_on_error`: a run that fails its checks leaves no empty output
+  or work folder behind;
+- :func:`clean_workdir`, :func:`limit_threads`: ``--clean-workdir``, ``--omp-nthreads``;
+- :func:`route_warnings`: Python warnings reach the log as one line each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from bids_cnm.config import Config
+from bids_cnm.errors import UsageError
+
+LOGGER = logging.getLogger("bids_cnm")
+
+#: thread pools of BLAS and OpenMP, read by every worker process at start-up
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def route_warnings(logger: logging.Logger = LOGGER) -> None:
+    """Show every Python warning as one log line (no file name, no source line)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        logger.warning("%s%s", str(message).replace("\n", " "), kind)
+
+    warnings.showwarning = show
+
+
+def limit_threads(n: int | None) -> None:
+    """``--omp-nthreads``: at most ``n`` BLAS/OpenMP threads in this process and its workers."""
+    if not n:
+        return
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+
+
+def clean_workdir(config: Config) -> None:
+    """``--clean-workdir``: empty the work directory (never a folder holding the data)."""
+    work = config.work_dir
+    if not work.exists():
+        return
+    for name, other in (("BIDS_DIR", config.bids_dir), ("OUTPUT_DIR", config.output_dir),
+                        ("HOME", Path.home())):
+        if work == other or work in other.parents:
+            raise UsageError(f"--clean-workdir: the work directory {work} holds {name}; "
+                             "give a work directory of its own with -w.")
+    from bids_cnm.io.lock import LOCK_NAME
+
+    LOGGER.info("--clean-workdir: emptying %s", work)
+    for child in work.iterdir():
+        if child.name == LOCK_NAME:
+            continue  # this run holds it (taken before cleaning, so no other run is here)
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+@contextlib.contextmanager
+def folders_removed_on_error(*folders: Path) -> Iterator[None]:
+    """Remove those of ``folders`` this run creates if it fails while they are still empty."""
+    created = [Path(f) for f in folders if not Path(f).exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                folder.rmdir()
+        raise
+
+
+def _facts(config: Config, connectome, table):
+    from bids_cnm.io.boilerplate import RunFacts
+
+    name = Path(config.bids_dir).name
+    with contextlib.suppress(OSError, ValueError):
+        description = json.loads((Path(config.bids_dir) / "dataset_description.json")
+                                 .read_text())
+        name = description.get("Name") or name
+    studies = (table.drop_duplicates(["set", "study"])["set"].value_counts(sort=False)
+               .to_dict())
+    return RunFacts(
+        n_subjects=len(connectome.subjects), space=connectome.space, res=connectome.res,
+        task=connectome.task, connectome=str(name), studies=studies,
+        n_coordinates=len(table),
+    )
+
+
+def write_record(config: Config, connectome, table, plan=None) -> list[Path]:
+    """Write ``logs/bids_cnm.toml`` and the methods boilerplate ``logs/CITATION.*``.
+
+    Parameters
+    ----------
+    config : Config
+    connectome : bids_cnm.io.connectome.Connectome
+    table : DataFrame
+        The coordinate table.
+    plan : bids_cnm.plan.Plan, optional
+        The analysis plan (``None`` when the run has none).
+    """
+    from bids_cnm.cli.config_file import options_toml
+    from bids_cnm.io.boilerplate import ale_record, write_boilerplate
+    from bids_cnm.io.derivatives import write_text
+    from bids_cnm.io.layout import LOGS_FOLDER
+
+    logs = Path(config.output_dir) / LOGS_FOLDER
+    paths = []
+    options = config.extra.get("options")
+    if options:
+        paths.append(write_text(logs / "bids_cnm.toml", options_toml(options)))
+    paths += write_boilerplate(logs, config, _facts(config, connectome, table), plan,
+                               ale_record(config.output_dir))
+    return paths
