@@ -82,11 +82,14 @@ def _run(config: Config, command: tuple[str, ...]) -> int:
                             config.overwrite)
         if removed:
             LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))
+        table = read_coordinates(inputs.config.coordinates)
+        plan = load_plan(inputs.config.analysis_plan)
+        # before the workflow, so the report shows the methods; again after it, when the
+        # ALE's own description (NiMARE) exists
+        record.write_record(inputs.config, inputs.connectome, table, plan)
         workflow = build_workflow(inputs)
         execute(workflow, inputs.config, started)
-        record.write_record(inputs.config, inputs.connectome,
-                            read_coordinates(inputs.config.coordinates),
-                            load_plan(inputs.config.analysis_plan))
+        record.write_record(inputs.config, inputs.connectome, table, plan)
         finish_run(config.output_dir, config.analysis_level)
     return 0
 

@@ -177,7 +177,9 @@ def provenance_section(ctx: ReportContext, command: list[str] | None, settings_g
     else:
         blocks.append(note("Missing."))
     for name in ("CITATION.md", "methods.md", "boilerplate.md"):
-        path = ctx.index.first(name) or ctx.index.first(f"logs/{name}")
+        path = ctx.index.first(name)
+        if path is None and (ctx.index.root / "logs" / name).is_file():
+            path = ctx.index.root / "logs" / name  # the index leaves logs/ out
         if path is not None:
             blocks += [subhead("Methods"), Pre(path.read_text(encoding="utf-8"))]
             break
