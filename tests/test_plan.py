@@ -544,3 +544,23 @@ def test_schema_key_is_ignored_and_models_are_frozen(inputs):
         plan.random_seed = 4  # type: ignore[misc]
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         plan.validation.roi_overlap[0].spheres.diameter = 4  # type: ignore[misc]
+
+
+def test_plan_images_are_checked_when_the_plan_loads(tmp_path):
+    """A broken or 4-D NIfTI named by the plan fails at load, naming its key (issue 9.10)."""
+    import nibabel as nb
+    import numpy as np
+
+    from bids_cnm.errors import InputDataError
+    from bids_cnm.plan import plan_from_dict
+
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti file at all")
+    volume4d = tmp_path / "four.nii.gz"
+    nb.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)).to_filename(volume4d)
+    for path, words in ((broken, "not a readable NIfTI"), (volume4d, "give a 3-D image")):
+        data = {"validation": {"spatial_correlation": [
+            {"name": "ref", "image": str(path)}]}}
+        with pytest.raises(InputDataError, match=words) as info:
+            plan_from_dict(data, base_dir=tmp_path)
+        assert "validation.spatial_correlation[0].image" in str(info.value)

@@ -138,6 +138,7 @@ def plan_from_dict(data: Mapping, base_dir: str | Path | None = None,
         raise _user_error(exc.errors()[0], label) from None
     plan._source = source
     _check_tables(plan)
+    _check_images(plan)
     return plan
 
 
@@ -236,6 +237,38 @@ def _check_atlas(spec: Atlas, key: str, label: str) -> pd.DataFrame | None:
             f"{label}, {key}.select: region(s) {unknown} are not in {spec.labels}; use "
             "names or indices of the label table")
     return labels
+
+
+def _image_paths(value, key: str):
+    """(key path, path) of every NIfTI file the plan's models name."""
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _image_paths(getattr(value, name), f"{key}.{name}" if key else name)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _image_paths(item, f"{key}[{i}]")
+    elif isinstance(value, Path) and value.name.endswith((".nii", ".nii.gz")):
+        yield key, value
+
+
+def _check_images(plan: Plan) -> None:
+    """Every NIfTI the plan names must be a readable 3-D image, before any computation
+    (reading the header and the data's size is enough to catch most broken files)."""
+    import nibabel as nb
+
+    for key, path in _image_paths(plan, ""):
+        try:
+            img = nb.load(path)
+            shape = img.shape
+        except Exception as exc:  # nibabel raises several types
+            raise InputDataError(
+                f"{plan.label}, {key}: {path} is not a readable NIfTI image "
+                f"({type(exc).__name__}); check the file or give another.") from exc
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
+            raise InputDataError(
+                f"{plan.label}, {key}: {path} has shape {tuple(shape)}; give a 3-D image.")
 
 
 def _check_tables(plan: Plan) -> None:
