@@ -42,8 +42,10 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+from numba import njit
 
-from bids_cnm.errors import InputDataError, MissingInputError
+from bids_cnm.engine.bold_reader import read_concatenated_runs
+from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 
 LOGGER = logging.getLogger("bids_cnm.engine.timeseries")
 
@@ -104,34 +106,119 @@ def load_subject(
     sd : ndarray of float32, shape (V, R)
         Temporal standard deviation (population) of every voxel in every run.
     """
-    shape = nb.load(bold_paths[0]).shape[:3]
-    valid = np.ones(shape, dtype=bool)
+    data, voxels, n_volumes, sd, _ = _load_standardized(bold_paths, mask_paths)
+    return data, voxels, n_volumes, sd
+
+
+def _load_standardized(bold_paths, mask_paths):
+    """:func:`load_subject` plus the centred norms of the rows (whole and per run).
+
+    One decode of every run straight into a shared ``(V, T)`` array, then one fused
+    pass per row (see :func:`_standardize_valid_rows`) that drops the invalid rows in
+    place: the subject's data exist once in memory and are read twice at most.
+    """
+    shape = tuple(int(n) for n in nb.load(bold_paths[0]).shape[:3])
+    mask = None
     for path in mask_paths:
-        valid &= np.asanyarray(nb.load(path).dataobj) > 0
-    runs = []
-    for path in bold_paths:
-        img = nb.load(path)
-        try:
-            volume = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as exc:
-            raise InputDataError(f"{path}: cannot read the image data ({exc}).") from exc
-        run = volume[valid]  # (V_candidates, T) copy of in-mask voxels only
-        del volume
-        finite = np.isfinite(run).all(axis=1)
-        varies = run.max(axis=1) > run.min(axis=1)
-        runs.append((run, finite & varies))
-    # a voxel is valid only if it is finite and varies in every run
-    keep = np.logical_and.reduce([ok for _, ok in runs])
-    if not keep.any():
+        inside = np.asanyarray(nb.load(path).dataobj) > 0
+        if inside.shape[:3] != shape:
+            raise InputDataError(
+                f"{path}: grid {inside.shape[:3]} differs from the BOLD run's {shape}."
+            )
+        mask = inside if mask is None else mask & inside
+    try:
+        raw, n_volumes = read_concatenated_runs(list(bold_paths), mask)
+    except (InputDataError, ReadError):
+        raise
+    except Exception as exc:
+        raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from exc
+    candidates = np.flatnonzero(np.ones(shape, bool).ravel() if mask is None else mask.ravel())
+    bounds = np.cumsum([0] + list(n_volumes)).astype(np.int64)
+    n_runs = len(n_volumes)
+    sd = np.empty((len(candidates), n_runs), dtype=np.float32)
+    run_norm = np.empty((len(candidates), n_runs), dtype=np.float32)
+    norm = np.empty(len(candidates), dtype=np.float32)
+    keep = np.empty(len(candidates), dtype=np.bool_)
+    n_kept = _standardize_valid_rows(raw, bounds, keep, sd, run_norm, norm)
+    if n_kept == 0:
         raise InputDataError(
             f"{bold_paths[0]}: no voxel with a varying, finite time series inside "
             "the brain mask; check the BOLD file and its desc-brain_mask."
         )
-    voxels = np.flatnonzero(valid.ravel())[keep]
-    parts = [_standardize(run[keep]) for run, _ in runs]
-    data = np.concatenate([x for x, _ in parts], axis=1)
-    sd = np.stack([std for _, std in parts], axis=1).astype(np.float32)
-    return data, voxels.astype(np.int64), [run.shape[1] for run, _ in runs], sd
+    # the kept rows were moved to the top in order: a prefix, no copy
+    norms = {"norm": norm[:n_kept], "run_norm": run_norm[:n_kept]}
+    return (raw[:n_kept], candidates[keep].astype(np.int64), list(n_volumes), sd[:n_kept],
+            norms)
+
+
+@njit(nogil=True, cache=True)
+def _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm):  # pragma: no cover - numba
+    """Standardize every run of the rows that are finite and vary in every run.
+
+    Row ``i`` kept is written, standardized, to row ``j`` (its rank among the kept
+    rows, so ``j <= i`` and compaction in place never overwrites an unread row);
+    ``sd``, ``run_norm`` and ``norm`` get row ``j`` too.  The arithmetic is the
+    reference's (:func:`_standardize` then :func:`_centred_norm`): float32 values,
+    float64 sums, a second pass after centring; a row fits in L1, so the extra
+    passes cost no memory traffic.  Returns the number of kept rows.
+    """
+    n_runs = bounds.shape[0] - 1
+    n_total = bounds[n_runs]
+    j = 0
+    for i in range(data.shape[0]):
+        ok = True
+        for r in range(n_runs):
+            low = np.inf
+            high = -np.inf
+            for t in range(bounds[r], bounds[r + 1]):
+                x = np.float64(data[i, t])
+                if not np.isfinite(x):
+                    ok = False
+                    break
+                low = min(low, x)
+                high = max(high, x)
+            if not ok or not high > low:
+                ok = False
+                break
+        keep[i] = ok
+        if not ok:
+            continue
+        whole = 0.0
+        for r in range(n_runs):
+            a = bounds[r]
+            b = bounds[r + 1]
+            n = b - a
+            total = 0.0
+            for t in range(a, b):
+                total += data[i, t]
+            mean = np.float32(total / n)
+            squares = 0.0
+            for t in range(a, b):
+                d = np.float64(data[i, t] - mean)
+                squares += d * d
+            std = np.sqrt(squares / n)
+            sd[j, r] = std
+            std32 = np.float32(std)
+            total = 0.0
+            for t in range(a, b):
+                x = (data[i, t] - mean) / std32
+                data[j, t] = x
+                total += x
+            whole += total
+            centre = total / n  # ~0 up to rounding; kept so the norm is the centred one
+            squares = 0.0
+            for t in range(a, b):
+                d = data[j, t] - centre
+                squares += d * d
+            run_norm[j, r] = np.sqrt(squares)
+        centre = whole / n_total
+        squares = 0.0
+        for t in range(n_total):
+            d = data[j, t] - centre
+            squares += d * d
+        norm[j] = np.sqrt(squares)
+        j += 1
+    return j
 
 
 def quantize(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -296,9 +383,12 @@ def prepare_subject(
     if version is not None:
         LOGGER.info("%s: prepared data of format %d, this version reads format %d; "
                     "rebuilding it", out_dir, version, FORMAT_VERSION)
-    data, voxels, n_volumes, sd = load_subject(bold_paths, mask_paths)
-    arrays = prepared_arrays(data, n_volumes, dtype)
-    del data
+    data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths)
+    if dtype == "float32":  # the fused pass computed the norms of the stored rows
+        arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
+    else:
+        arrays = prepared_arrays(data, n_volumes, dtype)
+    del norms
     img = nb.load(bold_paths[0])
     meta = {
         "format_version": FORMAT_VERSION,
