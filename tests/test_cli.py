@@ -253,7 +253,9 @@ def test_skip_participant_maps_prepares_only(tiny_connectome, tiny_coordinates, 
                    "-w", work, "--participant-label", "03", "--skip-participant-maps",
                    "--nipype-plugin", "Linear") == 0
     assert not list(out.rglob("*_boldmap.nii.gz"))
-    assert (work / "cnm_wf" / "prepare_sub_03" / "prepared" / "meta.json").exists()
+    # the prepared copy is in the work directory's shared cache, one folder per subject
+    assert [p.parent.name.split("_")[0] for p in (work / "prepared").glob("*/meta.json")] == [
+        "sub-03"]
 
 
 def test_output_that_cannot_be_created(tiny_connectome, tiny_coordinates, tmp_path, capsys):
@@ -288,23 +290,22 @@ def test_killed_run_resumes(tiny_connectome, tiny_coordinates, tmp_path):
                "--nipype-plugin", "Linear"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    node = work / "cnm_wf" / "prepare_sub_01"
-    first = node / "prepared" / "meta.json"
-    # a step is finished once nipype has written its result file (killed between the
-    # prepared copy and that file, nipype rightly runs the step again)
-    done = node / "result_prepare_sub_01.pklz"
+    # a subject is prepared once its folder is renamed into the cache with its meta.json;
+    # kill the run then, in the middle of its preparation batch
     deadline = time.time() + 120
-    while not done.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    while (not list((work / "prepared").glob("sub-*/meta.json")) and time.time() < deadline
+           and proc.poll() is None):
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert first.exists()
+    (first,) = list((work / "prepared").glob("sub-*/meta.json"))[:1]
     stamp = first.stat().st_mtime_ns
     # nothing half-written: every map on disk is complete and readable
     for path in out.rglob("*.nii.gz"):
         nb.load(path).get_fdata()
     assert subprocess.run(command, capture_output=True).returncode == 0
-    assert first.stat().st_mtime_ns == stamp  # the finished step was reused
+    assert first.stat().st_mtime_ns == stamp  # the subject prepared before the kill was reused
+    assert not list((work / "prepared").glob("*.tmp*"))  # no half-written copy left
     assert (out / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
     assert not list(out.rglob(".*.part")) and not list(out.rglob(".*.nii.gz"))
 

@@ -39,6 +39,7 @@ from bids_cnm.io.outputs import grid_entities
 from bids_cnm.plan import load_plan
 from bids_cnm.engine.seeds import concat_seeds, make_seeds, save_seeds, seeds_digest
 from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
+from bids_cnm.workflows.timing import RunTimer
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -365,14 +366,17 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
         "running %s level with %s (%d process(es)); work directory %s",
         config.analysis_level, config.nipype_plugin, config.nprocs, config.work_dir,
     )
+    timer = RunTimer(started)
     try:
         if config.nipype_plugin == "Linear":
-            workflow.run(plugin="Linear")
+            workflow.run(plugin="Linear", plugin_args={"status_callback": timer})
         else:
-            workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
+            workflow.run(plugin=config.nipype_plugin,
+                         plugin_args={**plugin_args, "status_callback": timer})
     except RuntimeError as exc:
         raise _error_from_crash(crash_dir, started - 1) from exc
     LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
+    LOGGER.info("%s", timer.summary())
     return 0
 
 

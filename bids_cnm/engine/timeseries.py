@@ -33,10 +33,13 @@ Layout of a prepared subject (a folder, format :data:`FORMAT_VERSION`):
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,7 @@ import numpy as np
 from numba import njit
 
 from bids_cnm.engine.bold_reader import read_concatenated_runs
+from bids_cnm.engine.bold_reader import valid_mask as bold_valid_mask
 from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 
 LOGGER = logging.getLogger("bids_cnm.engine.timeseries")
@@ -128,10 +132,11 @@ def _load_standardized(bold_paths, mask_paths):
         mask = inside if mask is None else mask & inside
     try:
         raw, n_volumes = read_concatenated_runs(list(bold_paths), mask)
-    except (InputDataError, ReadError):
+    except InputDataError:
         raise
-    except Exception as exc:
-        raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from exc
+    except Exception as exc:  # a truncated or corrupt file: say which
+        # from None: the crash file then names this error only (its exit code is kept)
+        raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
     candidates = np.flatnonzero(np.ones(shape, bool).ravel() if mask is None else mask.ravel())
     bounds = np.cumsum([0] + list(n_volumes)).astype(np.int64)
     n_runs = len(n_volumes)
@@ -358,6 +363,7 @@ def prepare_subject(
     mask_paths: list[str] | tuple[str, ...],
     out_dir: str | Path,
     dtype: str = "float32",
+    store_data: bool = True,
 ) -> Path:
     """Write a subject's prepared time series to ``out_dir`` (atomically).
 
@@ -370,6 +376,11 @@ def prepare_subject(
         (resume), one of another version is rebuilt.
     dtype : {'float32', 'int16'}
         Storage type of the time series (float32 exact; int16 half the bytes).
+    store_data : bool
+        False: write only the valid voxels and ``meta.json`` (``"streamed": true``);
+        :func:`open_prepared` then decodes the runs again into memory (a one-off run
+        that keeps no copy of the data on disk).  The valid voxels are found by
+        streaming the runs in constant memory.
 
     Returns
     -------
@@ -383,27 +394,34 @@ def prepare_subject(
     if version is not None:
         LOGGER.info("%s: prepared data of format %d, this version reads format %d; "
                     "rebuilding it", out_dir, version, FORMAT_VERSION)
-    data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths)
-    if dtype == "float32":  # the fused pass computed the norms of the stored rows
-        arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
-    else:
-        arrays = prepared_arrays(data, n_volumes, dtype)
-    del norms
     img = nb.load(bold_paths[0])
     meta = {
         "format_version": FORMAT_VERSION,
         "shape": [int(n) for n in img.shape[:3]],
         "affine": np.asarray(img.affine).tolist(),
-        "n_volumes": n_volumes,
+        "n_volumes": [],
         "dtype": dtype,
         "bold": [str(p) for p in bold_paths],
         "masks": [str(p) for p in mask_paths],
     }
+    if store_data:
+        data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths)
+        if dtype == "float32":  # the fused pass computed the norms of the stored rows
+            arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
+        else:
+            arrays = prepared_arrays(data, n_volumes, dtype)
+        arrays.update(sd=sd, voxels=voxels)
+    else:
+        voxels, n_volumes = _streamed_voxels(bold_paths, mask_paths)
+        arrays = {"voxels": voxels}
+        meta["streamed"] = True
+    meta["n_volumes"] = n_volumes
     # build next to the target and rename, so a kill never leaves a half-written copy
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    _remove_stale_temporaries(out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, array in dict(arrays, sd=sd, voxels=voxels).items():
+    for name, array in arrays.items():
         _save_npy(tmp, f"{name}.npy", array)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -411,11 +429,92 @@ def prepare_subject(
     return out_dir
 
 
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete temporaries of ``out_dir`` left by killed processes of this host.
+
+    Another host's (a cluster job on a shared disk) or a live process's are kept.
+    """
+    prefix = f"{out_dir.name}.tmp-{socket.gethostname()}-"
+    for tmp in out_dir.parent.glob(f"{glob.escape(prefix)}*"):
+        try:
+            os.kill(int(tmp.name[len(prefix):]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def _streamed_voxels(bold_paths, mask_paths) -> tuple[np.ndarray, list[int]]:
+    """Valid voxels of a subject (as :func:`load_subject` keeps them) in constant memory."""
+    try:
+        valid = bold_valid_mask(list(bold_paths))
+    except (InputDataError, ReadError) as exc:
+        raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
+    for path in mask_paths:
+        valid &= np.asanyarray(nb.load(path).dataobj) > 0
+    if not valid.any():
+        raise InputDataError(
+            f"{bold_paths[0]}: no voxel with a varying, finite time series inside "
+            "the brain mask; check the BOLD file and its desc-brain_mask."
+        )
+    n_volumes = [int(nb.load(p).shape[3]) for p in bold_paths]
+    return np.flatnonzero(valid.ravel()).astype(np.int64), n_volumes
+
+
+def cache_key(
+    bold_paths: list[str] | tuple[str, ...], mask_paths: list[str] | tuple[str, ...],
+    dtype: str = "float32", store_data: bool = True,
+) -> str:
+    """Name of a subject's prepared folder: a digest of its sources and the layout.
+
+    The sources enter by path, size and modification time (as ``make`` and nipype's
+    default hashing do): a replaced file gets a new folder; reading the files'
+    content would cost as much as preparing them.
+    """
+    parts: list[object] = [FORMAT_VERSION, dtype, bool(store_data)]
+    for path in [*bold_paths, "|", *mask_paths]:
+        if path == "|":
+            parts.append(path)
+            continue
+        stat = os.stat(path)
+        parts.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return f"{Path(bold_paths[0]).name.split('_', 1)[0]}_{digest}"
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether ``path`` holds a complete prepared subject of this format version."""
+    return _format_version(Path(path)) == FORMAT_VERSION
+
+
+def cache_bytes(
+    bold_paths: list[str] | tuple[str, ...], mask_paths: list[str] | tuple[str, ...],
+    dtype: str = "float32",
+) -> int:
+    """Bytes a prepared copy of the subject will take (an upper bound: every in-mask voxel).
+
+    Reads the NIfTI headers and the (small) brain masks only.
+    """
+    shape = nb.load(bold_paths[0]).shape[:3]
+    if mask_paths:
+        inside = np.ones(shape, dtype=bool)
+        for path in mask_paths:
+            inside &= np.asanyarray(nb.load(path).dataobj) > 0
+        n_voxels = int(inside.sum())
+    else:
+        n_voxels = int(np.prod(shape))
+    n_time = sum(int(nb.load(p).shape[3]) for p in bold_paths)
+    item = 2 if dtype == "int16" else 4
+    # data, then scale, norm, voxels (int64) and sd, run_norm per run
+    return n_voxels * (n_time * item + 4 + 4 + 8 + 8 * len(bold_paths)) + 4096
+
+
 def open_prepared(path: str | Path) -> PreparedSubject:
     """Open a prepared subject written by :func:`prepare_subject`.
 
     A cache of another format version is rebuilt first from the files its
-    ``meta.json`` names.
+    ``meta.json`` names; a streamed record (``store_data=False``) is decoded again
+    from its sources into memory.
 
     Raises
     ------
@@ -424,13 +523,24 @@ def open_prepared(path: str | Path) -> PreparedSubject:
     """
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
-    if int(meta.get("format_version", 1)) != FORMAT_VERSION:
+    if int(meta.get("format_version", 1)) != FORMAT_VERSION or meta.get("streamed"):
         missing = [p for p in meta["bold"] + meta.get("masks", []) if not Path(p).exists()]
         if missing:
             raise MissingInputError(
-                f"{path}: prepared data of an older format and its source {missing[0]} is "
-                "gone; delete this folder (or the work directory) and run again."
+                f"{path}: prepared data to rebuild or stream, and its source {missing[0]} "
+                "is gone; delete this folder (or the work directory) and run again."
             )
+    if meta.get("streamed"):
+        data, voxels, _, sd, norms = _load_standardized(meta["bold"], meta.get("masks", []))
+        if not np.array_equal(voxels, np.load(path / "voxels.npy")):
+            raise InputDataError(f"{meta['bold'][0]}: its valid voxels changed since {path} "
+                                 "was written; delete that folder and run again.")
+        if meta.get("dtype", "float32") == "float32":
+            arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
+        else:
+            arrays = prepared_arrays(data, meta["n_volumes"], meta["dtype"])
+        return PreparedSubject(path=path, voxels=voxels, sd=sd, meta=meta, **arrays)
+    if int(meta.get("format_version", 1)) != FORMAT_VERSION:
         prepare_subject(meta["bold"], meta.get("masks", []), path, meta.get("dtype", "float32"))
         meta = json.loads((path / "meta.json").read_text())
     return PreparedSubject(
@@ -443,6 +553,12 @@ def open_prepared(path: str | Path) -> PreparedSubject:
         voxels=np.load(path / "voxels.npy"),
         meta=meta,
     )
+
+
+def prepared_voxels(path: str | Path) -> tuple[np.ndarray, dict]:
+    """A prepared subject's valid voxels and ``meta.json``, without reading its data."""
+    path = Path(path)
+    return np.load(path / "voxels.npy"), json.loads((path / "meta.json").read_text())
 
 
 def valid_mask(prepared: PreparedSubject) -> np.ndarray:
