@@ -376,6 +376,7 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
     except RuntimeError as exc:
         raise _error_from_crash(crash_dir, started - 1) from exc
     LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
+    LOGGER.debug("slowest steps (s): %s", timer.slowest())
     LOGGER.info("%s", timer.summary())
     return 0
 

@@ -55,6 +55,8 @@ class RunTimer:
         self.started = started
         self._open: dict[str, float] = {}
         self.intervals: dict[str, list[tuple[float, float]]] = {}
+        #: seconds of every node, by name (for ``-v``: which steps were slow)
+        self.nodes: dict[str, float] = {}
 
     def __call__(self, node, status: str) -> None:
         """nipype's callback: ``status`` is ``'start'``, ``'end'`` or ``'exception'``."""
@@ -64,7 +66,14 @@ class RunTimer:
             self._open[name] = now
         elif name in self._open:
             kind = kind_of(name.rsplit(".", 1)[-1])
-            self.intervals.setdefault(kind, []).append((self._open.pop(name), now))
+            began = self._open.pop(name)
+            self.intervals.setdefault(kind, []).append((began, now))
+            self.nodes[name.rsplit(".", 1)[-1]] = now - began
+
+    def slowest(self, n: int = 8) -> str:
+        """The ``n`` slowest steps, ``name seconds`` each."""
+        top = sorted(self.nodes.items(), key=lambda item: -item[1])[:n]
+        return ", ".join(f"{name} {seconds:.1f}" for name, seconds in top)
 
     def breakdown(self, total: float | None = None) -> dict[str, float]:
         """Seconds per kind of step, and ``orchestration`` for the rest of ``total``."""
