@@ -319,3 +319,35 @@ def test_outputs_are_readable_by_others(group_run):
     for path in (out / "dataset_description.json", out / "seeds.tsv",
                  out / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz", out / "bids_cnm_report.html"):
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_no_cache_streams_the_same_maps(group_run, tiny_connectome, tiny_coordinates, tmp_path,
+                                        capfd):
+    """--no-cache keeps no copy of the time series and gives the default run's t-maps."""
+    ref, _ = group_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert run_cli(tiny_connectome, out, "group", "--coordinates", tiny_coordinates,
+                   "-w", work, "--no-cache", "--nipype-plugin", "Linear",
+                   "--no-degree-check") == 0
+    assert not list((work / "prepared").rglob("data.npy"))  # voxel lists only
+    for name in (f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz",
+                 f"{ENTS}_seed-CtrlX_stat-z_boldmap.nii.gz"):
+        np.testing.assert_array_equal(nb.load(out / name).get_fdata(),
+                                      nb.load(ref / name).get_fdata())
+    # the log ends with where the time went
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert "time: " in last and "connectivity" in last and "orchestration" in last
+
+
+def test_cache_larger_than_the_disk_stops(tiny_connectome, tiny_coordinates, tmp_path, capsys,
+                                          monkeypatch):
+    import collections
+
+    import bids_cnm.workflows.base as base
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(base.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
+    code = run_cli(tiny_connectome, tmp_path / "out", "group", "--coordinates",
+                   tiny_coordinates, "-w", tmp_path / "work", "--nipype-plugin", "Linear")
+    err = capsys.readouterr().err
+    assert code == 73 and "GB free" in err and "--no-cache" in err
