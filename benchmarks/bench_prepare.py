@@ -11,8 +11,9 @@ a cache folder, then times on the same files:
   in-mask copy + scaling into ``(V, T)`` float32);
 * **nibabel**: ``np.asarray(img.dataobj, dtype=np.float32)[mask]`` per run (how
   preparation read the data before);
-* **prepare**: reader + valid voxels + standardization + writing the float32
-  copy (what a preparation node does per subject),
+* **prepare**: :func:`bids_cnm.engine.timeseries.prepare_subject` (decode into one
+  ``(V, T)`` array, one fused pass of valid voxels + per-run standardization + SD and
+  norms, writing the float32 copy): what preparation does per subject,
 
 and prints MB/s of decompressed data, reader / decoder (target <= 1.3) and the
 extrapolated 1000-subject preparation time on ``--cores`` cores (target < 20 min).
@@ -39,8 +40,8 @@ from bids_cnm.engine.bold_reader import (
     decoder_name,
     open_decompressed,
     read_masked_runs,
-    valid_voxels,
 )
+from bids_cnm.engine.timeseries import prepare_subject
 
 SHAPE = (91, 109, 91)
 #: FSL's MNI152 2 mm grid (the GSP1000 files' grid)
@@ -126,22 +127,14 @@ def time_nibabel(paths: list[Path], mask: np.ndarray) -> float:
 
 
 def time_prepare(paths: list[Path], mask: np.ndarray, out: Path) -> float:
-    """Reader + valid voxels + per-run standardization + the float32 copy on disk."""
+    """:func:`bids_cnm.engine.timeseries.prepare_subject`: what a preparation step does."""
+    mask_path = out.parent / "brain_mask.nii.gz"
+    if not mask_path.exists():
+        nb.Nifti1Image(mask.astype(np.uint8), AFFINE).to_filename(mask_path)
     start = time.perf_counter()
-    runs = read_masked_runs(paths, mask)
-    keep = valid_voxels(runs)
-    parts = []
-    for run in runs:
-        run = run[keep]
-        run -= run.mean(axis=1, dtype=np.float64)[:, None].astype(np.float32)
-        run /= np.sqrt(np.einsum("ij,ij->i", run, run, dtype=np.float64) / run.shape[1])[
-            :, None
-        ].astype(np.float32)
-        parts.append(run)
-    data = np.concatenate(parts, axis=1)
-    np.save(out, data)
+    prepare_subject([str(p) for p in paths], [str(mask_path)], out)
     seconds = time.perf_counter() - start
-    out.unlink()
+    shutil.rmtree(out)
     return seconds
 
 
@@ -166,21 +159,31 @@ def main(argv: list[str] | None = None) -> int:
           f"gzipped {gz / 1e6:.0f} MB; inflater: {decoder_name()}")
     read_masked_runs(paths[:1], mask)  # compile the numba kernels, warm the page cache
 
-    def best(fn, *a):
-        return min(fn(*a) for _ in range(args.repeats))
-
-    dec = best(time_decoder, paths)
-    rea = best(time_reader, paths, mask)
-    prep = best(time_prepare, paths, mask, args.cache / "prepared.npy")
-    rate = lambda s: nbytes / s / 1e6  # noqa: E731
-    print(f"decoder only   {dec:6.2f} s  {rate(dec):7.0f} MB/s")
-    print(f"reader         {rea:6.2f} s  {rate(rea):7.0f} MB/s   reader / decoder = "
-          f"{rea / dec:.2f} (target <= 1.3)")
+    # interleaved repeats: a burst of another process's load hits every method alike
+    steps = {"decoder": (time_decoder, paths), "reader": (time_reader, paths, mask),
+             "prepare": (time_prepare, paths, mask, args.cache / "prepared")}
     if not args.skip_nibabel:
-        nib = best(time_nibabel, paths, mask)
-        print(f"nibabel+mask   {nib:6.2f} s  {rate(nib):7.0f} MB/s   {nib / rea:.1f}x the reader")
-    print(f"prepare        {prep:6.2f} s  {rate(prep):7.0f} MB/s   (reader + valid voxels + "
-          "standardize + write float32)")
+        steps["nibabel"] = (time_nibabel, paths, mask)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, (fn, *a) in steps.items():
+            times[name].append(fn(*a))
+    dec, rea, prep = (min(times[k]) for k in ("decoder", "reader", "prepare"))
+    rate = lambda s: nbytes / s / 1e6  # noqa: E731
+
+    def line(name: str, label: str) -> str:
+        best, median = min(times[name]), float(np.median(times[name]))
+        return f"{label:<14} {best:6.2f} s (median {median:5.2f})  {rate(best):5.0f} MB/s"
+
+    print(f"load average before timing: {os.getloadavg()[0]:.1f} ({args.repeats} interleaved "
+          "repeats; min and median)")
+    print(line("decoder", "decoder only"))
+    print(line("reader", "reader") + f"   reader / decoder = {rea / dec:.2f} (target <= 1.3)")
+    if not args.skip_nibabel:
+        nib = min(times["nibabel"])
+        print(line("nibabel", "nibabel+mask") + f"   {nib / rea:.1f}x the reader")
+    print(line("prepare", "prepare") + f"   prepare / decoder = {prep / dec:.2f} "
+          "(prepare_subject: decode, fused standardize, write float32)")
     total = prep * args.subjects / args.cores
     print(f"GSP1000 extrapolation: {args.subjects} subjects x {prep:.2f} s / {args.cores} cores "
           f"= {total / 60:.1f} min (target < 20 min)")

@@ -44,6 +44,7 @@ _NON_SCIENCE_FIELDS = frozenset(
         "clean_workdir",
         "stop_on_first_crash",
         "boilerplate_only",
+        "no_cache",
     }
 )
 
@@ -96,6 +97,10 @@ class Config:
         Processes for nipype's MultiProc plugin.
     write_participant_maps : bool
         Whether the participant level writes per-subject z-maps.
+    no_cache : bool
+        Keep no prepared copy of the time series in the work directory: every step
+        that needs a subject decodes its files again (a one-off run on a connectome
+        too large to copy).
     t_thresholds : tuple of float
         Further |t| thresholds (sensitivity): overlap maps from the same t-maps.
     sphere_diameters : tuple of float
@@ -182,6 +187,7 @@ class Config:
     plugin_config: Path | None = None
     verbosity: int = 0
     write_participant_maps: bool = True
+    no_cache: bool = False
     t_thresholds: tuple[float, ...] = ()
     sphere_diameters: tuple[float, ...] = ()
     per_coordinate: bool = False

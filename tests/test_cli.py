@@ -261,7 +261,9 @@ def test_skip_participant_maps_prepares_only(tiny_connectome, tiny_coordinates, 
                    "-w", work, "--participant-label", "03", "--skip-participant-maps",
                    "--nipype-plugin", "Linear") == 0
     assert not list(out.rglob("*_boldmap.nii.gz"))
-    assert (work / "cnm_wf" / "prepare_sub_03" / "prepared" / "meta.json").exists()
+    # the prepared copy is in the work directory's shared cache, one folder per subject
+    assert [p.parent.name.split("_")[0] for p in (work / "prepared").glob("*/meta.json")] == [
+        "sub-03"]
 
 
 def test_output_that_cannot_be_created(tiny_connectome, tiny_coordinates, tmp_path, capsys):
@@ -296,23 +298,22 @@ def test_killed_run_resumes(tiny_connectome, tiny_coordinates, tmp_path):
                "--nipype-plugin", "Linear"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    node = work / "cnm_wf" / "prepare_sub_01"
-    first = node / "prepared" / "meta.json"
-    # a step is finished once nipype has written its result file (killed between the
-    # prepared copy and that file, nipype rightly runs the step again)
-    done = node / "result_prepare_sub_01.pklz"
+    # a subject is prepared once its folder is renamed into the cache with its meta.json;
+    # kill the run then, in the middle of its preparation batch
     deadline = time.time() + 120
-    while not done.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    while (not list((work / "prepared").glob("sub-*/meta.json")) and time.time() < deadline
+           and proc.poll() is None):
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert first.exists()
+    (first,) = list((work / "prepared").glob("sub-*/meta.json"))[:1]
     stamp = first.stat().st_mtime_ns
     # nothing half-written: every map on disk is complete and readable
     for path in out.rglob("*.nii.gz"):
         nb.load(path).get_fdata()
     assert subprocess.run(command, capture_output=True).returncode == 0
-    assert first.stat().st_mtime_ns == stamp  # the finished step was reused
+    assert first.stat().st_mtime_ns == stamp  # the subject prepared before the kill was reused
+    assert not list((work / "prepared").glob("*.tmp*"))  # no half-written copy left
     assert (out / "network"
             / f"{ENTS}_set-primary_thresh-5p1_desc-overlap_boldmap.nii.gz").exists()
     assert not list(out.rglob(".*.part")) and not list(out.rglob(".*.nii.gz"))
@@ -328,3 +329,35 @@ def test_outputs_are_readable_by_others(group_run):
                  out / "seeds" / f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz",
                  out / "bids_cnm_report.html"):
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_no_cache_streams_the_same_maps(group_run, tiny_connectome, tiny_coordinates, tmp_path,
+                                        capfd):
+    """--no-cache keeps no copy of the time series and gives the default run's t-maps."""
+    ref, _ = group_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert run_cli(tiny_connectome, out, "group", "--coordinates", tiny_coordinates,
+                   "-w", work, "--no-cache", "--nipype-plugin", "Linear",
+                   "--no-degree-check") == 0
+    assert not list((work / "prepared").rglob("data.npy"))  # voxel lists only
+    for name in (f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz",
+                 f"{ENTS}_seed-CtrlX_stat-z_boldmap.nii.gz"):
+        np.testing.assert_array_equal(nb.load(out / name).get_fdata(),
+                                      nb.load(ref / name).get_fdata())
+    # the log ends with where the time went
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert "time: " in last and "connectivity" in last and "orchestration" in last
+
+
+def test_cache_larger_than_the_disk_stops(tiny_connectome, tiny_coordinates, tmp_path, capsys,
+                                          monkeypatch):
+    import collections
+
+    import bids_cnm.workflows.base as base
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(base.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
+    code = run_cli(tiny_connectome, tmp_path / "out", "group", "--coordinates",
+                   tiny_coordinates, "-w", tmp_path / "work", "--nipype-plugin", "Linear")
+    err = capsys.readouterr().err
+    assert code == 73 and "GB free" in err and "--no-cache" in err

@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="storage of the prepared time series in the work directory: "
                       "float32 is exact; int16 halves the bytes read (each value within half a "
                       "step, max(abs(x))/65534, of float32)")
+    perf.add_argument("--no-cache", action="store_true",
+                      help="keep no prepared copy of the time series in the work directory "
+                      "(it takes about 4 bytes per voxel and volume): each subject is read "
+                      "from its files when needed; for a one-off run on a connectome too "
+                      "large to copy")
     perf.add_argument("--nipype-plugin", default="MultiProc",
                       choices=["MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "PBS"],
                       help="nipype execution plugin (cluster plugins submit one job per node)")
@@ -350,6 +355,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         boilerplate_only=args.boilerplate_only,
         verbosity=args.verbosity,
         write_participant_maps=not args.skip_participant_maps,
+        no_cache=args.no_cache,
         # repeated values would only write the same variant twice
         t_thresholds=tuple(dict.fromkeys(args.t_thresholds)),
         sphere_diameters=tuple(dict.fromkeys(args.sphere_diameters)),

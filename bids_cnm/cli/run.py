@@ -88,9 +88,10 @@ def _run(config: Config, command: tuple[str, ...]) -> int:
         # ALE's own description (NiMARE) exists
         record.write_record(inputs.config, inputs.connectome, table, plan)
         workflow = build_workflow(inputs)
-        execute(workflow, inputs.config, started)
+        timer = execute(workflow, inputs.config, started)
         record.write_record(inputs.config, inputs.connectome, table, plan)
         finish_run(config.output_dir, config.analysis_level)
+    LOGGER.info("%s", timer.summary())  # the log's last line: where the time went
     return 0
 
 

@@ -13,6 +13,7 @@ from bids_cnm.errors import InputDataError, MissingInputError
 from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
 from bids_cnm.workflows.crash import error_from_crash
 from bids_cnm.workflows.inputs import with_reuse
+from bids_cnm.workflows.timing import RunTimer
 
 __all__ = ["build_workflow", "execute", "plugin_arguments"]
 
@@ -37,7 +38,7 @@ def build_workflow(inputs: RunInputs) -> pe.Workflow:
     return workflow
 
 
-def execute(workflow: pe.Workflow, config: Config, started: float) -> None:
+def execute(workflow: pe.Workflow, config: Config, started: float) -> RunTimer:
     """Run ``workflow``; a failed node becomes the one-line error of its crash file.
 
     Parameters
@@ -46,20 +47,29 @@ def execute(workflow: pe.Workflow, config: Config, started: float) -> None:
     config : Config
     started : float
         Start of the run (seconds since the epoch): older crash files are ignored.
+
+    Returns
+    -------
+    RunTimer
+        Where the time went (its ``summary()`` ends the run's log).
     """
     plugin_args = plugin_arguments(config)
     LOGGER.info(
         "running %s level with %s (%d process(es)); work directory %s",
         config.analysis_level, config.nipype_plugin, config.nprocs, config.work_dir,
     )
+    timer = RunTimer(started)
     try:
         if config.nipype_plugin == "Linear":
-            workflow.run(plugin="Linear")
+            workflow.run(plugin="Linear", plugin_args={"status_callback": timer})
         else:
-            workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
+            workflow.run(plugin=config.nipype_plugin,
+                         plugin_args={**plugin_args, "status_callback": timer})
     except RuntimeError as exc:
         raise error_from_crash(config.work_dir / "crash", started - 1) from exc
     LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
+    LOGGER.debug("slowest steps (s): %s", timer.slowest())
+    return timer
 
 
 def plugin_arguments(config: Config) -> dict:

@@ -14,7 +14,8 @@ sequential, and writes whole cache lines of a block's volumes into each output
 row; rows are in C order of the 3-D grid (``np.flatnonzero(mask.ravel())``), the
 order the prepared cache uses.
 
-Public functions: :func:`read_masked_runs`, :func:`valid_voxels` (rows of decoded
+Public functions: :func:`read_masked_runs`, :func:`read_concatenated_runs`,
+:func:`valid_voxels` (rows of decoded
 runs), :func:`valid_mask` (3-D, streamed) and :func:`open_decompressed`.
 """
 
@@ -180,7 +181,8 @@ class _Blocks:
 
 
 def read_masked_run(
-    path: str | Path, mask: np.ndarray | None = None, _order=None
+    path: str | Path, mask: np.ndarray | None = None, _order=None,
+    out: np.ndarray | None = None, column: int = 0,
 ) -> np.ndarray:
     """Decode one 4-D run into its in-mask ``(V, T)`` float32 time series.
 
@@ -190,12 +192,17 @@ def read_masked_run(
         4-D NIfTI-1/2, gzipped or not, any numeric data type.
     mask : ndarray of bool, shape (X, Y, Z), optional
         Voxels to keep (``None``: all); rows follow ``np.flatnonzero(mask.ravel())``.
+    out : ndarray of float32, shape (V, >= column + T), optional
+        Array to decode into, at columns ``column:column + T`` (several runs of a
+        subject side by side without a concatenated copy); a new array when omitted.
+    column : int
+        First column of ``out`` written.
 
     Returns
     -------
     ndarray of float32, shape (V, T)
         Equal to ``np.asarray(nb.load(path).dataobj, dtype=np.float32)[mask]``
-        up to float32 rounding of the scaling.
+        up to float32 rounding of the scaling (a view of ``out`` when given).
     """
     blocks = _Blocks(path)
     if mask is not None and tuple(mask.shape) != blocks.shape:
@@ -204,13 +211,19 @@ def read_masked_run(
             f"{path}: grid {blocks.shape} differs from the mask's {tuple(mask.shape)}."
         )
     src, dst, n_rows = _order if _order is not None else _voxel_order(mask, blocks.shape)
-    out = np.empty((n_rows, blocks.n_volumes), dtype=np.float32)
+    if out is None:
+        out, column = np.empty((n_rows, blocks.n_volumes), dtype=np.float32), 0
+    elif out.shape[0] != n_rows or out.shape[1] < column + blocks.n_volumes:
+        blocks._file.close()
+        raise ValueError(f"out of shape {out.shape} cannot hold {n_rows} x "
+                         f"{blocks.n_volumes} values from column {column}")
     for block, n_used, t0 in blocks:
+        t0 += column
         if blocks.scaled:
             _copy_block(block, n_used, src, dst, out, t0, blocks.slope, blocks.inter)
         else:
             _copy_block_raw(block, n_used, src, dst, out, t0)
-    return out
+    return out[:, column:column + blocks.n_volumes]
 
 
 @njit(nogil=True, cache=True)
@@ -289,20 +302,48 @@ def read_masked_runs(
     Peak memory is the returned arrays plus one block of
     :data:`BLOCK_VOLUMES` volumes; see :func:`valid_voxels` for the voxels to keep.
     """
-    runs: list[np.ndarray] = []
-    order = None
-    shape = None
-    for path in paths:
-        this_shape = tuple(int(n) for n in nb.load(path).shape[:3])
-        if shape is not None and this_shape != shape:
+    return _read_runs(paths, mask, concatenate=False)[0]
+
+
+def read_concatenated_runs(
+    paths: Sequence[str | Path], mask: np.ndarray | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """Decode a subject's runs side by side into one ``(V, T_1 + T_2 + ...)`` array.
+
+    The same values as ``np.concatenate(read_masked_runs(paths, mask), axis=1)``
+    without the concatenated copy: each run is decoded straight into its columns.
+
+    Returns
+    -------
+    data : ndarray of float32, shape (V, T)
+    n_volumes : list of int
+        Volumes of each run, in the order of ``paths``.
+    """
+    runs, out = _read_runs(paths, mask, concatenate=True)
+    return out, [r.shape[1] for r in runs]
+
+
+def _read_runs(paths, mask, concatenate: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Check the runs' grids, then decode each (into one shared array if ``concatenate``)."""
+    headers = [nb.load(path) for path in paths]  # headers only: the data are not read
+    shape = tuple(int(n) for n in headers[0].shape[:3])
+    for path, img in zip(paths, headers):
+        this_shape = tuple(int(n) for n in img.shape[:3])
+        if this_shape != shape:
             raise InputDataError(
                 f"grid mismatch: {path} has shape {this_shape}, {paths[0]} has {shape}."
             )
-        if order is None:
-            shape = this_shape
-            order = _voxel_order(mask, shape) if mask is None or mask.shape == shape else None
-        runs.append(read_masked_run(path, mask, _order=order))
-    return runs
+    order = _voxel_order(mask, shape) if mask is None or mask.shape == shape else None
+    out = None
+    if concatenate and order is not None:
+        n_volumes = [int(img.shape[3]) if len(img.shape) > 3 else 1 for img in headers]
+        out = np.empty((order[2], sum(n_volumes)), dtype=np.float32)
+    runs: list[np.ndarray] = []
+    column = 0
+    for path in paths:
+        runs.append(read_masked_run(path, mask, _order=order, out=out, column=column))
+        column += runs[-1].shape[1]
+    return runs, out
 
 
 def valid_voxels(runs: Sequence[np.ndarray]) -> np.ndarray:

@@ -33,17 +33,23 @@ Layout of a prepared subject (a folder, format :data:`FORMAT_VERSION`):
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+from numba import njit
 
-from bids_cnm.errors import InputDataError, MissingInputError
+from bids_cnm.engine.bold_reader import read_concatenated_runs
+from bids_cnm.engine.bold_reader import valid_mask as bold_valid_mask
+from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 
 LOGGER = logging.getLogger("bids_cnm.engine.timeseries")
 
@@ -104,34 +110,120 @@ def load_subject(
     sd : ndarray of float32, shape (V, R)
         Temporal standard deviation (population) of every voxel in every run.
     """
-    shape = nb.load(bold_paths[0]).shape[:3]
-    valid = np.ones(shape, dtype=bool)
+    data, voxels, n_volumes, sd, _ = _load_standardized(bold_paths, mask_paths)
+    return data, voxels, n_volumes, sd
+
+
+def _load_standardized(bold_paths, mask_paths):
+    """:func:`load_subject` plus the centred norms of the rows (whole and per run).
+
+    One decode of every run straight into a shared ``(V, T)`` array, then one fused
+    pass per row (see :func:`_standardize_valid_rows`) that drops the invalid rows in
+    place: the subject's data exist once in memory and are read twice at most.
+    """
+    shape = tuple(int(n) for n in nb.load(bold_paths[0]).shape[:3])
+    mask = None
     for path in mask_paths:
-        valid &= np.asanyarray(nb.load(path).dataobj) > 0
-    runs = []
-    for path in bold_paths:
-        img = nb.load(path)
-        try:
-            volume = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as exc:
-            raise InputDataError(f"{path}: cannot read the image data ({exc}).") from exc
-        run = volume[valid]  # (V_candidates, T) copy of in-mask voxels only
-        del volume
-        finite = np.isfinite(run).all(axis=1)
-        varies = run.max(axis=1) > run.min(axis=1)
-        runs.append((run, finite & varies))
-    # a voxel is valid only if it is finite and varies in every run
-    keep = np.logical_and.reduce([ok for _, ok in runs])
-    if not keep.any():
+        inside = np.asanyarray(nb.load(path).dataobj) > 0
+        if inside.shape[:3] != shape:
+            raise InputDataError(
+                f"{path}: grid {inside.shape[:3]} differs from the BOLD run's {shape}."
+            )
+        mask = inside if mask is None else mask & inside
+    try:
+        raw, n_volumes = read_concatenated_runs(list(bold_paths), mask)
+    except InputDataError:
+        raise
+    except Exception as exc:  # a truncated or corrupt file: say which
+        # from None: the crash file then names this error only (its exit code is kept)
+        raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
+    candidates = np.flatnonzero(np.ones(shape, bool).ravel() if mask is None else mask.ravel())
+    bounds = np.cumsum([0] + list(n_volumes)).astype(np.int64)
+    n_runs = len(n_volumes)
+    sd = np.empty((len(candidates), n_runs), dtype=np.float32)
+    run_norm = np.empty((len(candidates), n_runs), dtype=np.float32)
+    norm = np.empty(len(candidates), dtype=np.float32)
+    keep = np.empty(len(candidates), dtype=np.bool_)
+    n_kept = _standardize_valid_rows(raw, bounds, keep, sd, run_norm, norm)
+    if n_kept == 0:
         raise InputDataError(
             f"{bold_paths[0]}: no voxel with a varying, finite time series inside "
             "the brain mask; check the BOLD file and its desc-brain_mask."
         )
-    voxels = np.flatnonzero(valid.ravel())[keep]
-    parts = [_standardize(run[keep]) for run, _ in runs]
-    data = np.concatenate([x for x, _ in parts], axis=1)
-    sd = np.stack([std for _, std in parts], axis=1).astype(np.float32)
-    return data, voxels.astype(np.int64), [run.shape[1] for run, _ in runs], sd
+    # the kept rows were moved to the top in order: a prefix, no copy
+    norms = {"norm": norm[:n_kept], "run_norm": run_norm[:n_kept]}
+    return (raw[:n_kept], candidates[keep].astype(np.int64), list(n_volumes), sd[:n_kept],
+            norms)
+
+
+@njit(nogil=True, cache=True)
+def _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm):  # pragma: no cover - numba
+    """Standardize every run of the rows that are finite and vary in every run.
+
+    Row ``i`` kept is written, standardized, to row ``j`` (its rank among the kept
+    rows, so ``j <= i`` and compaction in place never overwrites an unread row);
+    ``sd``, ``run_norm`` and ``norm`` get row ``j`` too.  The arithmetic is the
+    reference's (:func:`_standardize` then :func:`_centred_norm`): float32 values,
+    float64 sums, a second pass after centring; a row fits in L1, so the extra
+    passes cost no memory traffic.  Returns the number of kept rows.
+    """
+    n_runs = bounds.shape[0] - 1
+    n_total = bounds[n_runs]
+    j = 0
+    for i in range(data.shape[0]):
+        ok = True
+        for r in range(n_runs):
+            low = np.inf
+            high = -np.inf
+            for t in range(bounds[r], bounds[r + 1]):
+                x = np.float64(data[i, t])
+                if not np.isfinite(x):
+                    ok = False
+                    break
+                low = min(low, x)
+                high = max(high, x)
+            if not ok or not high > low:
+                ok = False
+                break
+        keep[i] = ok
+        if not ok:
+            continue
+        whole = 0.0
+        for r in range(n_runs):
+            a = bounds[r]
+            b = bounds[r + 1]
+            n = b - a
+            total = 0.0
+            for t in range(a, b):
+                total += data[i, t]
+            mean = np.float32(total / n)
+            squares = 0.0
+            for t in range(a, b):
+                d = np.float64(data[i, t] - mean)
+                squares += d * d
+            std = np.sqrt(squares / n)
+            sd[j, r] = std
+            std32 = np.float32(std)
+            total = 0.0
+            for t in range(a, b):
+                x = (data[i, t] - mean) / std32
+                data[j, t] = x
+                total += x
+            whole += total
+            centre = total / n  # ~0 up to rounding; kept so the norm is the centred one
+            squares = 0.0
+            for t in range(a, b):
+                d = data[j, t] - centre
+                squares += d * d
+            run_norm[j, r] = np.sqrt(squares)
+        centre = whole / n_total
+        squares = 0.0
+        for t in range(n_total):
+            d = data[j, t] - centre
+            squares += d * d
+        norm[j] = np.sqrt(squares)
+        j += 1
+    return j
 
 
 def quantize(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,6 +363,7 @@ def prepare_subject(
     mask_paths: list[str] | tuple[str, ...],
     out_dir: str | Path,
     dtype: str = "float32",
+    store_data: bool = True,
 ) -> Path:
     """Write a subject's prepared time series to ``out_dir`` (atomically).
 
@@ -283,6 +376,11 @@ def prepare_subject(
         (resume), one of another version is rebuilt.
     dtype : {'float32', 'int16'}
         Storage type of the time series (float32 exact; int16 half the bytes).
+    store_data : bool
+        False: write only the valid voxels and ``meta.json`` (``"streamed": true``);
+        :func:`open_prepared` then decodes the runs again into memory (a one-off run
+        that keeps no copy of the data on disk).  The valid voxels are found by
+        streaming the runs in constant memory.
 
     Returns
     -------
@@ -296,24 +394,34 @@ def prepare_subject(
     if version is not None:
         LOGGER.info("%s: prepared data of format %d, this version reads format %d; "
                     "rebuilding it", out_dir, version, FORMAT_VERSION)
-    data, voxels, n_volumes, sd = load_subject(bold_paths, mask_paths)
-    arrays = prepared_arrays(data, n_volumes, dtype)
-    del data
     img = nb.load(bold_paths[0])
     meta = {
         "format_version": FORMAT_VERSION,
         "shape": [int(n) for n in img.shape[:3]],
         "affine": np.asarray(img.affine).tolist(),
-        "n_volumes": n_volumes,
+        "n_volumes": [],
         "dtype": dtype,
         "bold": [str(p) for p in bold_paths],
         "masks": [str(p) for p in mask_paths],
     }
+    if store_data:
+        data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths)
+        if dtype == "float32":  # the fused pass computed the norms of the stored rows
+            arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
+        else:
+            arrays = prepared_arrays(data, n_volumes, dtype)
+        arrays.update(sd=sd, voxels=voxels)
+    else:
+        voxels, n_volumes = _streamed_voxels(bold_paths, mask_paths)
+        arrays = {"voxels": voxels}
+        meta["streamed"] = True
+    meta["n_volumes"] = n_volumes
     # build next to the target and rename, so a kill never leaves a half-written copy
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    _remove_stale_temporaries(out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, array in dict(arrays, sd=sd, voxels=voxels).items():
+    for name, array in arrays.items():
         _save_npy(tmp, f"{name}.npy", array)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -321,11 +429,92 @@ def prepare_subject(
     return out_dir
 
 
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete temporaries of ``out_dir`` left by killed processes of this host.
+
+    Another host's (a cluster job on a shared disk) or a live process's are kept.
+    """
+    prefix = f"{out_dir.name}.tmp-{socket.gethostname()}-"
+    for tmp in out_dir.parent.glob(f"{glob.escape(prefix)}*"):
+        try:
+            os.kill(int(tmp.name[len(prefix):]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def _streamed_voxels(bold_paths, mask_paths) -> tuple[np.ndarray, list[int]]:
+    """Valid voxels of a subject (as :func:`load_subject` keeps them) in constant memory."""
+    try:
+        valid = bold_valid_mask(list(bold_paths))
+    except (InputDataError, ReadError) as exc:
+        raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
+    for path in mask_paths:
+        valid &= np.asanyarray(nb.load(path).dataobj) > 0
+    if not valid.any():
+        raise InputDataError(
+            f"{bold_paths[0]}: no voxel with a varying, finite time series inside "
+            "the brain mask; check the BOLD file and its desc-brain_mask."
+        )
+    n_volumes = [int(nb.load(p).shape[3]) for p in bold_paths]
+    return np.flatnonzero(valid.ravel()).astype(np.int64), n_volumes
+
+
+def cache_key(
+    bold_paths: list[str] | tuple[str, ...], mask_paths: list[str] | tuple[str, ...],
+    dtype: str = "float32", store_data: bool = True,
+) -> str:
+    """Name of a subject's prepared folder: a digest of its sources and the layout.
+
+    The sources enter by path, size and modification time (as ``make`` and nipype's
+    default hashing do): a replaced file gets a new folder; reading the files'
+    content would cost as much as preparing them.
+    """
+    parts: list[object] = [FORMAT_VERSION, dtype, bool(store_data)]
+    for path in [*bold_paths, "|", *mask_paths]:
+        if path == "|":
+            parts.append(path)
+            continue
+        stat = os.stat(path)
+        parts.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return f"{Path(bold_paths[0]).name.split('_', 1)[0]}_{digest}"
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether ``path`` holds a complete prepared subject of this format version."""
+    return _format_version(Path(path)) == FORMAT_VERSION
+
+
+def cache_bytes(
+    bold_paths: list[str] | tuple[str, ...], mask_paths: list[str] | tuple[str, ...],
+    dtype: str = "float32",
+) -> int:
+    """Bytes a prepared copy of the subject will take (an upper bound: every in-mask voxel).
+
+    Reads the NIfTI headers and the (small) brain masks only.
+    """
+    shape = nb.load(bold_paths[0]).shape[:3]
+    if mask_paths:
+        inside = np.ones(shape, dtype=bool)
+        for path in mask_paths:
+            inside &= np.asanyarray(nb.load(path).dataobj) > 0
+        n_voxels = int(inside.sum())
+    else:
+        n_voxels = int(np.prod(shape))
+    n_time = sum(int(nb.load(p).shape[3]) for p in bold_paths)
+    item = 2 if dtype == "int16" else 4
+    # data, then scale, norm, voxels (int64) and sd, run_norm per run
+    return n_voxels * (n_time * item + 4 + 4 + 8 + 8 * len(bold_paths)) + 4096
+
+
 def open_prepared(path: str | Path) -> PreparedSubject:
     """Open a prepared subject written by :func:`prepare_subject`.
 
     A cache of another format version is rebuilt first from the files its
-    ``meta.json`` names.
+    ``meta.json`` names; a streamed record (``store_data=False``) is decoded again
+    from its sources into memory.
 
     Raises
     ------
@@ -334,13 +523,24 @@ def open_prepared(path: str | Path) -> PreparedSubject:
     """
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
-    if int(meta.get("format_version", 1)) != FORMAT_VERSION:
+    if int(meta.get("format_version", 1)) != FORMAT_VERSION or meta.get("streamed"):
         missing = [p for p in meta["bold"] + meta.get("masks", []) if not Path(p).exists()]
         if missing:
             raise MissingInputError(
-                f"{path}: prepared data of an older format and its source {missing[0]} is "
-                "gone; delete this folder (or the work directory) and run again."
+                f"{path}: prepared data to rebuild or stream, and its source {missing[0]} "
+                "is gone; delete this folder (or the work directory) and run again."
             )
+    if meta.get("streamed"):
+        data, voxels, _, sd, norms = _load_standardized(meta["bold"], meta.get("masks", []))
+        if not np.array_equal(voxels, np.load(path / "voxels.npy")):
+            raise InputDataError(f"{meta['bold'][0]}: its valid voxels changed since {path} "
+                                 "was written; delete that folder and run again.")
+        if meta.get("dtype", "float32") == "float32":
+            arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
+        else:
+            arrays = prepared_arrays(data, meta["n_volumes"], meta["dtype"])
+        return PreparedSubject(path=path, voxels=voxels, sd=sd, meta=meta, **arrays)
+    if int(meta.get("format_version", 1)) != FORMAT_VERSION:
         prepare_subject(meta["bold"], meta.get("masks", []), path, meta.get("dtype", "float32"))
         meta = json.loads((path / "meta.json").read_text())
     return PreparedSubject(
@@ -353,6 +553,12 @@ def open_prepared(path: str | Path) -> PreparedSubject:
         voxels=np.load(path / "voxels.npy"),
         meta=meta,
     )
+
+
+def prepared_voxels(path: str | Path) -> tuple[np.ndarray, dict]:
+    """A prepared subject's valid voxels and ``meta.json``, without reading its data."""
+    path = Path(path)
+    return np.load(path / "voxels.npy"), json.loads((path / "meta.json").read_text())
 
 
 def valid_mask(prepared: PreparedSubject) -> np.ndarray:

@@ -35,8 +35,11 @@ from bids_cnm.engine.nodes import load_nodes, node_zvalues
 from bids_cnm.engine.seeds import load_seeds
 from bids_cnm.engine.timeseries import (
     FORMAT_VERSION,
+    cache_key,
+    is_prepared,
     open_prepared,
     prepare_subject,
+    prepared_voxels,
     valid_mask,
 )
 
@@ -54,35 +57,53 @@ def _writer(args: dict) -> DerivativesWriter:
 
 
 class _PrepareInputSpec(BaseInterfaceInputSpec):
-    bold = InputMultiObject(File(exists=True), mandatory=True, desc="BOLD runs")
-    masks = InputMultiObject(File(exists=True), desc="brain masks")
+    subjects = traits.List(traits.Dict, mandatory=True,
+                           desc="subjects to prepare: dicts of label, bold (list), masks (list)")
+    cache_dir = traits.Str(mandatory=True, desc="folder of the prepared subjects (work dir)")
     dtype = traits.Enum("float32", "int16", usedefault=True, desc="storage type")
+    store_data = traits.Bool(True, usedefault=True,
+                             desc="False (--no-cache): record the valid voxels only")
     # part of nipype's input hash: a cached node of an older cache layout reruns
     format_version = traits.Int(FORMAT_VERSION, usedefault=True,
                                 desc="layout version of the prepared data")
 
 
 class _PrepareOutputSpec(TraitedSpec):
-    prepared = Directory(exists=True, desc="prepared time series")
+    prepared = OutputMultiObject(Directory(exists=True), desc="prepared time series")
 
 
 class PrepareTimeseries(SimpleInterface):
-    """Decode, mask, standardize and store one subject's runs."""
+    """Decode, mask, standardize and store a batch of subjects' runs.
+
+    Each subject goes to a folder of ``cache_dir`` named by :func:`cache_key` (its
+    sources' paths, sizes and times, and the layout), checked here rather than by
+    nipype: a warm run costs a ``stat`` per file, the folder is shared by every
+    run, level and pass that reads the same files, and a killed run keeps every
+    subject finished before the kill.  The node always runs (the check is cheap).
+    """
 
     input_spec = _PrepareInputSpec
     output_spec = _PrepareOutputSpec
+    always_run = True
 
     def _run_interface(self, runtime):
-        start = time.perf_counter()
-        out = prepare_subject(
-            self.inputs.bold, self.inputs.masks or [], Path(runtime.cwd) / "prepared",
-            dtype=self.inputs.dtype,
-        )
-        LOGGER.info(
-            "prepared %s (%d run(s)) in %.1f s",
-            Path(self.inputs.bold[0]).name, len(self.inputs.bold), time.perf_counter() - start,
-        )
-        self._results["prepared"] = str(out)
+        cache = Path(self.inputs.cache_dir)
+        prepared, made, start = [], 0, time.perf_counter()
+        for subject in self.inputs.subjects:
+            bold, masks = list(subject["bold"]), list(subject.get("masks", []))
+            out = cache / cache_key(bold, masks, self.inputs.dtype, self.inputs.store_data)
+            if not is_prepared(out):
+                began = time.perf_counter()
+                prepare_subject(bold, masks, out, dtype=self.inputs.dtype,
+                                store_data=self.inputs.store_data)
+                made += 1
+                LOGGER.info("prepared sub-%s (%d run(s)) in %.1f s", subject["label"],
+                            len(bold), time.perf_counter() - began)
+            prepared.append(str(out))
+        if made < len(prepared):
+            LOGGER.debug("%d of %d subjects already prepared (%.2f s)", len(prepared) - made,
+                         len(prepared), time.perf_counter() - start)
+        self._results["prepared"] = prepared
         return runtime
 
 
@@ -106,8 +127,14 @@ class AnalysisMask(SimpleInterface):
 
     def _run_interface(self, runtime):
         if self.inputs.prepared:
-            masks = (valid_mask(open_prepared(p)) for p in self.inputs.prepared)
-            affine = np.asarray(open_prepared(self.inputs.prepared[0]).meta["affine"])
+            def voxel_mask(path):  # the voxel list only: the data are not opened
+                voxels, meta = prepared_voxels(path)
+                mask = np.zeros(int(np.prod(meta["shape"])), dtype=bool)
+                mask[voxels] = True
+                return mask.reshape(meta["shape"])
+
+            masks = (voxel_mask(p) for p in self.inputs.prepared)
+            affine = np.asarray(prepared_voxels(self.inputs.prepared[0])[1]["affine"])
         else:
             masks = (np.asarray(nb.load(p).dataobj) > 0 for p in self.inputs.masks)
             affine = nb.load(self.inputs.masks[0]).affine

@@ -104,24 +104,40 @@ def local_file(template: str, **entities) -> Path | None:
         ``None`` when TemplateFlow is not set up, the template is unknown, or the file is
         not fetched (an empty placeholder).
     """
-    if templateflow_home() is None:
+    home = templateflow_home()
+    if home is None or not (home / f"tpl-{template}").is_dir():
         return None
-    os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")  # no update check at import
-    try:
-        from templateflow import api
-    except Exception:  # pragma: no cover - broken installation
-        return None
-    if template not in api.templates():
-        return None
-    entities.setdefault("extension", [".nii.gz"])
-    try:
-        found = api.ls(template, **entities)
-    except Exception:  # unknown entity values raise in some TemplateFlow versions
-        return None
-    found = [Path(p) for p in (found if isinstance(found, list) else [found])]
+    # match file names directly: TemplateFlow's own query indexes its whole folder with
+    # pybids first (~20 s), for a lookup that is a directory listing
+    wanted = {("res" if k == "resolution" else k): v for k, v in entities.items()}
+    suffix = wanted.pop("suffix", None)
+    extensions = wanted.pop("extension", [".nii.gz"])
+    extensions = [extensions] if isinstance(extensions, str) else list(extensions)
+    found = []
+    for path in sorted((home / f"tpl-{template}").rglob(f"tpl-{template}_*")):
+        name = path.name
+        ext = next((e for e in extensions if name.endswith(e)), None)
+        if ext is None:
+            continue
+        *pairs, last = name[: -len(ext)].split("_")
+        have = dict(pair.split("-", 1) for pair in pairs if "-" in pair)
+        if (suffix is None or last == suffix) and all(
+                _same_entity(have.get(k), v) for k, v in wanted.items()):
+            found.append(path)
     # fetched files only; the skeleton holds empty placeholders for the rest
     fetched = [p for p in found if p.is_file() and p.stat().st_size > 0]
     return fetched[0] if len(fetched) == 1 else None
+
+
+def _same_entity(have: str | None, want: object) -> bool:
+    """Whether a file name's entity value is the query's (``res-01`` equals 1)."""
+    if have is None:
+        return False
+    if isinstance(want, (list, tuple)):
+        return any(_same_entity(have, w) for w in want)
+    if have.isdigit() and str(want).isdigit():
+        return int(have) == int(want)
+    return have == str(want)
 
 
 def _nearest_resolution(affine: np.ndarray) -> int:

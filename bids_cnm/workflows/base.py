@@ -1,9 +1,12 @@
 """Nipype workflows of bids_cnm (niworkflows-style ``init_*_wf`` builders).
 
-The top-level workflow is always named ``cnm_wf`` and every subject's
-preparation node ``prepare_sub_<label>``, so participant and group runs that
-share a work directory share the prepared time series: the expensive decoding
-of the connectome happens once, whatever is analysed afterwards.
+The top-level workflow is always named ``cnm_wf``.  Prepared time series live
+outside nipype's node folders, in ``<work_dir>/prepared/<sub>_<digest>`` (named by
+the source files' paths, sizes and times), so participant and group runs, passes
+over a second connectome and re-runs that share a work directory share them: the
+expensive decoding of the connectome happens once, whatever is analysed
+afterwards, and checking it costs a ``stat`` per file, not a nipype node per
+subject.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_cnm.config import Config
+from bids_cnm.engine.timeseries import cache_bytes, cache_key, is_prepared
+from bids_cnm.errors import OutputError
 from bids_cnm.interfaces.cnm import (
     AccumulateConnectivity,
     AccumulateFromMaps,
@@ -34,6 +40,8 @@ from bids_cnm.interfaces.cnm import (
     Specificity,
 )
 from bids_cnm.io.connectome import Connectome, SubjectData
+
+LOGGER = logging.getLogger("bids_cnm")
 
 
 @dataclass(frozen=True)
@@ -68,23 +76,85 @@ def _node_name(prefix: str, label: str) -> str:
     return f"{prefix}_sub_{_safe(label)}"
 
 
-def init_prepare_node(subject: SubjectData, config: Config, prefix: str = "") -> pe.Node:
-    """The node that prepares one subject's time series."""
+def subject_spec(subject: SubjectData) -> dict:
+    """A subject as the preparation node takes it (plain lists: nipype hashes them fast)."""
+    return {"label": subject.label, "bold": list(subject.bold), "masks": list(subject.masks)}
+
+
+def cache_dir(config: Config) -> Path:
+    """Folder of the prepared subjects, shared by every run using this work directory."""
+    return Path(config.work_dir) / "prepared"
+
+
+def init_prepare_node(
+    subjects: list[SubjectData], config: Config, name: str, mem_gb: float = 1.0
+) -> pe.Node:
+    """The node that prepares a batch of subjects (see :class:`PrepareTimeseries`)."""
     return pe.Node(
         PrepareTimeseries(
-            bold=list(subject.bold), masks=list(subject.masks), dtype=config.cache_dtype
+            subjects=[subject_spec(s) for s in subjects], cache_dir=str(cache_dir(config)),
+            dtype=config.cache_dtype, store_data=not config.no_cache,
         ),
-        name=_node_name(f"{prefix}prepare", subject.label),
-        mem_gb=1.0,
+        name=name,
+        mem_gb=mem_gb,
     )
 
 
-def _prepare_node(workflow: pe.Workflow, subject: SubjectData, config: Config,
-                  prefix: str) -> pe.Node:
-    """The subject's preparation node: the one already in ``workflow`` (a second cohort
-    of the same dataset shares it; nipype refuses two nodes of one name) or a new one."""
-    node = workflow.get_node(_node_name(f"{prefix}prepare", subject.label))
-    return node if node is not None else init_prepare_node(subject, config, prefix)
+def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
+    """Log what preparation will write; stop when the work folder's disk cannot hold it.
+
+    Returns
+    -------
+    float
+        Memory (GB) a process preparing one subject needs: nipype's MultiProc runs
+        as many preparation nodes side by side as ``--mem-gb`` allows.
+
+    Raises
+    ------
+    OutputError
+        When the prepared copies of the subjects not yet prepared exceed the free
+        space of the work folder's disk (exit code 73).
+    """
+    if not subjects:
+        return 1.0
+    first = subjects[0]
+    per_subject = cache_bytes(first.bold, first.masks, config.cache_dtype)
+    per_run = per_subject / len(first.bold)
+    # the decoded runs and the small per-voxel arrays, plus the interpreter
+    mem_gb = round(per_subject * 1.2 / 1e9 + 0.4, 2)
+    if config.no_cache:
+        LOGGER.info("--no-cache: no prepared copy is kept; each subject is read from its "
+                    "files when needed (about %.2f GB per subject stays on disk instead)",
+                    per_subject / 1e9)
+        return mem_gb
+    folder = cache_dir(config)
+    todo = [s for s in subjects if not is_prepared(
+        folder / cache_key(s.bold, s.masks, config.cache_dtype))]
+    needed = sum(per_run * len(s.bold) for s in todo)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    LOGGER.info("prepared time series: %d of %d subject(s) to prepare, about %.2f GB in %s "
+                "(%.1f GB free)", len(todo), len(subjects), needed / 1e9, folder, free / 1e9)
+    if needed > free:
+        raise OutputError(
+            f"the prepared time series need about {needed / 1e9:.1f} GB in {folder} but its "
+            f"disk has {free / 1e9:.1f} GB free; use --work-dir on a larger disk, "
+            "--cache-dtype int16 (half the size) or --no-cache."
+        )
+    return mem_gb
+
+
+def execution_settings(config: Config) -> dict:
+    """nipype ``execution`` settings that keep orchestration from growing per node.
+
+    MultiProc and Linear poll their jobs every ``poll_sleep_duration`` (2 s by
+    default), and a chain of dependent steps waits one poll per step; the jobs here
+    are few and long, so polling often costs nothing.  Cluster plugins keep
+    nipype's default (each poll queries the scheduler).
+    """
+    if config.nipype_plugin in ("MultiProc", "Linear"):
+        return {"poll_sleep_duration": 0.01}
+    return {}
 
 
 def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
@@ -100,12 +170,23 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
     """
     config = inputs.config
     workflow = pe.Workflow(name="cnm_wf", base_dir=str(config.work_dir))
-    for subject in inputs.connectome.subjects:
-        prepare = init_prepare_node(subject, config)
-        if not config.write_participant_maps:
-            # only fill the work directory's cache (e.g. one cluster job per subject)
-            workflow.add_nodes([prepare])
-            continue
+    workflow.config["execution"].update(execution_settings(config))
+    subjects = list(inputs.connectome.subjects)
+    mem_gb = check_preparation(config, subjects)
+    if not config.write_participant_maps:
+        # only fill the work directory's cache: one node per subject on a cluster (one
+        # job each), a few batches otherwise (nipype's cost grows with the nodes)
+        one_each = config.nipype_plugin not in ("MultiProc", "Linear")
+        groups = ([[s] for s in subjects] if one_each
+                  else batches(subjects, config.batch_size, config.nprocs))
+        for b, members in enumerate(groups):
+            name = (_node_name("prepare", members[0].label) if one_each
+                    else f"prepare_batch_{b}")
+            workflow.add_nodes([init_prepare_node(members, config, name, mem_gb)])
+        return workflow
+    for subject in subjects:
+        prepare = init_prepare_node([subject], config, _node_name("prepare", subject.label),
+                                    mem_gb)
         maps = pe.Node(
             ParticipantMaps(
                 seeds=str(inputs.seeds_file),
@@ -120,8 +201,16 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
             ),
             name=_node_name("zmaps", subject.label),
         )
-        workflow.connect(prepare, "prepared", maps, "prepared")
+        workflow.connect(prepare, ("prepared", _first), maps, "prepared")
     return workflow
+
+
+def _first(items):
+    """The only element of a one-subject batch's output (a nipype connection function).
+
+    nipype hands a one-element ``OutputMultiObject`` over as the element itself.
+    """
+    return items if isinstance(items, str) else items[0]
 
 
 def batches(items: list, batch_size: int, min_batches: int = 1) -> list[list]:
@@ -176,20 +265,20 @@ def init_connectivity_branch(
     if inputs.support_file is not None:
         mask.inputs.support = str(inputs.support_file)
     if reuse_maps is None:
-        shared = connectome.root == inputs.connectome.root
-        prepares = [_prepare_node(workflow, s, config, "" if shared else prefix)
-                    for s in subjects]
-        collect = pe.Node(niu.Merge(len(prepares)), name=f"{prefix}collect_prepared")
-        for i, node in enumerate(prepares, 1):
-            workflow.connect(node, "prepared", collect, f"in{i}")
-        workflow.connect(collect, "out", mask, "prepared")
         groups = batches(list(range(len(subjects))), config.batch_size, config.nprocs)
+        mem_gb = check_preparation(config, subjects)
+        # a few batch nodes, not one per subject: a warm run checks the prepared folders
+        # itself (a stat per file) instead of paying nipype's per-node cost
+        prepares = [init_prepare_node([subjects[i] for i in members], config,
+                                      f"{prefix}prepare_batch_{b}", mem_gb)
+                    for b, members in enumerate(groups)]
+        collect = pe.Node(niu.Merge(len(prepares)), name=f"{prefix}collect_prepared")
+        for b, node in enumerate(prepares, 1):
+            workflow.connect(node, "prepared", collect, f"in{b}")
+        workflow.connect(collect, "out", mask, "prepared")
         gather = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_stats")
         gather_nodes = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_node_values")
         for b, members in enumerate(groups):
-            merge = pe.Node(niu.Merge(len(members)), name=f"{prefix}collect_batch_{b}")
-            for j, i in enumerate(members, 1):
-                workflow.connect(prepares[i], "prepared", merge, f"in{j}")
             accumulate = pe.Node(
                 AccumulateConnectivity(
                     seeds=str(inputs.seeds_file), batch=f"{prefix}batch {b + 1}/{len(groups)}",
@@ -205,7 +294,7 @@ def init_connectivity_branch(
                 accumulate.inputs.nodes = str(inputs.nodes_file)
                 workflow.connect(accumulate, "node_values", gather_nodes, f"in{b + 1}")
             workflow.connect([
-                (merge, accumulate, [("out", "prepared")]),
+                (prepares[b], accumulate, [("prepared", "prepared")]),
                 (mask, accumulate, [("voxels", "voxels")]),
                 (accumulate, gather, [("stats", f"in{b + 1}")]),
             ])
@@ -301,6 +390,7 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
     config = inputs.config
     subjects = list(inputs.connectome.subjects)
     workflow = pe.Workflow(name="cnm_wf", base_dir=str(config.work_dir))
+    workflow.config["execution"].update(execution_settings(config))
     mask, reduce = init_connectivity_branch(
         workflow, inputs, inputs.connectome, reuse_maps=inputs.reuse_maps
     )
