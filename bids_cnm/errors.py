@@ -7,6 +7,8 @@ them from BSD ``sysexits.h``).  Every error message says what is wrong, where
 
 from __future__ import annotations
 
+import re
+
 EX_USAGE = 64  # the command line was used incorrectly
 EX_DATAERR = 65  # the input data was incorrect in some way
 EX_NOINPUT = 66  # an input file did not exist or was not readable
@@ -90,3 +92,23 @@ def where(path: object, row: int | None = None, column: str | None = None) -> st
     if column is not None:
         text += f", column '{column}'"
     return text
+
+
+#: a header cell that looks like a column name (not a line of some other file)
+_COLUMN_NAME = re.compile(r"^[\w .()%+\-/]{1,40}$")
+
+
+def found_columns(columns) -> str:
+    """The columns a table was read with, for an error message, without echoing a file.
+
+    A user may point at a file that is not a table at all (a password file, a binary);
+    its first line would become the "column names".  Names are shown only when every one
+    looks like a column name; otherwise only their number.
+    """
+    names = [str(c) for c in columns]
+    if not names:
+        return "no columns"
+    if all(_COLUMN_NAME.match(n) for n in names):
+        return ", ".join(names)
+    return (f"{len(names)} column(s) whose names do not look like a table header "
+            "(is it a tab-separated table with a header line?)")

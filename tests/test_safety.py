@@ -144,8 +144,9 @@ def test_other_settings_refused_then_overwritten(small, tmp_path, capsys):
     assert not any("thresh-4_" in f or "thresh-5p1" in f for f in now)
     assert "README" in now  # not the earlier run's file: kept
     record = json.loads((out / RECORD).read_text())
-    assert set(record["levels"]["group"]["files"]) == now - {
-        "README", "dataset_description.json", str(RECORD)}
+    # logs/ (the run record, the options, the methods text) belongs to no one level
+    assert set(record["levels"]["group"]["files"]) == {
+        f for f in now - {"README", "dataset_description.json"} if not f.startswith("logs/")}
     report = (out / "bids_cnm_report.html").read_text()
     assert "thresh-5p1" not in report and "thresh-4_" not in report
 
@@ -359,3 +360,32 @@ def test_sigkill_of_the_main_process_ends_its_workers(tiny_connectome, tiny_coor
     while time.time() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "orphaned workers kept running"
+
+
+def test_a_non_table_is_never_echoed(tmp_path):
+    """A plan or coordinate 'table' that is some other file: the error never shows its
+    first line (issue 9, item 12), but still says what is wrong."""
+    from bids_cnm.errors import InputDataError
+    from bids_cnm.io.coordinates import read_coordinates
+    from bids_cnm.plan import plan_from_dict
+
+    secret = "root:$6$saltsalt$c2VjcmV0aGFzaA:19000:0:99999:7:::"
+    other = tmp_path / "shadow"
+    other.write_text(secret + "\ndaemon:*:19000:0:99999:7:::\n")
+    with pytest.raises(InputDataError) as info:
+        read_coordinates(other)
+    assert "saltsalt" not in str(info.value) and "c2VjcmV0" not in str(info.value)
+    assert "study, x, y and z" in str(info.value)
+    data = {"validation": {"roi_overlap": [
+        {"name": "electrodes", "spheres": {"table": str(other)}}]}}
+    with pytest.raises(InputDataError) as info:
+        plan_from_dict(data, base_dir=tmp_path)
+    assert "saltsalt" not in str(info.value) and "c2VjcmV0" not in str(info.value)
+    assert "validation.roi_overlap[0].spheres.table" in str(info.value)
+
+
+def test_found_columns_shows_real_headers():
+    from bids_cnm.errors import found_columns
+
+    assert found_columns(["study", "x", "y", "z (mm)"]) == "study, x, y, z (mm)"
+    assert "1 column(s)" in found_columns(["root:*:19000:0:99999:7:::"])

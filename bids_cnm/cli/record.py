@@ -74,11 +74,17 @@ def clean_workdir(config: Config) -> None:
 @contextlib.contextmanager
 def folders_removed_on_error(*folders: Path) -> Iterator[None]:
     """Remove those of ``folders`` this run creates if it fails while they are still empty."""
+    from bids_cnm.io.lock import LOCK_NAME
+
     created = [Path(f) for f in folders if not Path(f).exists()]
     try:
         yield
     except BaseException:
         for folder in created:
+            # the run's own lock file (released by now) does not make a folder used
+            with contextlib.suppress(OSError):
+                if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                    (folder / LOCK_NAME).unlink()
             with contextlib.suppress(OSError):  # not empty, or gone: leave it
                 folder.rmdir()
         raise

@@ -61,13 +61,13 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
 def _run(config: Config, command: tuple[str, ...]) -> int:
     started = time.time()
     writable_folder(config.output_dir, "OUTPUT_DIR")
-    writable_folder(config.work_dir, "--work-dir")
-    record.limit_threads(config.omp_nthreads)
-    if config.boilerplate_only:
+    if config.boilerplate_only:  # the methods text only: no work folder, nothing computed
         run_config, plan, table, connectome = read_inputs(config)
         paths = record.write_record(run_config, connectome, table, plan)
         LOGGER.info("--boilerplate-only: wrote %s", ", ".join(p.name for p in paths))
         return 0
+    writable_folder(config.work_dir, "--work-dir")
+    record.limit_threads(config.omp_nthreads)
     # participant jobs of one cohort may share the folders (one per subject); a group
     # run owns them
     shared = config.analysis_level == "participant"

@@ -31,7 +31,13 @@ import numpy as np
 import pandas as pd
 
 from bids_cnm.config import RANDOM_SET
-from bids_cnm.errors import InputDataError, MissingInputError, ReadError, where
+from bids_cnm.errors import (
+    InputDataError,
+    MissingInputError,
+    ReadError,
+    found_columns,
+    where,
+)
 
 __all__ = [
     "COORDINATE_COLUMNS",
@@ -359,7 +365,7 @@ def _check_header(header: list[str], path: Path, line: int, delimiter: str) -> N
     if missing:
         raise InputDataError(
             f"{where(path, line, missing[0])}: missing column(s) {', '.join(missing)}; "
-            f"found {', '.join(map(repr, header))}; the first line must be a header naming "
+            f"found {found_columns(header)}; the first line must be a header naming "
             "the columns study, x, y and z"
         )
 
@@ -402,7 +408,7 @@ def _normalize(
     if missing:
         raise InputDataError(
             f"{where(source)}: missing column(s) {', '.join(missing)}; found "
-            f"{', '.join(map(repr, table.columns)) or 'no columns'}; the header line must "
+            f"{found_columns(table.columns)}; the header line must "
             "name the columns study, x, y and z"
         )
     if table.empty:

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_cnm.errors import InputDataError, MissingInputError, ReadError, where
+from bids_cnm.errors import (
+    InputDataError,
+    MissingInputError,
+    ReadError,
+    found_columns,
+    where,
+)
 from bids_cnm.plan.schema import CONTACT_COLUMNS, DBS, VAT_COLUMNS, Atlas, Masks, Spheres
 
 __all__ = ["read_table", "coordinate_table", "check_column", "sphere_labels",
@@ -63,7 +69,7 @@ def read_table(path: Path, key: str, label: str = "analysis plan",
     if missing:
         raise InputDataError(
             f"{label}, {key} ({where(path, 1)}): missing column(s) {missing}; the table "
-            f"needs {', '.join(columns)} (columns found: {', '.join(table.columns)}; "
+            f"needs {', '.join(columns)} (columns found: {found_columns(table.columns)}; "
             f"{'comma' if sep == ',' else 'tab'}-separated)"
         )
     if len(table) == 0:
@@ -101,7 +107,7 @@ def check_column(table: pd.DataFrame, column: str, path: Path, key: str, label: 
     if column not in table.columns:
         raise InputDataError(
             f"{label}, {key}: column '{column}' is not in {path} (columns: "
-            f"{', '.join(table.columns)}); name one of them"
+            f"{found_columns(table.columns)}); name one of them"
         )
 
 

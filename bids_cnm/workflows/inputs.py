@@ -31,7 +31,7 @@ from bids_cnm.engine.seeds import (
     save_seeds,
     seeds_digest,
 )
-from bids_cnm.errors import InputDataError, UsageError
+from bids_cnm.errors import InputDataError, UsageError, found_columns
 from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
 from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import bids_name, write_json, write_nifti
@@ -74,7 +74,7 @@ def check_columns(config: Config, table: pd.DataFrame) -> None:
         if column not in table.columns:
             raise UsageError(
                 f"--subgroups {column}: {source} has no column '{column}' (columns: "
-                f"{', '.join(map(str, table.columns))})."
+                f"{found_columns(table.columns)})."
             )
     sets = set(table["set"])
     if config.specificity and config.random_relocations > 0:
