@@ -389,3 +389,29 @@ def test_found_columns_shows_real_headers():
 
     assert found_columns(["study", "x", "y", "z (mm)"]) == "study, x, y, z (mm)"
     assert "1 column(s)" in found_columns(["root:*:19000:0:99999:7:::"])
+
+
+def test_unknown_plan_set_blames_the_plan_key(tiny_connectome, tmp_path, capsys):
+    """A plan naming a set the coordinates lack: the message names the plan's key."""
+    plan = tmp_path / "plan.yml"
+    plan.write_text("primary_sets: [epilepsy]\n")
+    code, err = run_cli(capsys, tiny_connectome, tmp_path / "out", "group", "--coordinates",
+                        write_coordinates(tmp_path / "c.tsv", TINY_COORDS), "--analysis", plan)
+    assert code == EX_USAGE
+    assert f"{plan}, primary_sets epilepsy: no such set" in err and "--primary-sets" not in err
+
+
+def test_corrupt_bold_of_the_compare_connectome_caught_up_front(tiny_connectome, tmp_path,
+                                                               capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_connectome, other)
+    bold = sorted(other.rglob("*_bold.nii.gz"))[-1]
+    data = bold.read_bytes()
+    bold.write_bytes(data[: len(data) // 2])  # truncated
+    code, err = run_cli(capsys, tiny_connectome, tmp_path / "out", "group", "--coordinates",
+                        write_coordinates(tmp_path / "c.tsv", TINY_COORDS),
+                        "--compare-connectome", other, "-w", tmp_path / "work")
+    assert code == EX_DATAERR and bold.name in err
+    assert not list((tmp_path / "work").glob("cnm_wf"))  # before any workflow ran

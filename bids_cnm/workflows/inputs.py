@@ -79,8 +79,10 @@ def check_columns(config: Config, table: pd.DataFrame) -> None:
     sets = set(table["set"])
     if config.specificity and config.random_relocations > 0:
         sets.add(RANDOM_SET)  # the relocated studies are a control set of their own
-    for flag, names in (("--primary-sets", config.primary_sets),
-                        ("--control-sets", config.control_sets or ())):
+    # with a plan, the sets come from its keys (read_inputs copies them into the config)
+    flags = (("--primary-sets", "--control-sets") if config.analysis_plan is None else
+             (f"{config.analysis_plan}, primary_sets", f"{config.analysis_plan}, control_sets"))
+    for flag, names in zip(flags, (config.primary_sets, config.control_sets or ())):
         missing = sorted(set(names) - sets)
         if missing:
             raise UsageError(
@@ -362,8 +364,10 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
     config, plan, table, connectome = read_inputs(config)
     config.work_dir.mkdir(parents=True, exist_ok=True)
     check_labels(table, config.subgroups, str(config.coordinates))
-    check_all_readable([p for s in connectome.subjects for p in s.bold],
-                       config.work_dir / "readable_inputs.json")
+    compare = compare_pass(config, connectome)
+    runs = [p for c in (connectome, compare.get("compare")) if c is not None
+            for s in c.subjects for p in s.bold]
+    check_all_readable(list(dict.fromkeys(runs)), config.work_dir / "readable_inputs.json")
     short = short_subjects(connectome, config.min_volumes)
     if short:
         LOGGER.warning(
@@ -412,7 +416,7 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
         thresholds=[config.t_threshold, *config.t_thresholds],
         provenance={"ConnectivityHash": connectivity_hash(config, digest), "SeedsHash": digest},
         control_sets=control_sets(config, seeds.table) if config.specificity else [],
-        **compare_pass(config, connectome),
+        **compare,
         plan_file=plan_file,
         nodes_file=nodes_file,
         command=tuple(command),
