@@ -62,6 +62,37 @@ def test_degree_kernel_equals_numpy_corrcoef(tmp_path):
     assert first.n == 2
 
 
+def test_two_run_subject_degree_follows_the_run_convention(tmp_path):
+    """Two runs: by default |mean of the run-wise z| (as the seeds' z), else one
+    correlation over the concatenated standardized runs (independent numpy)."""
+    rng = np.random.default_rng(3)
+    paths, raw = [], []
+    for run in range(2):
+        path = tmp_path / f"run{run}.nii.gz"
+        raw.append(write_bold(path, rng, n_volumes=40 + 10 * run))
+        paths.append(str(path))
+    subject = open_prepared(prepare_subject(paths, [], tmp_path / "p"))
+    targets = np.arange(np.prod(SHAPE))
+    sample = np.sort(rng.choice(targets, 20, replace=False))
+    own = targets[:, None] == sample[None, :]
+
+    def zmat(series):
+        r = np.corrcoef(series.astype(np.float64))[np.ix_(targets, sample)]
+        return np.arctanh(np.clip(r, -1 + 1e-6, 1 - 1e-6))
+
+    z_avg = np.abs((zmat(raw[0]) + zmat(raw[1])) / 2)
+    z_avg[own] = np.nan
+    standardized = [(x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True) for x in raw]
+    z_cat = np.abs(zmat(np.concatenate(standardized, axis=1)))
+    z_cat[own] = np.nan
+    for runs, expected in (("average", z_avg), ("concatenate", z_cat)):
+        sums = DegreeSums.zeros(targets, sample)
+        sums.add(subject, runs=runs)
+        np.testing.assert_allclose(sums.mean(), np.nanmean(expected, axis=1), rtol=2e-5,
+                                   atol=1e-6, err_msg=runs)
+    assert not np.allclose(np.nanmean(z_avg, axis=1), np.nanmean(z_cat, axis=1), rtol=1e-3)
+
+
 def test_regression_residual_equals_lstsq():
     rng = np.random.default_rng(1)
     x = rng.gamma(2.0, size=500)

@@ -42,8 +42,30 @@ def _degree_block(r, factor, self_col, out, row0):
         out[row0 + i] += total / (k - 1 if own >= 0 else k)
 
 
-def sample_timeseries(subject: PreparedSubject, sample_rows: np.ndarray) -> np.ndarray:
+@njit(nogil=True, error_model="numpy", cache=True)
+def _degree_runs_block(r, factor, self_col, out, row0):
+    """As :func:`_degree_block` for run-wise r (R, n, K): |mean of the runs' z| per pair."""
+    rmax = R_MAX
+    n_runs, n, k = r.shape
+    for i in range(n):
+        own = self_col[row0 + i]
+        total = 0.0
+        for j in range(k):
+            if j != own:
+                z = 0.0
+                for q in range(n_runs):
+                    x = np.float64(min(max(r[q, i, j] * factor[i, q], -rmax), rmax))
+                    z += _atanh(x)
+                total += abs(z / n_runs)
+        out[row0 + i] += total / (k - 1 if own >= 0 else k)
+
+
+def sample_timeseries(subject: PreparedSubject, sample_rows: np.ndarray,
+                      per_run: bool = False) -> np.ndarray:
     """Centred, unit-norm time courses of the sample voxels (rows of the subject's data).
+
+    With ``per_run``, each run's segment is centred and scaled to unit norm on its own
+    (for correlations computed run by run).
 
     Returns
     -------
@@ -51,8 +73,10 @@ def sample_timeseries(subject: PreparedSubject, sample_rows: np.ndarray) -> np.n
     """
     ts = np.asarray(subject.data[sample_rows], dtype=np.float64)
     ts *= subject.scale[sample_rows, None]
-    ts -= ts.mean(axis=1, keepdims=True)
-    ts /= np.linalg.norm(ts, axis=1, keepdims=True)
+    for lo, hi in (subject.runs if per_run else [(0, ts.shape[1])]):
+        seg = ts[:, lo:hi]
+        seg -= seg.mean(axis=1, keepdims=True)
+        seg /= np.linalg.norm(seg, axis=1, keepdims=True)
     return ts.astype(np.float32)
 
 
@@ -87,7 +111,8 @@ class DegreeSums:
             raise ValueError("the degree sample must lie within the target voxels")
         return cls(voxels, sample, 0, np.zeros(len(voxels)))
 
-    def add(self, subject: PreparedSubject, rows: np.ndarray | None = None) -> None:
+    def add(self, subject: PreparedSubject, rows: np.ndarray | None = None,
+            runs: str = "average") -> None:
         """Add one subject.
 
         Parameters
@@ -96,20 +121,27 @@ class DegreeSums:
         rows : ndarray of int64, optional
             Rows of the subject's data that are the target voxels (as from
             :func:`~bids_cnm.engine.connectivity.rows_of`); computed when omitted.
+        runs : {'average', 'concatenate'}
+            Several runs: |mean of the run-wise z| (the seeds' convention by default),
+            or |z| of one correlation over the concatenated runs.
         """
         if rows is None:
             rows = rows_of(subject.voxels, self.voxels)
         target = np.arange(len(self.voxels)) if rows is None else rows
         positions = np.searchsorted(self.voxels, self.sample)  # sample within the targets
-        seed_ts = sample_timeseries(subject, target[positions])
+        spans = subject.runs if runs == "average" and len(subject.runs) > 1 else None
+        seed_ts = sample_timeseries(subject, target[positions], per_run=spans is not None)
         self_col = np.full(len(self.voxels), -1, dtype=np.int64)
         self_col[positions] = np.arange(len(self.sample))
         total = self.total
 
         def consume(r: np.ndarray, factor: np.ndarray, start: int) -> None:
-            _degree_block(r, factor, self_col, total, start)
+            if spans is None:
+                _degree_block(r, factor, self_col, total, start)
+            else:
+                _degree_runs_block(r, factor, self_col, total, start)
 
-        _for_all_blocks(subject, seed_ts, rows, consume)
+        _for_all_blocks(subject, seed_ts, rows, consume, spans)
         self.n += 1
 
     def merge(self, other: DegreeSums) -> DegreeSums:

@@ -202,7 +202,7 @@ class AccumulateConnectivity(SimpleInterface):
                 if nodes is not None:
                     values.append(node_zvalues(subject, seeds, nodes, *options))
                 if degree is not None:  # the same subject, still in the page cache
-                    degree.add(subject, rows)
+                    degree.add(subject, rows, self.inputs.run_combination)
                 elapsed = time.perf_counter() - start
                 LOGGER.info(
                     "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
