@@ -275,3 +275,24 @@ def test_cache_of_another_format_is_rebuilt(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="bids_cnm"):
         prepare_subject([str(paths[0])], [], out)
     assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
+
+
+def test_a_seed_without_data_in_a_subject_names_the_subject(tmp_path):
+    """A seed whose voxels all lie outside one subject's data: the error names that
+    subject's BOLD file and the fix (issue 9, item 12)."""
+    from bids_cnm.engine.connectivity import seed_timeseries
+    from bids_cnm.engine.seeds import Seeds
+    from bids_cnm.errors import InputDataError
+
+    paths, _, _ = _write_connectome(tmp_path, n_subjects=1, shape=(3, 3, 3), n_volumes=12)
+    mask = np.ones((3, 3, 3), np.uint8)
+    mask[0, 0, 0] = 0  # the subject has no data at the seed's only voxel
+    mask_path = tmp_path / "mask.nii.gz"
+    nb.Nifti1Image(mask, np.eye(4)).to_filename(mask_path)
+    subject = open_prepared(prepare_subject([str(paths[0])], [str(mask_path)], tmp_path / "p"))
+    table = pd.DataFrame({"id": ["lost"], "set": ["primary"], "study": ["lost"],
+                          "variant": ["main"]})
+    seeds = Seeds(table, [np.array([0], dtype=np.int64)], (3, 3, 3), np.eye(4), 6.0)
+    with pytest.raises(InputDataError, match="no voxel with valid data") as info:
+        seed_timeseries(subject, seeds)
+    assert str(paths[0]) in str(info.value) and "--participant-label" in str(info.value)

@@ -54,6 +54,7 @@ from numba.extending import intrinsic
 
 from bids_cnm.engine.seeds import Seeds
 from bids_cnm.engine.timeseries import PreparedSubject
+from bids_cnm.errors import InputDataError
 
 LOGGER = logging.getLogger("bids_cnm.engine.connectivity")
 
@@ -418,7 +419,14 @@ def seed_timeseries(
         When a seed's time course is constant (in a run, with ``per_run``).
     """
     _check_options(signal, RUN_COMBINATIONS[0])
-    weights = seeds.weights(subject.voxels, len(subject.voxels))
+    source = (subject.meta.get("bold") or [str(subject.path)])[0]
+    try:
+        weights = seeds.weights(subject.voxels, len(subject.voxels))
+    except InputDataError as exc:  # name the subject, and what the user can do
+        raise InputDataError(
+            f"{source}: {exc.message.rstrip('.')}; or drop the subject "
+            "(--participant-label / --participant-filter)."
+        ) from exc
     needed = np.unique(weights.indices)  # CSR: column indices = data rows used
     rows = subject.data[needed].astype(np.float64) * subject.scale[needed, None]
     weights = weights[:, needed]
@@ -436,8 +444,9 @@ def seed_timeseries(
         norm = np.linalg.norm(seg, axis=1, keepdims=True)
         if np.any(norm == 0):
             bad = [seeds.ids[k] for k in np.flatnonzero(norm[:, 0] == 0)]
-            raise ValueError(
-                f"seed(s) {', '.join(bad)} have a constant time course in {subject.path}"
+            raise InputDataError(
+                f"{source}: seed(s) {', '.join(bad)} have a constant time course; drop the "
+                "subject (--participant-label / --participant-filter) or check its data."
             )
         seg /= norm if per_run else norm / np.sqrt(hi - lo)
     if not per_run:
