@@ -123,7 +123,8 @@ def inputs_section(ctx: ReportContext) -> Section | None:
     points: dict[str, list] = {}
     for seed_id in main:
         xyz = ctx.coords[seed_id]
-        if len(xyz):
+        # the randomly relocated copies are a null, not input: summarised elsewhere
+        if len(xyz) and ctx.seed_sets.get(seed_id) != "random":
             points.setdefault(ctx.seed_sets.get(seed_id, "primary"), []).extend(xyz.tolist())
     if points:
         arrays = {k: np.asarray(v, float).reshape(-1, 3) for k, v in points.items()}
@@ -131,8 +132,9 @@ def inputs_section(ctx: ReportContext) -> Section | None:
         blocks.append(Figure(
             partial(figures.coordinates_glass_brain, arrays,
                     {k: ctx.set_colors.get(k, "black") for k in arrays}),
-            f"All {n} coordinates (MNI mm) of the main seeds on a glass brain, coloured by set "
-            "(number of coordinates in brackets).", "glass brain of the input coordinates",
+            f"The {n} input coordinates (MNI mm) of the main seeds on a glass brain, coloured "
+            "by set (number of coordinates in brackets); the randomly relocated copies are "
+            "not drawn.", "glass brain of the input coordinates",
             ["seeds.tsv"], css="wide"))
     studies = [s for s in main if ctx.seed_sets.get(s) in ctx.set_colors
                and ctx.seed_sets.get(s) not in ("random", "dbs", "reference")]
