@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import nibabel as nb
+import numpy as np
 import pytest
 
 from bids_cnm.engine import bold_reader

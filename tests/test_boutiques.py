@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_COORDS, write_coordinates, write_tiny_connectome
 
 from bids_cnm import __version__
 from bids_cnm.cli import docs
 from bids_cnm.cli.parser import build_parser
-from conftest import REPO, TINY_COORDS, write_coordinates, write_tiny_connectome
 
 DESCRIPTOR = REPO / "boutiques.json"
 

@@ -11,12 +11,18 @@ import sys
 import nibabel as nb
 import numpy as np
 import pytest
+from conftest import (
+    SPACE,
+    TINY_COORDS,
+    planted_truth,
+    write_coordinates,
+    write_tiny_connectome,
+)
 
 from bids_cnm import __version__
 from bids_cnm.cli.run import main
 from bids_cnm.errors import EX_DATAERR, EX_NOINPUT, EX_NOMATCH, EX_USAGE
 from bids_cnm.io.derivatives import PYBIDS_CONFIG
-from conftest import SPACE, TINY_COORDS, planted_truth, write_coordinates, write_tiny_connectome
 
 ENTS = f"task-rest_space-{SPACE}"
 
@@ -340,8 +346,8 @@ def test_no_cache_streams_the_same_maps(group_run, tiny_connectome, tiny_coordin
                    "-w", work, "--no-cache", "--nipype-plugin", "Linear",
                    "--no-degree-check") == 0
     assert not list((work / "prepared").rglob("data.npy"))  # voxel lists only
-    for name in (f"{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz",
-                 f"{ENTS}_seed-CtrlX_stat-z_boldmap.nii.gz"):
+    for name in (f"seeds/{ENTS}_seed-StudyA_stat-t_boldmap.nii.gz",
+                 f"seeds/{ENTS}_seed-CtrlX_stat-z_boldmap.nii.gz"):
         np.testing.assert_array_equal(nb.load(out / name).get_fdata(),
                                       nb.load(ref / name).get_fdata())
     # the log ends with where the time went

@@ -8,10 +8,10 @@ import pytest
 from scipy import stats
 
 from bids_cnm.engine import connectivity
-from bids_cnm.io.connectome import index_connectome, support_mask
-from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.engine.seeds import make_seeds
 from bids_cnm.engine.timeseries import open_prepared, prepare_subject, valid_mask
+from bids_cnm.io.connectome import index_connectome, support_mask
+from bids_cnm.io.coordinates import read_coordinates
 
 
 def _pearson(voxels: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -181,8 +181,8 @@ def test_node_values_equal_mean_of_zmaps(tiny_connectome, tiny_coordinates, tmp_
 def test_seed_weights_average_the_seed_voxels_with_data():
     import pandas as pd
 
-    from bids_cnm.errors import InputDataError
     from bids_cnm.engine.seeds import Seeds
+    from bids_cnm.errors import InputDataError
 
     table = pd.DataFrame({"id": ["a", "b"], "study": ["A", "B"], "set": ["primary"] * 2})
     seeds = Seeds(table, [np.array([3, 5, 9]), np.array([5, 40])], (4, 4, 4), np.eye(4), 6.0)

@@ -6,8 +6,8 @@ import gzip
 import json
 import os
 import re
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np

@@ -6,13 +6,13 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_AFFINE, TINY_SHAPE, tiny_mask
 
 from bids_cnm.analyses.degree import degree_check, degree_sample, regress_out
 from bids_cnm.engine.degree import DegreeSums
 from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.engine.seeds import Seeds
 from bids_cnm.engine.timeseries import open_prepared, prepare_subject
-from conftest import TINY_AFFINE, TINY_SHAPE, tiny_mask
 
 SHAPE = (6, 7, 5)
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])

@@ -13,11 +13,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from bids_cnm.cli import docs
 from bids_cnm.cli.parser import build_parser
 from bids_cnm.io.derivatives import ENTITY_ORDER, PYBIDS_CONFIG
-from conftest import REPO
 
 DOCS = REPO / "docs"
 PAGES = ("index", "installation", "tutorial", "inputs", "outputs", "methods", "cli", "cluster")
@@ -99,3 +99,29 @@ def test_plan_md_tables_are_generated_from_the_schema():
     assert text == plan_markdown(text), (
         "docs/plan.md's key tables differ from bids_cnm/plan/schema.py: run "
         "`python -m bids_cnm.cli.docs`")
+
+
+def test_one_vocabulary_for_options():
+    """Each shared option is described once (config.DOCS): the parser's help, the Config
+    docstring and the interfaces' trait desc all carry that text."""
+    import textwrap
+
+    from bids_cnm.cli.parser import build_parser
+    from bids_cnm.config import DOCS, Config
+    from bids_cnm.interfaces.cnm import AccumulateConnectivity, DegreeSample, Specificity
+
+    helps = {a.dest: a.help for a in build_parser()._actions}
+    doc = " ".join(Config.__doc__.split())
+    for name, text in DOCS.items():
+        assert helps[name] == text, name
+        assert " ".join(textwrap.fill(text, 1000).split()) in doc.replace(
+            text[:1].upper() + text[1:], text), name
+    assert "%(" not in Config.__doc__
+    traits = {
+        "seed_signal": AccumulateConnectivity().inputs.trait("seed_signal").desc,
+        "run_combination": AccumulateConnectivity().inputs.trait("run_combination").desc,
+        "n_permutations": Specificity().inputs.trait("n_permutations").desc,
+        "degree_samples": DegreeSample().inputs.trait("n_samples").desc,
+    }
+    for name, desc in traits.items():
+        assert desc == DOCS[name], name

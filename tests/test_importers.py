@@ -18,11 +18,11 @@ import nibabel as nb
 import numpy as np
 import pytest
 import scipy.io
+from conftest import TINY_AFFINE, TINY_COORDS, TINY_SHAPE, tiny_mask, write_coordinates
 
 from bids_cnm.cli.connectome import main as connectome_main
 from bids_cnm.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE
 from bids_cnm.io.connectome import index_connectome, support_mask
-from conftest import TINY_AFFINE, TINY_COORDS, TINY_SHAPE, tiny_mask, write_coordinates
 
 SPACE = "MNI152NLin6Asym"
 GSP_TAIL = "_rest_skip4_stc_mc_bp_0.0001_0.08_resid_FS1mm_MNI1mm_MNI2mm_sm7_finalmask.nii.gz"

@@ -19,11 +19,11 @@ from bids_cnm.analyses import roi
 from bids_cnm.analyses.dbs import vat_from_contacts
 from bids_cnm.analyses.plan_seeds import plan_nodes, plan_seeds
 from bids_cnm.analyses.run_plan import run_plan
-from bids_cnm.errors import InputDataError
 from bids_cnm.engine.group_results import GroupResults
+from bids_cnm.engine.seeds import concat_seeds, make_seeds, sphere_voxels
+from bids_cnm.errors import InputDataError
 from bids_cnm.io.derivatives import DerivativesWriter
 from bids_cnm.plan import load_plan, plan_from_dict
-from bids_cnm.engine.seeds import concat_seeds, make_seeds, sphere_voxels
 
 SHAPE = (20, 24, 20)
 AFFINE = np.array([[4.0, 0, 0, -40], [0, 4.0, 0, -56], [0, 0, 4.0, -32], [0, 0, 0, 1]])

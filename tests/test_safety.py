@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SPACE, TINY_COORDS, write_coordinates, write_tiny_connectome
 
 from bids_cnm.cli.run import main
 from bids_cnm.errors import EX_CANTCREAT, EX_DATAERR, EX_USAGE, OutputError
 from bids_cnm.io.identity import file_fingerprint, subject_key
 from bids_cnm.io.lock import LOCK_NAME, FolderLock
 from bids_cnm.io.run_record import RECORD
-from conftest import SPACE, TINY_COORDS, write_coordinates, write_tiny_connectome
 
 ENTS = f"task-rest_space-{SPACE}"
 

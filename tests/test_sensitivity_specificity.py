@@ -8,14 +8,18 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SPACE, TINY_AFFINE, TINY_SHAPE, tiny_mask
 from scipy import stats
 
-from bids_cnm.analyses.sensitivity import correlation_matrix, enumerate_variants, variant_maps
+from bids_cnm.analyses.sensitivity import (
+    correlation_matrix,
+    enumerate_variants,
+    variant_maps,
+)
 from bids_cnm.analyses.specificity import compare_networks, relocate_coordinates
 from bids_cnm.cli.run import main
 from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.engine.seeds import Seeds
-from conftest import SPACE, TINY_AFFINE, TINY_SHAPE, tiny_mask
 
 ENTS = f"task-rest_space-{SPACE}"
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-
 from conftest import TINY_COORDS, write_coordinates, write_tiny_connectome
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -7,8 +7,8 @@ every threshold, and against nilearn's TFCE.
 
 from __future__ import annotations
 
-import numpy as np
 import numba
+import numpy as np
 import pytest
 from scipy import ndimage
 

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bids_cnm.analyses import roi, validation as val
+from bids_cnm.analyses import roi
+from bids_cnm.analyses import validation as val
 from bids_cnm.errors import InputDataError, MissingInputError
 
 REPO = Path(__file__).resolve().parents[1]

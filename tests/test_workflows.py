@@ -1,12 +1,15 @@
 """Structural tests: the workflows' node names and connections, built without running nipype.
 
-Node names are part of the contract: participant and group runs sharing a work folder
-share the preparation nodes (``prepare_sub_<label>``), so the connectome is decoded once.
+Node names are part of the contract.  Preparation is keyed by content outside nipype (a
+cache folder per subject in the work folder), so participant jobs (``prepare_sub_<label>``)
+and the group level's few batch nodes (``prepare_batch_<b>``) share the prepared data and
+the connectome is decoded once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -32,9 +35,10 @@ def _names(workflow) -> set[str]:
 
 
 def _edges(workflow) -> set[tuple[str, str, str, str]]:
-    """(source node, output, destination node, input) of every connection."""
+    """(source node, output, destination node, input) of every connection; an output
+    passed through a connection function is named by the output alone."""
     return {
-        (u.name, src, v.name, dst)
+        (u.name, src[0] if isinstance(src, tuple) else src, v.name, dst)
         for u, v, data in workflow._graph.edges(data=True)
         for src, dst in data["connect"]
     }
@@ -61,41 +65,39 @@ def test_participant_wf_one_branch_per_subject(inputs):
 
 
 def test_participant_wf_prepare_only(inputs):
+    """--skip-participant-maps: only the cache is filled, in a few batch nodes."""
     workflow = init_participant_wf(_with(inputs, write_participant_maps=False))
-    assert _names(workflow) == {f"prepare_sub_{s}" for s in SUBJECTS}
+    names = _names(workflow)
+    assert names and all(re.fullmatch(r"prepare_batch_\d+", n) for n in names)
+    assert len(names) <= inputs.config.nprocs
     assert not _edges(workflow)
 
 
 def test_group_wf_streams_in_batches(inputs):
     workflow = init_group_wf(inputs)
     names = _names(workflow)
-    assert {f"prepare_sub_{s}" for s in SUBJECTS} <= names
-    # 8 subjects, 2 processes: two batches of four, side by side
-    assert {"accumulate_batch_0", "accumulate_batch_1", "collect_batch_0", "collect_batch_1",
-            "collect_prepared", "analysis_mask", "collect_stats", "reduce", "group_outputs",
-            "plan_analyses", "collect_outputs", "report"} <= names
-    assert "accumulate_batch_2" not in names and "accumulate_from_maps" not in names
-    assert not any(n.startswith("specificity_") or n.startswith("compare_") for n in names)
+    batches = sorted(n for n in names if n.startswith("prepare_batch_"))
+    assert batches == ["prepare_batch_0", "prepare_batch_1"]  # nprocs=2: two batches
+    assert not any(n.startswith("prepare_sub_") for n in names)  # not one node per subject
+    assert {"accumulate_batch_0", "accumulate_batch_1", "collect_prepared", "analysis_mask",
+            "collect_stats", "reduce", "group_outputs", "collect_outputs", "report",
+            "degree_sample", "degree_check"} <= names
     edges = _edges(workflow)
-    for i, subject in enumerate(SUBJECTS):
-        batch, slot = divmod(i, 4)
-        assert (f"prepare_sub_{subject}", "prepared", f"collect_batch_{batch}",
-                f"in{slot + 1}") in edges
-        assert (f"prepare_sub_{subject}", "prepared", "collect_prepared", f"in{i + 1}") in edges
     for b in (0, 1):
-        assert (f"collect_batch_{b}", "out", f"accumulate_batch_{b}", "prepared") in edges
+        assert (f"prepare_batch_{b}", "prepared", f"accumulate_batch_{b}", "prepared") in edges
+        assert (f"prepare_batch_{b}", "prepared", "collect_prepared", f"in{b + 1}") in edges
         assert ("analysis_mask", "voxels", f"accumulate_batch_{b}", "voxels") in edges
         assert (f"accumulate_batch_{b}", "stats", "collect_stats", f"in{b + 1}") in edges
+        assert ("degree_sample", "sample", f"accumulate_batch_{b}", "degree_sample") in edges
     assert {("collect_prepared", "out", "analysis_mask", "prepared"),
             ("collect_stats", "out", "reduce", "stats"),
-            ("analysis_mask", "voxels", "reduce", "voxels"),
             ("reduce", "results", "group_outputs", "results"),
-            ("analysis_mask", "mask", "group_outputs", "mask"),
-            ("reduce", "results", "plan_analyses", "results"),
-            ("group_outputs", "out_files", "collect_outputs", "in1"),
-            ("plan_analyses", "out_files", "collect_outputs", "in2"),
+            ("reduce", "results", "degree_check", "results"),
             ("collect_outputs", "out", "report", "after")} <= edges
-    assert workflow.get_node("report").inputs.command == ["bids_cnm", "test"]
+    # every subject is prepared by exactly one batch
+    prepared = [s["label"] for b in batches
+                for s in workflow.get_node(b).inputs.subjects]
+    assert sorted(prepared) == SUBJECTS
 
 
 def test_group_wf_reads_participant_maps(inputs, tmp_path):
@@ -106,7 +108,7 @@ def test_group_wf_reads_participant_maps(inputs, tmp_path):
     workflow = init_group_wf(dataclasses.replace(inputs, reuse_maps=maps))
     names = _names(workflow)
     assert "accumulate_from_maps" in names
-    assert not any(n.startswith(("prepare_", "accumulate_batch", "collect_batch"))
+    assert not any(n.startswith(("prepare_", "accumulate_batch"))
                    for n in names)
     reader = workflow.get_node("accumulate_from_maps")
     assert reader.inputs.zmaps == [f for s in SUBJECTS for f in maps[s][:-1]]
@@ -116,8 +118,9 @@ def test_group_wf_reads_participant_maps(inputs, tmp_path):
 
 
 def test_group_wf_specificity_and_compare_cohort(inputs):
-    """One test per control set; a second, overlapping cohort of the same dataset shares
-    the preparation nodes (it crashed with "Duplicate node name" before)."""
+    """One test per control set; a second, overlapping cohort of the same dataset gets its
+    own batch nodes (no "Duplicate node name"), which find the main pass's prepared
+    subjects in the shared cache."""
     from bids_cnm.io.connectome import index_connectome
 
     cohort = index_connectome(inputs.config.bids_dir, participant_filter=(("group", "IGE"),))
@@ -129,12 +132,22 @@ def test_group_wf_specificity_and_compare_cohort(inputs):
     names = _names(workflow)
     assert "specificity_primary_vs_random" in names
     assert {"compare_analysis_mask", "compare_reduce", "compare_connectome"} <= names
-    assert not any(n.startswith("compare_prepare") for n in names)
     edges = _edges(workflow)
     assert ("reduce", "results", "specificity_primary_vs_random", "results") in edges
     assert ("compare_reduce", "results", "compare_connectome", "compare_results") in edges
-    # the IGE cohort (even subjects) reuses the main pass's preparation nodes
-    assert ("prepare_sub_02", "prepared", "compare_collect_prepared", "in1") in edges
+    compare_batches = sorted(n for n in names if n.startswith("compare_prepare_batch_"))
+    assert compare_batches
+    for b, name in enumerate(compare_batches):
+        assert (name, "prepared", f"compare_accumulate_batch_{b}", "prepared") in edges
+    cohort_labels = sorted(s.label for s in cohort.subjects)
+    prepared = sorted(s["label"] for n in compare_batches
+                      for s in workflow.get_node(n).inputs.subjects)
+    assert prepared == cohort_labels
+    main = {s["label"]: s["bold"] for n in names if n.startswith("prepare_batch_")
+            for s in workflow.get_node(n).inputs.subjects}
+    for n in compare_batches:  # the same files, hence the same cache keys
+        for s in workflow.get_node(n).inputs.subjects:
+            assert s["bold"] == main[s["label"]]
     finals = {u for u, _, v, _ in edges if v == "collect_outputs"}
     assert finals == {"group_outputs", "specificity_primary_vs_random", "compare_connectome",
-                      "plan_analyses"}
+                      "plan_analyses", "degree_check"}

@@ -19,9 +19,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bids_cnm.errors import InputDataError
 from bids_cnm.analyses.roi import sphere_mask
-from bids_cnm.analyses.validation import network_data, permutation_p, spatial_correlation
+from bids_cnm.analyses.validation import (
+    network_data,
+    permutation_p,
+    spatial_correlation,
+)
+from bids_cnm.errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 

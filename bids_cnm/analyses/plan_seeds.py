@@ -27,9 +27,15 @@ import pandas as pd
 
 from bids_cnm.analyses.dbs import vat_from_contacts
 from bids_cnm.analyses.roi import load_mask_images, sphere_mask
+from bids_cnm.engine.seeds import (
+    Seeds,
+    concat_seeds,
+    make_seeds,
+    seed_label,
+    seeds_from_masks,
+)
 from bids_cnm.errors import InputDataError
 from bids_cnm.plan import Plan, coordinate_table, read_dbs_table
-from bids_cnm.engine.seeds import Seeds, concat_seeds, make_seeds, seed_label, seeds_from_masks
 
 LOGGER = logging.getLogger("bids_cnm")
 

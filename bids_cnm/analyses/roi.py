@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 from bids_cnm.engine.seeds import sphere_voxels
+from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -72,8 +72,9 @@ from bids_cnm.analyses.validation import (
     roi_to_network_connectivity,
     spatial_correlation,
 )
-from bids_cnm.errors import CNMError, InputDataError, MissingInputError, ReadError
 from bids_cnm.engine.group_results import GroupResults
+from bids_cnm.engine.seeds import seed_label
+from bids_cnm.errors import CNMError, InputDataError, MissingInputError, ReadError
 from bids_cnm.io.derivatives import DerivativesWriter, unmask, write_json
 from bids_cnm.plan import (
     DBS_MAPS,
@@ -88,7 +89,6 @@ from bids_cnm.plan import (
     read_dbs_table,
     sphere_labels,
 )
-from bids_cnm.engine.seeds import seed_label
 from bids_cnm.stats.overlap import overlap_maps, threshold_label
 from bids_cnm.stats.peaks import PEAK_COLUMNS, find_peaks
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, special, stats
 
-from bids_cnm.errors import InputDataError
 from bids_cnm.analyses.roi import same_grid, sphere_offsets, voxel_to_world
+from bids_cnm.errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bids_cnm import __version__
-from bids_cnm.errors import CNMError, EX_USAGE
+from bids_cnm.errors import EX_USAGE, CNMError
 from bids_cnm.io.importers import FORMATS, ImportOptions, import_connectome
 
 LOGGER = logging.getLogger("bids_cnm")

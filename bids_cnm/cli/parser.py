@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import math
 import difflib
+import math
 import os
 import sys
 from pathlib import Path
 
 from bids_cnm import __version__
-from bids_cnm.config import DEFAULT_BOLD_DESC, Config
+from bids_cnm.config import DEFAULT_BOLD_DESC, DOCS, Config
 from bids_cnm.errors import EX_USAGE, UsageError
 
 
@@ -144,16 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     science = parser.add_argument_group("seeds and statistics")
     science.add_argument("--sphere-diameter", type=_positive_float, default=6.0, metavar="MM",
-                         help="diameter of the sphere at each coordinate, in mm")
+                         help=DOCS["sphere_diameter"])
     science.add_argument("--t-threshold", type=_positive_float, default=5.1, metavar="T",
-                         help="|t| threshold that binarizes each seed network")
+                         help=DOCS["t_threshold"])
     science.add_argument("--seed-signal", choices=["mean", "standardized"], default="mean",
-                         help="seed time course: the mean BOLD signal of the seed's voxels "
-                         "(as nilearn and Lead-DBS) or the mean of their standardized series")
+                         help=DOCS["seed_signal"])
     science.add_argument("--run-combination", choices=["average", "concatenate"],
                          default="average",
-                         help="subjects with several runs: average the Fisher z of each "
-                         "run's correlation, or correlate the concatenated standardized runs")
+                         help=DOCS["run_combination"])
 
     sens = parser.add_argument_group(
         "sensitivity", "variants computed from the same single pass over the connectome")
@@ -188,28 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--random-relocations", type=_non_negative_int, default=4, metavar="K",
                       help="randomly relocated copies of every primary study (0: none)")
     spec.add_argument("--relocation-mask", type=Path, default=None, metavar="NIFTI",
-                      help="grey-matter mask (MNI space) where relocated coordinates land; "
-                      "default: nilearn's MNI152 grey-matter template")
+                      help=DOCS["relocation_mask"])
     spec.add_argument("--relocation-mode", choices=["independent", "rigid"],
                       default="independent",
-                      help="relocate every coordinate on its own, or each study's coordinates "
-                      "together by one random rigid transform (keeps their configuration)")
+                      help=DOCS["relocation_mode"])
     spec.add_argument("--n-permutations", type=_positive_int, default=5000, metavar="N",
-                      help="label permutations of each specificity test (p cannot go below "
-                      "1/(N+1))")
+                      help=DOCS["n_permutations"])
     spec.add_argument("--specificity-maps", choices=["t", "binarized", "liebermeister"],
-                      default="t", help="compare unthresholded t-maps, binarized maps by "
-                      "permutation, or binarized maps by the Liebermeister test")
+                      default="t", help=DOCS["specificity_maps"])
     spec.add_argument("--no-tfce", action="store_true", help="voxel-wise t without TFCE")
     spec.add_argument("--random-seed", type=_non_negative_int, default=0,
-                      help="seed of every random draw (relocations, permutations)")
+                      help=DOCS["random_seed"])
 
     hubs = parser.add_argument_group(
         "degree check", "is the network more than the connectome's hubs? (on by default)")
     hubs.add_argument("--no-degree-check", action="store_true",
                       help="do not compute the degree map nor compare the networks with it")
     hubs.add_argument("--degree-samples", type=_positive_int, default=300, metavar="N",
-                      help="grey-matter voxels sampled for the degree map")
+                      help=DOCS["degree_samples"])
 
     perf = parser.add_argument_group("performance and execution")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,
@@ -220,11 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                       default=min(os.cpu_count() or 1, 8), dest="nprocs",
                       help="processes for nipype's MultiProc plugin")
     perf.add_argument("--batch-size", type=_positive_int, default=100,
-                      help="at most this many subjects per group-level connectivity job")
+                      help=DOCS["batch_size"])
     perf.add_argument("--cache-dtype", choices=["float32", "int16"], default="float32",
-                      help="storage of the prepared time series in the work directory: "
-                      "float32 is exact; int16 halves the bytes read (each value within half a "
-                      "step, max(abs(x))/65534, of float32)")
+                      help=DOCS["cache_dtype"])
     perf.add_argument("--no-cache", action="store_true",
                       help="keep no prepared copy of the time series in the work directory "
                       "(it takes about 4 bytes per voxel and volume): each subject is read "

@@ -16,17 +16,16 @@ import time
 # nipype asks the network for its latest version whenever an interface is made: a run
 # reads local files only.  bids_cnm.cli (imported before this module) already set
 # NIPYPE_NO_ET unless the user chose otherwise; see bids_cnm.cli.environment.
-
 from bids_cnm.cli import interrupt, record
 from bids_cnm.cli.parser import parse_args
 from bids_cnm.cli.workflow import build_workflow, execute
 from bids_cnm.config import Config
 from bids_cnm.errors import CNMError
+from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
 from bids_cnm.io.identity import dataset_identity
 from bids_cnm.io.lock import FolderLock
 from bids_cnm.io.run_record import begin_run, finish_run
-from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.plan import load_plan
 from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
 

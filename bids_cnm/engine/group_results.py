@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_cnm.io.derivatives import unmask
 from bids_cnm.engine.seeds import Seeds, load_seeds
+from bids_cnm.io.derivatives import unmask
 
 
 @dataclass

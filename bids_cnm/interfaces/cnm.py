@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-from threadpoolctl import threadpool_limits
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -25,12 +24,12 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+from threadpoolctl import threadpool_limits
 
+from bids_cnm.config import DOCS
 from bids_cnm.engine import connectivity
 from bids_cnm.engine.degree import DegreeSums
-from bids_cnm.io import outputs
 from bids_cnm.engine.group_results import GroupResults
-from bids_cnm.io.derivatives import DerivativesWriter
 from bids_cnm.engine.nodes import load_nodes, node_zvalues
 from bids_cnm.engine.seeds import load_seeds
 from bids_cnm.engine.timeseries import (
@@ -42,6 +41,8 @@ from bids_cnm.engine.timeseries import (
     prepared_voxels,
     valid_mask,
 )
+from bids_cnm.io import outputs
+from bids_cnm.io.derivatives import DerivativesWriter
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -60,7 +61,7 @@ class _PrepareInputSpec(BaseInterfaceInputSpec):
     subjects = traits.List(traits.Dict, mandatory=True,
                            desc="subjects to prepare: dicts of label, bold (list), masks (list)")
     cache_dir = traits.Str(mandatory=True, desc="folder of the prepared subjects (work dir)")
-    dtype = traits.Enum("float32", "int16", usedefault=True, desc="storage type")
+    dtype = traits.Enum("float32", "int16", usedefault=True, desc=DOCS["cache_dtype"])
     store_data = traits.Bool(True, usedefault=True,
                              desc="False (--no-cache): record the valid voxels only")
     # part of nipype's input hash: a cached node of an older cache layout reruns
@@ -165,9 +166,9 @@ class _AccumulateInputSpec(BaseInterfaceInputSpec):
                            desc="threads of this job (0: all); parallel jobs share the cores")
     degree_sample = File(exists=True, desc="degree-check sample voxels (.npy; flat indices)")
     seed_signal = traits.Enum(*connectivity.SEED_SIGNALS, usedefault=True,
-                              desc="seed time course: mean BOLD or mean standardized series")
+                              desc=DOCS["seed_signal"])
     run_combination = traits.Enum(*connectivity.RUN_COMBINATIONS, usedefault=True,
-                                  desc="several runs: average run-wise z or concatenate")
+                                  desc=DOCS["run_combination"])
 
 
 class _AccumulateOutputSpec(TraitedSpec):
@@ -366,11 +367,12 @@ class _SpecificityInputSpec(BaseInterfaceInputSpec):
     results = File(exists=True, mandatory=True)
     primary_set = traits.Str(mandatory=True)
     control_set = traits.Str(mandatory=True)
-    n_permutations = traits.Int(5000, usedefault=True)
-    tfce = traits.Bool(True, usedefault=True)
-    maps = traits.Enum("t", "binarized", "liebermeister", usedefault=True)
-    threshold = traits.Float(5.1, usedefault=True)
-    random_seed = traits.Int(0, usedefault=True)
+    n_permutations = traits.Int(5000, usedefault=True, desc=DOCS["n_permutations"])
+    tfce = traits.Bool(True, usedefault=True, desc="threshold-free cluster enhancement")
+    maps = traits.Enum("t", "binarized", "liebermeister", usedefault=True,
+                       desc=DOCS["specificity_maps"])
+    threshold = traits.Float(5.1, usedefault=True, desc=DOCS["t_threshold"])
+    random_seed = traits.Int(0, usedefault=True, desc=DOCS["random_seed"])
     writer = traits.Dict(mandatory=True)
     entities = traits.Dict(mandatory=True)
 
@@ -495,9 +497,9 @@ class _ParticipantMapsInputSpec(BaseInterfaceInputSpec):
     sources = traits.List(traits.Str)
     provenance = traits.Dict()
     seed_signal = traits.Enum(*connectivity.SEED_SIGNALS, usedefault=True,
-                              desc="seed time course: mean BOLD or mean standardized series")
+                              desc=DOCS["seed_signal"])
     run_combination = traits.Enum(*connectivity.RUN_COMBINATIONS, usedefault=True,
-                                  desc="several runs: average run-wise z or concatenate")
+                                  desc=DOCS["run_combination"])
 
 
 class ParticipantMaps(SimpleInterface):
@@ -537,9 +539,9 @@ class ParticipantMaps(SimpleInterface):
 class _DegreeSampleInputSpec(BaseInterfaceInputSpec):
     voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
     mask = File(exists=True, mandatory=True, desc="analysis mask (NIfTI): the grid")
-    n_samples = traits.Int(300, usedefault=True)
-    random_seed = traits.Int(0, usedefault=True)
-    grey_matter = File(exists=True, desc="grey-matter mask (default: MNI152 template)")
+    n_samples = traits.Int(300, usedefault=True, desc=DOCS["degree_samples"])
+    random_seed = traits.Int(0, usedefault=True, desc=DOCS["random_seed"])
+    grey_matter = File(exists=True, desc=DOCS["relocation_mask"])
     space = traits.Str("", usedefault=True, desc="template space of the connectome")
 
 

@@ -21,8 +21,8 @@ from bids_cnm.analyses.sensitivity import (
     variant_maps,
 )
 from bids_cnm.engine.group_results import GroupResults
-from bids_cnm.io.derivatives import DerivativesWriter, unmask
 from bids_cnm.engine.seeds import Seeds, seed_label
+from bids_cnm.io.derivatives import DerivativesWriter, unmask
 from bids_cnm.stats.overlap import threshold_label
 from bids_cnm.stats.peaks import find_peaks
 

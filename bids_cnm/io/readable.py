@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import nibabel as nb
-from nibabel.filebasedimages import ImageFileError
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from bids_cnm.errors import InputDataError
 from bids_cnm.io.derivatives import write_json

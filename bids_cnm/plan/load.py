@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from bids_cnm.errors import CNMError, InputDataError, MissingInputError, ReadError, where
+from bids_cnm.errors import (
+    CNMError,
+    InputDataError,
+    MissingInputError,
+    ReadError,
+    where,
+)
 from bids_cnm.plan.schema import MODELS, Atlas, Compare, Plan, default_plan, type_name
 from bids_cnm.plan.tables import (
     atlas_labels,

@@ -23,7 +23,14 @@ from bids_cnm.errors import (
     found_columns,
     where,
 )
-from bids_cnm.plan.schema import CONTACT_COLUMNS, DBS, VAT_COLUMNS, Atlas, Masks, Spheres
+from bids_cnm.plan.schema import (
+    CONTACT_COLUMNS,
+    DBS,
+    VAT_COLUMNS,
+    Atlas,
+    Masks,
+    Spheres,
+)
 
 __all__ = ["read_table", "coordinate_table", "check_column", "sphere_labels",
            "mask_roi_files", "atlas_labels", "DBSPatient", "read_dbs_table"]

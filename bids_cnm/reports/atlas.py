@@ -9,8 +9,8 @@ cerebellum gets no label from it (and the report says so).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import importlib.util
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path

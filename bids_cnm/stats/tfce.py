@@ -82,8 +82,8 @@ cluster inference. NeuroImage, 44(1), 83-98.
 
 from __future__ import annotations
 
-import numpy as np
 import numba
+import numpy as np
 from numba import njit, prange
 
 __all__ = [

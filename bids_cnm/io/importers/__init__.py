@@ -20,7 +20,11 @@ from pathlib import Path
 
 from bids_cnm.errors import MissingInputError, UsageError
 from bids_cnm.io.importers import gsp1000, lacuna, leaddbs, npy
-from bids_cnm.io.importers.writer import ConnectomeWriter, ImportOptions, check_destination
+from bids_cnm.io.importers.writer import (
+    ConnectomeWriter,
+    ImportOptions,
+    check_destination,
+)
 
 LOGGER = logging.getLogger("bids_cnm")
 

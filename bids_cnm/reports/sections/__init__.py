@@ -11,7 +11,9 @@ from bids_cnm.reports.sections.dbs import dbs_section
 from bids_cnm.reports.sections.network import network_section, seeds_section
 from bids_cnm.reports.sections.other import other_section
 from bids_cnm.reports.sections.overview import (
-    inputs_section, provenance_section, summary_section,
+    inputs_section,
+    provenance_section,
+    summary_section,
 )
 from bids_cnm.reports.sections.sensitivity import sensitivity_section
 from bids_cnm.reports.sections.specificity import specificity_section

@@ -13,7 +13,12 @@ from bids_cnm.reports.blocks import Figure, Group, Section, Table, note, slug, w
 from bids_cnm.reports.context import NIFTI, KeyNumber, ReportContext
 from bids_cnm.reports.index import DerivFile, threshold_value
 from bids_cnm.reports.sections.common import (
-    cuts, map_figures, peaks_table, sibling, sorted_by_set, thresh_text,
+    cuts,
+    map_figures,
+    peaks_table,
+    sibling,
+    sorted_by_set,
+    thresh_text,
 )
 from bids_cnm.reports.tables import fmt, read_tsv
 

@@ -13,7 +13,16 @@ import pandas as pd
 from bids_cnm import __version__
 from bids_cnm.reports import figures
 from bids_cnm.reports.blocks import (
-    Figure, KeyValues, Pre, Section, Table, error, kv_items, note, subhead, warning,
+    Figure,
+    KeyValues,
+    Pre,
+    Section,
+    Table,
+    error,
+    kv_items,
+    note,
+    subhead,
+    warning,
 )
 from bids_cnm.reports.context import NIFTI, ReportContext
 from bids_cnm.reports.index import threshold_value

@@ -9,9 +9,8 @@ import numpy as np
 from bids_cnm.reports import figures
 from bids_cnm.reports.blocks import Figure, Group, Section, Table, note, slug
 from bids_cnm.reports.context import NIFTI, KeyNumber, ReportContext
-from bids_cnm.reports.tables import read_matrix
 from bids_cnm.reports.sections.common import cuts, sibling, thresh_text
-from bids_cnm.reports.tables import fmt, formatted, read_tsv
+from bids_cnm.reports.tables import fmt, formatted, read_matrix, read_tsv
 
 __all__ = ["sensitivity_section"]
 

@@ -9,7 +9,15 @@ from functools import partial
 import numpy as np
 
 from bids_cnm.reports import figures
-from bids_cnm.reports.blocks import Figure, Group, KeyValues, Section, Table, note, subhead
+from bids_cnm.reports.blocks import (
+    Figure,
+    Group,
+    KeyValues,
+    Section,
+    Table,
+    note,
+    subhead,
+)
 from bids_cnm.reports.context import NIFTI, KeyNumber, ReportContext
 from bids_cnm.reports.index import DerivFile
 from bids_cnm.reports.sections.common import named_files
