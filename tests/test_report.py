@@ -269,7 +269,10 @@ def test_peak_tables_equal_the_tsv_with_labels(page, run):
         expected = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         shown = page.tables[path.name]
         assert shown["header"][:len(expected.columns)] == list(expected.columns)
-        assert [r[:len(expected.columns)] for r in shown["rows"]] == expected.values.tolist()
+        # long tables (plateaus of overlap maps give many peaks) show their first rows
+        n = len(shown["rows"])
+        assert n == min(len(expected), 200)
+        assert [r[:len(expected.columns)] for r in shown["rows"]] == expected.values.tolist()[:n]
         assert shown["header"][-1] == "label"
         labels = [r[-1] for r in shown["rows"]]
         assert all(labels) and any(lab not in ("not cortical",) for lab in labels)

@@ -115,7 +115,8 @@ def _spatial(ctx: ReportContext, name: str, files: list[DerivFile]) -> list:
 
 
 def _roi_to_roi(ctx: ReportContext, files: list[DerivFile]) -> list:
-    summary, ranking, posthoc, values = (_pick(files, s) for s in
+    main = [f for f in files if f.get("desc") == "roitoroi"]
+    summary, ranking, posthoc, values = (_pick(main, s) for s in
                                          ("summary", "ranking", "posthoc", "values"))
     ctx.show(*files)
     blocks: list = []
@@ -130,19 +131,37 @@ def _roi_to_roi(ctx: ReportContext, files: list[DerivFile]) -> list:
         blocks.append(Table(formatted(table), source=ranking.name, compact=True))
     if summary is not None:
         row = first_row(summary)
-        blocks.append(subhead("One-way ANOVA across networks"))
+        # the statistic's name and its units (nodes, or subjects for repeated measures)
+        name = str(row.get("statistic_name", "F"))
+        value = row.get("statistic", row.get("F"))
+        unit = str(row.get("unit", "nodes"))
+        test_words = {"nodes": "one-way ANOVA of the node means across networks",
+                      "repeated_measures": "repeated-measures ANOVA over subjects",
+                      "friedman": "Friedman test over subjects"}
+        blocks.append(subhead(f"Across networks: {test_words.get(str(row.get('test')), name)}"
+                              f" (units: {unit})"))
         blocks.append(KeyValues([(k, fmt(v)) for k, v in row.items()]))
-        if "F" in row:
+        if value is not None:
+            df = (f"({fmt(row.get('df_between'))}, {fmt(row.get('df_within'))})"
+                  if "df_between" in row else "")
+            effect = (f", {row.get('effect_size_name')} = {fmt(row.get('effect_size'))}"
+                      if "effect_size" in row else
+                      f", eta^2 = {fmt(row.get('eta_squared'))}" if "eta_squared" in row else "")
             ctx.key_numbers.append(KeyNumber(
                 "ROI-to-ROI connectivity", f"top network: {row.get('top_network', '?')}",
-                f"F({fmt(row.get('df_between'))}, {fmt(row.get('df_within'))}) = "
-                f"{fmt(row['F'])}, eta^2 = {fmt(row.get('eta_squared'))}",
-                fmt_p(row.get("p")), "validation"))
+                f"{name}{df} = {fmt(value)}{effect} ({unit})", fmt_p(row.get("p")),
+                "validation"))
     if posthoc is not None:
         blocks.append(Table(formatted(read_tsv(posthoc)), source=posthoc.name, compact=True,
                             caption="Post-hoc pairwise Welch t-tests (p_holm: Holm-corrected)."))
     if values is not None:
         blocks.append(note(f"Per-subject values: {values.name}."))
+    nodes = next((f for f in files if f.get("desc") == "roitoroinodes"), None)
+    if nodes is not None:
+        ctx.show(nodes)
+        blocks.append(Table(formatted(read_tsv(nodes)), source=nodes.name, compact=True,
+                            caption="The ANOVA's units: each node's mean connectivity with "
+                                    "the seeds (Fisher z, mean over subjects)."))
     return blocks
 
 
@@ -217,7 +236,7 @@ def validation_section(ctx: ReportContext) -> Section | None:
         names += [f.name for f in files]
         groups.append(Group(f"validation-spatialcorr-{name.lower()}",
                             f"Spatial correlation: {_words(name)}", _spatial(ctx, name, files)))
-    roitoroi = [f for f in ctx.index.files if f.get("desc") == "roitoroi"
+    roitoroi = [f for f in ctx.index.files if f.get("desc") in ("roitoroi", "roitoroinodes")
                 and f.extension == ".tsv"]
     if roitoroi:
         names += [f.name for f in roitoroi]
