@@ -451,3 +451,37 @@ def test_index_can_be_restricted_to_a_list_of_files(tmp_path):
     # the listed file's sidecar follows it, not the others'
     assert [f.name for f in some.get(suffix="mask", extension=".json")] == [
         "space-A_desc-a_mask.json"]
+
+
+def test_subcortical_peaks_are_named_from_the_templates_atlas(tmp_path, monkeypatch):
+    """A peak outside the cortical atlas gets the subcortical name of the connectome's
+    template when TemplateFlow's Harvard-Oxford subcortical atlas is installed."""
+    import nibabel as nb
+
+    from bids_cnm.reports.atlas import cortical_labels
+    from bids_cnm.reports.index import DerivativesIndex
+    from bids_cnm.reports.sections.common import peaks_table
+
+    if cortical_labels([[0.0, 0.0, 0.0]]) is None:
+        pytest.skip("the cortical atlas (NiMARE's Harvard-Oxford) is not installed")
+    tpl = "MNI152NLin6Asym"
+    home = tmp_path / "templateflow"
+    folder = home / f"tpl-{tpl}"
+    folder.mkdir(parents=True)
+    affine = np.array([[2.0, 0, 0, -90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
+    labels = np.zeros((91, 109, 91), np.int16)
+    ijk = np.rint(np.linalg.inv(affine) @ [-10, -18, 8, 1])[:3].astype(int)
+    labels[tuple(ijk)] = 4
+    nb.Nifti1Image(labels, affine).to_filename(
+        folder / f"tpl-{tpl}_res-02_atlas-HOSPA_desc-th25_dseg.nii.gz")
+    (folder / f"tpl-{tpl}_atlas-HOSPA_dseg.tsv").write_text("index\tname\n4\tLeft Thalamus\n")
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    out = tmp_path / "derivatives"
+    out.mkdir()
+    name = f"space-{tpl}_set-primary_thresh-5p1_peaks.tsv"
+    pd.DataFrame({"cluster": [1], "sign": [1], "x": [-10], "y": [-18], "z": [8],
+                  "value": [0.75]}).to_csv(out / name, sep="\t", index=False)
+    f = next(x for x in DerivativesIndex(out).files if x.name == name)
+    table = next(b for b in peaks_table(f) if hasattr(b, "frame"))
+    assert list(table.frame["label"]) == ["Left Thalamus"]
+    assert "HOSPA" in table.caption

@@ -125,11 +125,25 @@ def peaks_table(f: DerivFile, table_id: str | None = None, caption: str = "") ->
     frame = read_text_tsv(f)
     blocks: list = []
     if {"x", "y", "z"} <= set(frame.columns) and len(frame):
-        labels = cortical_labels(frame[["x", "y", "z"]].astype(float).to_numpy())
+        xyz = frame[["x", "y", "z"]].astype(float).to_numpy()
+        labels = cortical_labels(xyz)
         if labels is not None:
+            # subcortical names from the connectome template's own atlases when the
+            # installation has them (TemplateFlow; fetched into the container image)
+            from bids_cnm.io.templates import anatomical_atlas
+
+            sub = anatomical_atlas(f.get("space"))
+            named = 0
+            if sub is not None:
+                for i, label in enumerate(labels):
+                    if label == "not cortical" and sub.label_at(xyz[i]):
+                        labels[i], named = sub.label_at(xyz[i]), named + 1
             frame = frame.assign(label=labels)
+            where = (f"; subcortical regions: {sub.source}" if sub is not None else
+                     "; no subcortical atlas is available offline here (TemplateFlow's "
+                     "Harvard-Oxford subcortical atlas is used when installed)")
             caption = (caption + f" Labels: {ATLAS_NAME}, the region at the peak (or the "
-                       "nearest within 4 mm); it has no subcortical regions.").strip()
+                       f"nearest within 4 mm){where}.").strip()
         else:
             caption = (caption + " No anatomical labels: the Harvard-Oxford atlas (from "
                        "NiMARE) is not installed.").strip()
