@@ -150,6 +150,7 @@ SECTION_OF = (
      or ("_desc-peak" in n and "Convergent" not in n), "validation"),
     (lambda n: "_set-dbs_" in n or "desc-convergent" in n or "peakConvergent" in n, "dbs"),
     (lambda n: "_desc-ale" in n, "ale"),
+    (lambda n: "_stat-degree_" in n or "_desc-degree" in n, "degree"),
 )
 
 
@@ -185,7 +186,7 @@ def test_report_is_small_and_written_quickly(run):
 
 def test_sections_follow_the_paper_and_the_menu_follows_them(page):
     order = ["summary", "inputs", "network", "seeds", "sensitivity", "specificity",
-             "validation", "dbs", "ale", "provenance"]
+             "validation", "dbs", "ale", "degree", "provenance"]
     assert [s for s in page.sections if s in order] == order
     assert page.nav_links == [f"#{s}" for s in page.sections]
     assert "cnm-error" not in page.classes, "an error is shown in the report"
@@ -224,7 +225,7 @@ def test_summary_has_the_key_numbers(run, page):
     table = page.tables_by_id["key-numbers"]
     analyses = [row[0] for row in table["rows"]]
     for word in ("Overlap network", "Specificity", "Validation", "ROI-to-ROI", "DBS",
-                 "Convergent", "ALE"):
+                 "Convergent", "ALE", "Degree check"):
         assert any(a.startswith(word) for a in analyses), (word, analyses)
     dbs = pd.read_csv(next(run["out"].rglob("*_desc-dbs_summary.tsv")), sep="\t")
     row = table["rows"][analyses.index("DBS network")]

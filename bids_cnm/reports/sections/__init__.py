@@ -8,6 +8,7 @@ private helpers except ``common``.
 
 from bids_cnm.reports.sections.ale import ale_section
 from bids_cnm.reports.sections.dbs import dbs_section
+from bids_cnm.reports.sections.degree import degree_section
 from bids_cnm.reports.sections.network import network_section, seeds_section
 from bids_cnm.reports.sections.other import other_section
 from bids_cnm.reports.sections.overview import (
@@ -21,9 +22,11 @@ from bids_cnm.reports.sections.validation import validation_section
 
 __all__ = ["BODY", "summary_section", "provenance_section", "inputs_section",
            "network_section", "seeds_section", "sensitivity_section", "specificity_section",
-           "validation_section", "dbs_section", "ale_section", "other_section"]
+           "validation_section", "dbs_section", "ale_section", "degree_section",
+           "other_section"]
 
 #: the body sections, in the order of the paper's figures ("other" last: it shows what
 #: the others left)
 BODY = (inputs_section, network_section, seeds_section, sensitivity_section,
-        specificity_section, validation_section, dbs_section, ale_section, other_section)
+        specificity_section, validation_section, dbs_section, ale_section, degree_section,
+        other_section)
