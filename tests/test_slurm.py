@@ -113,8 +113,9 @@ def test_participant_then_group_on_slurm_equals_multiproc(tmp_path):
     for label in ("01", "02", "03", "04"):
         assert maps(slurm_out / f"sub-{label}" / "func", "*_stat-z_boldmap.nii.gz")
 
-    for pattern in ("*_stat-t_boldmap.nii.gz", "*_stat-z_boldmap.nii.gz",
-                    "*_desc-overlap_boldmap.nii.gz"):
+    # group maps sit in analysis folders: seeds/ (t, z) and network/ (overlaps)
+    for pattern in ("seeds/*_stat-t_boldmap.nii.gz", "seeds/*_stat-z_boldmap.nii.gz",
+                    "network/*_desc-overlap_boldmap.nii.gz"):
         got, expected = maps(slurm_out, pattern), maps(ref_out, pattern)
         assert got and sorted(got) == sorted(expected), pattern
         for name, values in expected.items():
