@@ -168,6 +168,8 @@ def test_cli_sensitivity_and_specificity(tiny_connectome, tmp_path):
                                atol=1e-5)
     described = json.loads((out / "degree" / f"{ENTS}_desc-degree_correlations.json").read_text())
     assert described["NumberOfSampleVoxels"] == 300 and "p_degree" in described
+    # where the sample's grey matter came from (the degree sample step says so)
+    assert "grey-matter" in described["GreyMatter"] or "GM" in described["GreyMatter"]
 
 
 def test_cli_compare_cohort(tiny_connectome, tiny_coordinates, tmp_path):

@@ -48,7 +48,7 @@ def degree_sample(
     affine: np.ndarray,
     n_samples: int = 300,
     random_state: int = 0,
-    mask: str | os.PathLike | None = None,
+    mask: np.ndarray | str | os.PathLike | None = None,
     space: str | None = None,
 ) -> np.ndarray:
     """The fixed random sample of grey-matter voxels the degree is measured against.
@@ -63,9 +63,9 @@ def degree_sample(
         Voxels drawn (all grey-matter voxels when there are fewer).
     random_state : int
         Seed; the draw uses ``numpy.random.default_rng([random_state, SAMPLE_STREAM])``.
-    mask : path-like, optional
-        Grey matter (default: that of ``space``, see
-        :func:`bids_cnm.analyses.grey_matter.grey_matter`).
+    mask : ndarray of bool, path-like, optional
+        Grey matter: a boolean array on the grid, a mask file, or ``None`` for that of
+        ``space`` (see :func:`bids_cnm.analyses.grey_matter.grey_matter`).
     space : str, optional
         The connectome's template space.
 
@@ -77,7 +77,9 @@ def degree_sample(
         when the grid has no grey matter, e.g. a grid outside MNI space).
     """
     voxels = np.asarray(voxels, dtype=np.int64)
-    grey = grey_matter_mask(shape, affine, mask, space=space).ravel()[voxels]
+    if not isinstance(mask, np.ndarray):
+        mask = grey_matter_mask(shape, affine, mask, space=space)
+    grey = np.asarray(mask, dtype=bool).ravel()[voxels]
     pool = voxels[grey]
     if len(pool) < 2:
         LOGGER.warning("degree check: no grey matter within the analysis mask; the degree "

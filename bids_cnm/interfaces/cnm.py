@@ -547,6 +547,7 @@ class _DegreeSampleInputSpec(BaseInterfaceInputSpec):
 
 class _DegreeSampleOutputSpec(TraitedSpec):
     sample = File(exists=True, desc="sample voxels (.npy; flat indices)")
+    grey_matter_source = traits.Str(desc="where the grey matter came from (for sidecars)")
 
 
 class DegreeSample(SimpleInterface):
@@ -557,16 +558,17 @@ class DegreeSample(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_cnm.analyses.degree import degree_sample
+        from bids_cnm.analyses.grey_matter import grey_matter
 
         grid = nb.load(self.inputs.mask)
-        sample = degree_sample(
-            np.load(self.inputs.voxels), grid.shape[:3], grid.affine, self.inputs.n_samples,
-            self.inputs.random_seed, self.inputs.grey_matter or None,
-            space=self.inputs.space or None,
-        )
+        grey, source = grey_matter(grid.shape[:3], grid.affine, self.inputs.grey_matter or None,
+                                   space=self.inputs.space or None)
+        sample = degree_sample(np.load(self.inputs.voxels), grid.shape[:3], grid.affine,
+                               self.inputs.n_samples, self.inputs.random_seed, grey)
         out = Path(runtime.cwd) / "degree_sample.npy"
         np.save(out, sample)
         self._results["sample"] = str(out)
+        self._results["grey_matter_source"] = source
         return runtime
 
 
@@ -578,8 +580,8 @@ class _DegreeCheckInputSpec(BaseInterfaceInputSpec):
     threshold = traits.Float(mandatory=True, desc="main |t| threshold")
     primary_sets = traits.List(traits.Str, value=["primary"], usedefault=True)
     random_seed = traits.Int(0, usedefault=True)
-    grey_matter = File(exists=True, desc="grey-matter mask of the sample (default: template)")
-    space = traits.Str("", usedefault=True, desc="template space of the connectome")
+    grey_matter_source = traits.Str(mandatory=True,
+                                    desc="where the sample's grey matter came from")
     sources = traits.List(traits.Str)
 
 
@@ -591,7 +593,6 @@ class DegreeCheck(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_cnm.analyses.degree import REFERENCE_DOI, degree_check
-        from bids_cnm.analyses.grey_matter import grey_matter
         from bids_cnm.config import RANDOM_SET
 
         sums = DegreeSums.load(self.inputs.degree[0])
@@ -609,9 +610,7 @@ class DegreeCheck(SimpleInterface):
         provenance = {
             "NumberOfSubjects": sums.n, "NumberOfSampleVoxels": len(sums.sample),
             "RandomSeed": self.inputs.random_seed,
-            "GreyMatter": grey_matter(results.shape, results.affine,
-                                      self.inputs.grey_matter or None,
-                                      space=self.inputs.space or None)[1],
+            "GreyMatter": self.inputs.grey_matter_source,
             "References": [f"doi:{REFERENCE_DOI}"],
         }
         files = outputs.write_degree_check(

@@ -344,22 +344,21 @@ def init_degree_check(
         The check, with output ``out_files``.
     """
     config = inputs.config
-    space = inputs.connectome.space or ""
-    sample = pe.Node(DegreeSample(n_samples=config.degree_samples, space=space,
+    sample = pe.Node(DegreeSample(n_samples=config.degree_samples,
+                                  space=inputs.connectome.space or "",
                                   random_seed=config.random_seed), name="degree_sample")
     check = pe.Node(
         DegreeCheck(
             writer=inputs.writer, entities=inputs.entities, threshold=inputs.thresholds[0],
             primary_sets=list(config.primary_sets), random_seed=config.random_seed,
-            space=space,
             sources=[f"bids:connectome:sub-{s.label}" for s in inputs.connectome.subjects],
         ),
         name="degree_check",
     )
     if config.relocation_mask is not None:
         sample.inputs.grey_matter = str(config.relocation_mask)
-        check.inputs.grey_matter = str(config.relocation_mask)
     workflow.connect([(mask, sample, [("voxels", "voxels"), ("mask", "mask")]),
+                      (sample, check, [("grey_matter_source", "grey_matter_source")]),
                       (reduce, check, [("results", "results")])])
     batches = sorted((n for n in workflow.list_node_names()
                       if re.fullmatch(r"accumulate_batch_\d+", n)),
