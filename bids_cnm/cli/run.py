@@ -21,12 +21,10 @@ from bids_cnm.cli.parser import parse_args
 from bids_cnm.cli.workflow import build_workflow, execute
 from bids_cnm.config import Config
 from bids_cnm.errors import CNMError
-from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
 from bids_cnm.io.identity import dataset_identity
 from bids_cnm.io.lock import FolderLock
 from bids_cnm.io.run_record import begin_run, finish_run
-from bids_cnm.plan import load_plan
 from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
 
 LOGGER = logging.getLogger("bids_cnm")
@@ -81,14 +79,13 @@ def _run(config: Config, command: tuple[str, ...]) -> int:
                             config.overwrite)
         if removed:
             LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))
-        table = read_coordinates(inputs.config.coordinates)
-        plan = load_plan(inputs.config.analysis_plan)
         # before the workflow, so the report shows the methods; again after it, when the
         # ALE's own description (NiMARE) exists
-        record.write_record(inputs.config, inputs.connectome, table, plan)
+        facts = (inputs.config, inputs.connectome, inputs.coordinates, inputs.plan)
+        record.write_record(*facts)
         workflow = build_workflow(inputs)
         timer = execute(workflow, inputs.config, started)
-        record.write_record(inputs.config, inputs.connectome, table, plan)
+        record.write_record(*facts)
         finish_run(config.output_dir, config.analysis_level)
     LOGGER.info("%s", timer.summary())  # the log's last line: where the time went
     return 0

@@ -17,6 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -40,6 +41,11 @@ from bids_cnm.interfaces.cnm import (
     Specificity,
 )
 from bids_cnm.io.connectome import Connectome, SubjectData
+
+if TYPE_CHECKING:  # annotations only: no import cost for the workflow builders
+    import pandas as pd
+
+    from bids_cnm.plan import Plan
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -66,6 +72,9 @@ class RunInputs:
     #: subject label -> key of its data (dataset identity, files' fingerprints, grid):
     #: a participant z-map is reused only when its sidecar carries the same key
     subject_keys: dict[str, str] = field(default_factory=dict)
+    #: the coordinate table and the plan as read (and checked) once, for the run's record
+    coordinates: pd.DataFrame | None = field(default=None, compare=False, repr=False)
+    plan: Plan | None = field(default=None, compare=False, repr=False)
 
 
 def _safe(label: str) -> str:

@@ -421,4 +421,6 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
         nodes_file=nodes_file,
         command=tuple(command),
         subject_keys=subject_keys(connectome, config.participant_filter),
+        coordinates=table,
+        plan=plan,
     )
