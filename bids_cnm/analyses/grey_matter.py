@@ -73,16 +73,12 @@ def grey_matter(
         from bids_cnm.io.templates import grey_matter_mask as template_grey_matter
 
         return template_grey_matter(space, shape, affine)
-    from nilearn.image import resample_img
+    from bids_cnm.io.templates import on_grid
 
-    img = _load_mask(path)
     # linear interpolation at the voxel centres: the grid's own voxels, whatever the
     # mask's resolution (values outside the mask's field of view are 0)
-    resampled = resample_img(
-        img, target_affine=np.asarray(affine, dtype=float), target_shape=tuple(shape[:3]),
-        interpolation="linear", force_resample=True, copy_header=True,
-    )
-    return np.asarray(resampled.dataobj) >= threshold, f"{path} >= {threshold}"
+    prob = on_grid(_load_mask(path), shape, np.asarray(affine, dtype=float), "linear")
+    return prob >= threshold, f"{path} >= {threshold}"
 
 
 def grey_matter_mask(

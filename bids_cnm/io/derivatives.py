@@ -107,9 +107,9 @@ _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.part|\.nii\.gz|\.nii)$")
 _NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
 
 
-def _atomic_write_bytes(path: Path, write, suffix: str = ".part") -> None:
+def _atomic_write_bytes(path: Path, write) -> None:
     try:
-        tmp = _temporary(path, suffix)
+        tmp = _temporary(path, ".part")
     except OSError as exc:
         raise _output_error(path, exc) from exc
     try:

@@ -43,6 +43,7 @@ LOGGER = logging.getLogger("bids_cnm")
 
 __all__ = [
     "SPACES",
+    "on_grid",
     "Atlas",
     "anatomical_atlas",
     "fetch",
@@ -145,7 +146,7 @@ def _nearest_resolution(affine: np.ndarray) -> int:
     return min(RESOLUTIONS, key=lambda r: abs(r - voxel))
 
 
-def _on_grid(img: nb.Nifti1Image, shape: tuple[int, ...], affine: np.ndarray,
+def on_grid(img: nb.Nifti1Image, shape: tuple[int, ...], affine: np.ndarray,
              interpolation: str) -> np.ndarray:
     """``img`` resampled onto the grid (nearest for labels, linear for probabilities)."""
     from nilearn.image import resample_img
@@ -199,18 +200,18 @@ def grey_matter_mask(space: str | None, shape: tuple[int, ...],
     if space:
         probseg = local_file(space, resolution=res, label="GM", suffix="probseg")
         if probseg is not None:
-            prob = _on_grid(nb.load(probseg), shape, affine, "linear")
+            prob = on_grid(nb.load(probseg), shape, affine, "linear")
             return prob >= GM_THRESHOLD, f"TemplateFlow {probseg.name} >= {GM_THRESHOLD}"
         dseg = local_file(space, resolution=res, atlas="HOSPA", desc="th25", suffix="dseg")
         table = _label_table(dseg) if dseg is not None else None
         if table is not None:
             grey = [int(i) for i, name in zip(table["index"], table["name"])
                     if not any(word in name.lower() for word in _NOT_GREY)]
-            labels = _on_grid(nb.load(dseg), shape, affine, "nearest")
+            labels = on_grid(nb.load(dseg), shape, affine, "nearest")
             return np.isin(labels, grey), f"TemplateFlow {dseg.name} (grey-matter labels)"
     from nilearn.datasets import load_mni152_gm_template
 
-    prob = _on_grid(load_mni152_gm_template(resolution=1), shape, affine, "linear")
+    prob = on_grid(load_mni152_gm_template(resolution=1), shape, affine, "linear")
     what = f"grey matter of {space}" if space else "grey matter (no template space)"
     return prob >= GM_THRESHOLD, _FALLBACK.format(what=what)
 
@@ -256,7 +257,7 @@ def anatomical_atlas(space: str | None, affine: np.ndarray | None = None) -> Atl
         img = nb.load(dseg)
         if grid is None:
             grid = img
-        labels.append(_on_grid(img, grid.shape, grid.affine, "nearest"))
+        labels.append(on_grid(img, grid.shape, grid.affine, "nearest"))
         names.append({int(i): n for i, n in zip(table["index"], table["name"]) if int(i)})
         sources.append(dseg.name)
     if not labels:
