@@ -211,26 +211,37 @@ def _as_user(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(prefix + command, capture_output=True, text=True, **kwargs)
 
 
-def _container_env(work: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
+def _container_env(root: Path, work: Path | None = None) -> dict[str, str]:
+    """The Dockerfile's environment for a run in ``root`` (see :func:`container_root`)."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
     env.update(DOCKER_ENV)
     env.update(
         HOME="/nonexistent",                                   # like an arbitrary -u uid
         TEMPLATEFLOW_HOME="/nonexistent-templateflow",         # FETCH_TEMPLATES=0
-        BIDS_CNM_WORK_DIR=str(work),
+        BIDS_CNM_WORK_DIR=str(work or root),
+        PYTHONPATH=str(root / "site"),  # the read-only copy of the package, not the checkout
     )
     return env
 
 
 @pytest.fixture
 def container_root():
-    """A folder under /tmp that the test uid can reach (pytest's tmp_path is root-only)."""
+    """A folder under /tmp that the test uid can reach (pytest's tmp_path is root-only),
+    holding a read-only copy of the package in ``site/``, as the image installs it: the
+    checkout itself may not be readable by other users (e.g. a mode-700 temporary clone)."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to run as another uid")
     root = Path(tempfile.mkdtemp(prefix="bids_cnm_container_", dir="/tmp"))
     root.chmod(0o755)
+    site = root / "site"
+    shutil.copytree(REPO / "bids_cnm", site / "bids_cnm",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for path in [site, *site.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)  # readable by all, writable by none
     yield root
+    for path in [site, *site.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -266,10 +277,11 @@ def test_group_level_under_container_conditions(container_root, tiny_connectome,
     result = _as_user(
         [bids_cnm, str(data / "connectome"), str(out / "derivatives"), "group",
          "--coordinates", str(data / "coordinates.tsv"), "--nipype-plugin", "Linear"],
-        env=_container_env(work), cwd=readonly_cwd, timeout=600,
+        env=_container_env(container_root, work), cwd=readonly_cwd, timeout=600,
     )
     if result.returncode != 0 and "Permission denied" in result.stderr and not any(out.iterdir()):
-        probe = _as_user([bids_cnm, "--version"], env=_container_env(work), cwd="/")
+        probe = _as_user([bids_cnm, "--version"], env=_container_env(container_root, work),
+                         cwd="/")
         if probe.returncode != 0:
             pytest.skip(f"the Python install is not readable by uid {UID} here")
     assert result.returncode == 0, result.stderr[-3000:]
