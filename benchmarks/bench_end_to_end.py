@@ -21,8 +21,12 @@ Each run's breakdown comes from the last line of its own log (``time: ... =
 preparation + connectivity + outputs + report + orchestration``); the script prints
 it and the ratios to the issue's targets:
 
-1. warm <= 1.5 x (connectivity + the output bytes written at this disk's speed);
-   identical re-run < 5 s;
+1. warm <= 1.5 x (engine + the output bytes written at this disk's speed), where
+   *engine* is the connectivity engine alone, timed in this process on the run's
+   own prepared data, seeds and analysis voxels (what the ``accumulate_*`` and
+   ``reduce`` nodes compute: every subject's r and z moments of all seeds, the
+   degree check's sums, and the t-maps) -- not the run's "connectivity" phase,
+   which also holds process start-up and bookkeeping; identical re-run < 5 s;
 2. cold <= 1.3 x (decoding every run at the inflater's rate / cores + warm);
 3. outputs + report < 3 s at 20 seeds, < 8 s at 200 seeds.
 
@@ -107,6 +111,41 @@ def run_cli(bids: Path, out: Path, work: Path, coordinates: Path) -> dict:
             "parts": parts, "maxrss_gb": int(rss.group(1)) / 1e6 if rss else float("nan"),
             "files": sum(1 for p in out.rglob("*") if p.is_file()),
             "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
+
+
+def engine_seconds(work: Path) -> float:
+    """The connectivity engine alone on the run's own inputs (the warm run's bound).
+
+    Reads what the warm run's nodes were given (seeds, analysis voxels, degree
+    sample, prepared subjects) from its work folder and runs the engine's calls in
+    this process: ``accumulate_subject`` and the degree sums per subject, then
+    ``finalize``.  The best of two passes (the page cache is warm for both).
+    """
+    from bids_cnm.engine import connectivity
+    from bids_cnm.engine.degree import DegreeSums
+    from bids_cnm.engine.seeds import load_seeds
+    from bids_cnm.engine.timeseries import open_prepared
+
+    seeds = load_seeds(str(next(work.glob("seeds_*.npz"))))
+    nodes = work / "cnm_wf"
+    voxels = np.load(nodes / "analysis_mask" / "voxels.npy")
+    sample_file = nodes / "degree_sample" / "degree_sample.npy"
+    sample = np.load(sample_file) if sample_file.exists() else None
+    prepared = sorted(p for p in (work / "prepared").iterdir() if p.is_dir())
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        stats = connectivity.RunningStats.zeros(len(voxels), len(seeds))
+        degree = DegreeSums.zeros(voxels, sample) if sample is not None else None
+        for path in prepared:
+            subject = open_prepared(path)
+            rows = connectivity.rows_of(subject.voxels, voxels)
+            connectivity.accumulate_subject(stats, subject, seeds, rows)
+            if degree is not None:
+                degree.add(subject, rows)
+        stats.finalize()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def decode_seconds(bids: Path) -> float:
@@ -199,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({decode / args.cores:.1f} s on {args.cores} cores)")
     print("\nrun            seeds  wall (min, median)    breakdown of the fastest (from its log)"
           "                        peak RSS  files")
+    engines = {k: engine_seconds(args.cache / f"run_{k}" / "work") for k in args.seeds}
     for (k, kind), results in runs.items():
         best = min(results, key=lambda r: r["wall"])
         parts = ", ".join(f"{n} {v:.1f}" for n, v in best["parts"].items())
@@ -211,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         cold = min(r["wall"] for r in runs[(k, "cold")])
         rerun = min(r["wall"] for r in runs[(k, "re-run")])
         disk = write_seconds(args.cache / "write_probe", warm["bytes"], warm["files"])
-        bound = warm["parts"].get("connectivity", 0.0) + disk
+        bound = engines[k] + disk
         written = warm["parts"].get("outputs", 0.0) + warm["parts"].get("report", 0.0)
         limit = 3.0 if k <= 20 else 8.0
-        print(f"  {k} seeds: warm {warm['wall']:.1f} s / (connectivity "
-              f"{warm['parts'].get('connectivity', 0):.1f} + writing {warm['bytes'] / 1e6:.0f} MB "
-              f"in {warm['files']} files at disk speed {disk:.1f}) = {warm['wall'] / bound:.2f} "
+        print(f"  {k} seeds: warm {warm['wall']:.1f} s / (engine {engines[k]:.2f} + writing "
+              f"{warm['bytes'] / 1e6:.0f} MB "
+              f"in {warm['files']} files at disk speed {disk:.2f}) = {warm['wall'] / bound:.2f} "
               f"(target <= 1.5)")
         print(f"  {k} seeds: identical re-run {rerun:.1f} s (target < 5 s)")
         print(f"  {k} seeds: cold {cold:.1f} s / (decode {decode / args.cores:.1f} + warm "

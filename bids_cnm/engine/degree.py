@@ -26,23 +26,35 @@ from bids_cnm.engine.connectivity import R_MAX, _atanh, _for_all_blocks, rows_of
 from bids_cnm.engine.timeseries import PreparedSubject
 
 
-@njit(nogil=True, error_model="numpy", cache=True)
+# The row sums are reductions: without leave to reassociate them LLVM keeps the
+# additions in order and the loop runs one element at a time (~23 ns per element
+# here).  ``reassoc`` lets it split the sum over SIMD lanes (~4 ns per element, about
+# 5x faster); the result changes only by rounding (~1e-15 relative).  The own
+# column is subtracted after the loop rather than skipped inside it, which would
+# put a branch in the vectorized loop.
+_REDUCTION_MATH = {"reassoc"}
+
+
+@njit(nogil=True, error_model="numpy", cache=True, fastmath=_REDUCTION_MATH)
 def _degree_block(r, factor, self_col, out, row0):
     """Add each row's mean |Fisher z| over the sample (own column left out) to ``out``."""
     rmax = R_MAX
     n, k = r.shape
     for i in range(n):
         f = factor[i]
-        own = self_col[row0 + i]
         total = 0.0
         for j in range(k):
-            if j != own:
-                x = np.float64(min(max(r[i, j] * f, -rmax), rmax))
-                total += abs(_atanh(x))
-        out[row0 + i] += total / (k - 1 if own >= 0 else k)
+            x = np.float64(min(max(r[i, j] * f, -rmax), rmax))
+            total += abs(_atanh(x))
+        own = self_col[row0 + i]
+        if own >= 0:
+            x = np.float64(min(max(r[i, own] * f, -rmax), rmax))
+            out[row0 + i] += (total - abs(_atanh(x))) / (k - 1)
+        else:
+            out[row0 + i] += total / k
 
 
-@njit(nogil=True, error_model="numpy", cache=True)
+@njit(nogil=True, error_model="numpy", cache=True, fastmath=_REDUCTION_MATH)
 def _degree_runs_block(r, factor, self_col, out, row0):
     """As :func:`_degree_block` for run-wise r (R, n, K): |mean of the runs' z| per pair."""
     rmax = R_MAX
@@ -50,14 +62,20 @@ def _degree_runs_block(r, factor, self_col, out, row0):
     for i in range(n):
         own = self_col[row0 + i]
         total = 0.0
+        own_z = 0.0
         for j in range(k):
-            if j != own:
-                z = 0.0
-                for q in range(n_runs):
-                    x = np.float64(min(max(r[q, i, j] * factor[i, q], -rmax), rmax))
-                    z += _atanh(x)
-                total += abs(z / n_runs)
-        out[row0 + i] += total / (k - 1 if own >= 0 else k)
+            z = 0.0
+            for q in range(n_runs):
+                x = np.float64(min(max(r[q, i, j] * factor[i, q], -rmax), rmax))
+                z += _atanh(x)
+            total += abs(z / n_runs)
+        if own >= 0:
+            for q in range(n_runs):
+                x = np.float64(min(max(r[q, i, own] * factor[i, q], -rmax), rmax))
+                own_z += _atanh(x)
+            out[row0 + i] += (total - abs(own_z / n_runs)) / (k - 1)
+        else:
+            out[row0 + i] += total / k
 
 
 def sample_timeseries(subject: PreparedSubject, sample_rows: np.ndarray,
