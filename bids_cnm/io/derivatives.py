@@ -281,6 +281,9 @@ class DerivativesWriter:
         self.spatial_reference = spatial_reference
         self.links = {"connectome": self.source_dataset}
         self.links.update({k: Path(v) for k, v in (links or {}).items() if v})
+        # uri() of a path, by (path, working folder): every sidecar names the coordinate
+        # table, and resolving it against the linked folders costs ~1 ms each time
+        self._uris: dict[tuple[str, str], str] = {}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -313,7 +316,13 @@ class DerivativesWriter:
         text = str(source)
         if text.startswith("bids:"):
             return text
-        path = Path(text).absolute()
+        key = (text, os.getcwd())  # a relative path depends on the working folder
+        if key not in self._uris:
+            self._uris[key] = self._resolve_uri(Path(text).absolute())
+        return self._uris[key]
+
+    def _resolve_uri(self, path: Path) -> str:
+        """:meth:`uri` of an absolute path."""
         candidates = [("", self.root), *self.links.items()]
         # the deepest folder wins (the plan folder may sit inside the coordinates' one)
         for name, folder in sorted(candidates, key=lambda c: -len(Path(c[1]).parts)):
