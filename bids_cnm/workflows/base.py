@@ -156,13 +156,15 @@ def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
 def execution_settings(config: Config) -> dict:
     """nipype ``execution`` settings that keep orchestration from growing per node.
 
-    MultiProc and Linear poll their jobs every ``poll_sleep_duration`` (2 s by
-    default), and a chain of dependent steps waits one poll per step; the jobs here
-    are few and long, so polling often costs nothing.  Cluster plugins keep
-    nipype's default (each poll queries the scheduler).
+    nipype's distributed plugins check their jobs every ``poll_sleep_duration``
+    (2 s by default), and a chain of dependent steps waits one poll per step.  The
+    MultiProc run uses :class:`~bids_cnm.workflows.plugin.EventMultiProcPlugin`,
+    which sleeps until a worker reports a finished job: nipype's own sleep is off
+    (0).  Linear does not poll; cluster plugins keep nipype's default (each poll
+    queries the scheduler).
     """
-    if config.nipype_plugin in ("MultiProc", "Linear"):
-        return {"poll_sleep_duration": 0.01}
+    if config.nipype_plugin == "MultiProc":
+        return {"poll_sleep_duration": 0}
     return {}
 
 
