@@ -34,7 +34,8 @@ class CountingPlugin(EventMultiProcPlugin):
 
 
 def _chain(base_dir: Path, delay: float) -> pe.Workflow:
-    """a -> (b, c side by side) -> d: each adds 1 after ``delay`` seconds."""
+    """a -> (b, c side by side) -> d: each adds 1 after ``delay`` seconds; b and c are
+    also gathered by a node of the main process."""
     workflow = pe.Workflow(name="chain", base_dir=str(base_dir))
     workflow.config["execution"]["poll_sleep_duration"] = 0
     nodes = {}
@@ -46,11 +47,17 @@ def _chain(base_dir: Path, delay: float) -> pe.Workflow:
     workflow.connect([(nodes["a"], nodes["b"], [("out", "x")]),
                       (nodes["a"], nodes["c"], [("out", "x")]),
                       (nodes["b"], nodes["d"], [("out", "x")])])
+    gather = pe.Node(niu.Merge(2), name="gather", run_without_submitting=True)
+    workflow.connect([(nodes["b"], gather, [("out", "in1")]),
+                      (nodes["c"], gather, [("out", "in2")])])
     return workflow
 
 
 def _outputs(graph) -> dict[str, int]:
     return {node.name: node.result.outputs.out for node in graph.nodes()}
+
+
+CHAIN = {"a": 1, "b": 2, "c": 2, "d": 3, "gather": [2, 2]}
 
 
 def test_runs_dependencies_in_order_without_polling(tmp_path):
@@ -63,7 +70,7 @@ def test_runs_dependencies_in_order_without_polling(tmp_path):
                              "status_callback": lambda node, status: events.append(
                                  (node.name, status))})
     graph = _chain(tmp_path, 0.5).run(plugin=plugin)
-    assert _outputs(graph) == {"a": 1, "b": 2, "c": 2, "d": 3}
+    assert _outputs(graph) == CHAIN
     order = [name for name, status in events if status == "end"]
     assert order.index("a") < min(order.index("b"), order.index("c"))
     assert order.index("b") < order.index("d")
@@ -76,7 +83,7 @@ def test_cached_nodes_are_not_rerun(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("result_*.pklz")}
     CountingPlugin.rounds = 0
     graph = _chain(tmp_path, 0.0).run(plugin=CountingPlugin({"n_procs": 2}))
-    assert _outputs(graph) == {"a": 1, "b": 2, "c": 2, "d": 3}
+    assert _outputs(graph) == CHAIN
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("result_*.pklz")} == stamps
     assert CountingPlugin.rounds <= 10
 

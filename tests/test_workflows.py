@@ -94,6 +94,9 @@ def test_group_wf_streams_in_batches(inputs):
             ("reduce", "results", "group_outputs", "results"),
             ("reduce", "results", "degree_check", "results"),
             ("collect_outputs", "out", "report", "after")} <= edges
+    # the gathering of lists runs in the main process (no worker hop, no cluster job)
+    assert all(workflow.get_node(n).run_without_submitting
+               for n in names if n.startswith("collect_"))
     # every subject is prepared by exactly one batch
     prepared = [s["label"] for b in batches
                 for s in workflow.get_node(b).inputs.subjects]

@@ -85,6 +85,15 @@ def _node_name(prefix: str, label: str) -> str:
     return f"{prefix}_sub_{_safe(label)}"
 
 
+def _merge(n_inputs: int, name: str) -> pe.Node:
+    """A node gathering ``n_inputs`` outputs into one list.
+
+    It runs in the main process (``run_without_submitting``): a list is not worth a
+    worker's round trip, nor a job of its own on a cluster.
+    """
+    return pe.Node(niu.Merge(n_inputs), name=name, run_without_submitting=True)
+
+
 def subject_spec(subject: SubjectData) -> dict:
     """A subject as the preparation node takes it (plain lists: nipype hashes them fast)."""
     return {"label": subject.label, "bold": list(subject.bold), "masks": list(subject.masks)}
@@ -283,12 +292,12 @@ def init_connectivity_branch(
         prepares = [init_prepare_node([subjects[i] for i in members], config,
                                       f"{prefix}prepare_batch_{b}", mem_gb)
                     for b, members in enumerate(groups)]
-        collect = pe.Node(niu.Merge(len(prepares)), name=f"{prefix}collect_prepared")
+        collect = _merge(len(prepares), f"{prefix}collect_prepared")
         for b, node in enumerate(prepares, 1):
             workflow.connect(node, "prepared", collect, f"in{b}")
         workflow.connect(collect, "out", mask, "prepared")
-        gather = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_stats")
-        gather_nodes = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_node_values")
+        gather = _merge(len(groups), f"{prefix}collect_stats")
+        gather_nodes = _merge(len(groups), f"{prefix}collect_node_values")
         for b, members in enumerate(groups):
             accumulate = pe.Node(
                 AccumulateConnectivity(
@@ -320,8 +329,8 @@ def init_connectivity_branch(
             AccumulateFromMaps(zmaps=files, n_seeds=n_seeds), name=f"{prefix}accumulate_from_maps"
         )
         workflow.connect(mask, "voxels", reader, "voxels")
-        gather = pe.Node(niu.Merge(1), name=f"{prefix}collect_stats")
-        gather_nodes = pe.Node(niu.Merge(1), name=f"{prefix}collect_node_values")
+        gather = _merge(1, f"{prefix}collect_stats")
+        gather_nodes = _merge(1, f"{prefix}collect_node_values")
         workflow.connect(reader, "stats", gather, "in1")
         if inputs.nodes_file is not None:
             reader.inputs.nodes = str(inputs.nodes_file)
@@ -374,7 +383,7 @@ def init_degree_check(
     batches = sorted((n for n in workflow.list_node_names()
                       if re.fullmatch(r"accumulate_batch_\d+", n)),
                      key=lambda n: int(n.rsplit("_", 1)[1]))
-    gather = pe.Node(niu.Merge(len(batches)), name="collect_degree")
+    gather = _merge(len(batches), "collect_degree")
     for b, name in enumerate(batches, 1):
         accumulate = workflow.get_node(name)
         workflow.connect([(sample, accumulate, [("sample", "degree_sample")]),
@@ -470,7 +479,7 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
         workflow.connect(reduce, "results", plan, "results")
         finals.append(plan)
     # the report reads the derivatives from disk, once every step has written its own
-    gather = pe.Node(niu.Merge(len(finals)), name="collect_outputs")
+    gather = _merge(len(finals), "collect_outputs")
     for i, node in enumerate(finals, 1):
         workflow.connect(node, "out_files", gather, f"in{i}")
     report = pe.Node(
