@@ -154,3 +154,24 @@ def test_group_wf_specificity_and_compare_cohort(inputs):
     finals = {u for u, _, v, _ in edges if v == "collect_outputs"}
     assert finals == {"group_outputs", "specificity_primary_vs_random", "compare_connectome",
                       "plan_analyses", "degree_check"}
+
+
+def test_prepared_batches_run_in_the_main_process(inputs, tmp_path):
+    """Once every subject of a batch is prepared, its check runs in the main process (no
+    worker, no cluster job); a batch with a subject left to prepare goes to a worker."""
+    from bids_cnm.engine.timeseries import cache_key, prepare_subject
+    from bids_cnm.workflows.base import all_prepared
+
+    changed = _with(inputs, work_dir=tmp_path / "work")
+    subjects = list(changed.connectome.subjects)
+    assert not all_prepared(changed.config, subjects)
+    for subject in subjects[:-1]:  # all but the last: the second batch is incomplete
+        prepare_subject(list(subject.bold), list(subject.masks),
+                        tmp_path / "work" / "prepared"
+                        / cache_key(subject.bold, subject.masks, changed.config.cache_dtype))
+    workflow = init_group_wf(changed)
+    assert workflow.get_node("prepare_batch_0").run_without_submitting
+    assert not workflow.get_node("prepare_batch_1").run_without_submitting
+    # --no-cache keeps no copy: the batches always read the files, in workers
+    no_cache = init_group_wf(_with(changed, no_cache=True))
+    assert not no_cache.get_node("prepare_batch_0").run_without_submitting

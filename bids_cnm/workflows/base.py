@@ -107,7 +107,12 @@ def cache_dir(config: Config) -> Path:
 def init_prepare_node(
     subjects: list[SubjectData], config: Config, name: str, mem_gb: float = 1.0
 ) -> pe.Node:
-    """The node that prepares a batch of subjects (see :class:`PrepareTimeseries`)."""
+    """The node that prepares a batch of subjects (see :class:`PrepareTimeseries`).
+
+    When every subject of the batch is prepared already, the node (a ``stat`` per
+    file) runs in the main process: a warm run or a re-run then waits for no worker
+    process, and on a cluster submits no job, just to find the folders there.
+    """
     return pe.Node(
         PrepareTimeseries(
             subjects=[subject_spec(s) for s in subjects], cache_dir=str(cache_dir(config)),
@@ -115,7 +120,15 @@ def init_prepare_node(
         ),
         name=name,
         mem_gb=mem_gb,
+        run_without_submitting=all_prepared(config, subjects),
     )
+
+
+def all_prepared(config: Config, subjects: list[SubjectData]) -> bool:
+    """Whether the work folder holds a complete prepared copy of every subject."""
+    folder = cache_dir(config)
+    return not config.no_cache and all(
+        is_prepared(folder / cache_key(s.bold, s.masks, config.cache_dtype)) for s in subjects)
 
 
 def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
