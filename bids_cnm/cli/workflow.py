@@ -62,12 +62,11 @@ def execute(workflow: pe.Workflow, config: Config, started: float) -> RunTimer:
         config.analysis_level, config.nipype_plugin, config.nprocs, config.work_dir,
     )
     timer = RunTimer(started)
-    # nipype's MultiProc calls gc.collect() on every poll (every 10 ms here) while a
-    # process is free; on this process's heap (pybids, pandas, scipy: ~200k objects)
-    # each takes 0.1-0.3 s, so the parent would keep a core busy and delay every
-    # dispatch.  Frozen objects are skipped by the collector: each collection then
-    # scans only what the run itself allocates.  The workers fork from this process
-    # and inherit the frozen heap too.
+    # nipype calls gc.collect() before it submits jobs and after each node it runs in
+    # this process (and nilearn in its plotting); on this process's heap (pybids,
+    # pandas, scipy: ~200k objects) each takes 0.1-0.3 s.  Frozen objects are skipped
+    # by the collector: a collection then scans only what the run itself allocates.
+    # The workers fork from this process and inherit the frozen heap too.
     frozen = gc.get_freeze_count() == 0
     if frozen:
         gc.freeze()
@@ -94,8 +93,8 @@ def execute(workflow: pe.Workflow, config: Config, started: float) -> RunTimer:
 def _freeze_at_exit() -> None:
     """Skip the cycle collector's passes over the whole heap when the interpreter ends.
 
-    After a run the heap holds every library a run loads (~0.5 M objects); the
-    interpreter's finalization collects it several times, ~0.3-1 s that a user waits
+    After a run the heap holds every library a run loads (hundreds of thousands of
+    objects); the interpreter's finalization collects it, 0.3-1 s that a user waits
     for after the last log line.  Freezing it in an exit handler (which runs before
     finalization; registered once per process) skips that; the process's memory is
     returned to the system all the same.
