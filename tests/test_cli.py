@@ -91,6 +91,36 @@ def test_group_writes_every_file(group_run):
     assert sidecar["bids_cnm"]["sphere_diameter"] == 6.0
 
 
+def test_warm_and_repeated_multiproc_runs_give_the_same_maps(group_run, tiny_connectome,
+                                                             tiny_coordinates, tmp_path):
+    """With the prepared copies kept (nipype's cache gone), the MultiProc run checks them in
+    the main process and computes everything else in its workers; its maps and tables equal
+    the first run's, and running it again changes no file."""
+    ref, ref_work = group_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    shutil.copytree(ref_work / "prepared", work / "prepared")
+    command = [tiny_connectome, out, "group", "--coordinates", tiny_coordinates, "-w", work,
+               "--nprocs", "2"]
+    assert run_cli(*command) == 0
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.suffix in (".gz", ".tsv"))
+    assert files and files == sorted(p.relative_to(out) for p in out.rglob("*")
+                                     if p.suffix in (".gz", ".tsv"))
+    for name in files:
+        if name.suffix == ".gz":
+            np.testing.assert_array_equal(np.asarray(nb.load(out / name).dataobj),
+                                          np.asarray(nb.load(ref / name).dataobj))
+        else:
+            assert (out / name).read_text() == (ref / name).read_text(), name
+    # the derivatives, not the run's record (logs/) nor the lock, which each run renews
+    def stamps() -> dict:
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
+                and "logs" not in p.relative_to(out).parts and p.name != ".bids_cnm.lock"}
+
+    before = stamps()
+    assert run_cli(*command) == 0
+    assert stamps() == before
+
+
 def test_outputs_index_with_pybids(group_run):
     from bids import BIDSLayout
 

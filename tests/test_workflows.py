@@ -94,6 +94,9 @@ def test_group_wf_streams_in_batches(inputs):
             ("reduce", "results", "group_outputs", "results"),
             ("reduce", "results", "degree_check", "results"),
             ("collect_outputs", "out", "report", "after")} <= edges
+    # the gathering of lists runs in the main process (no worker hop, no cluster job)
+    assert all(workflow.get_node(n).run_without_submitting
+               for n in names if n.startswith("collect_"))
     # every subject is prepared by exactly one batch
     prepared = [s["label"] for b in batches
                 for s in workflow.get_node(b).inputs.subjects]
@@ -151,3 +154,24 @@ def test_group_wf_specificity_and_compare_cohort(inputs):
     finals = {u for u, _, v, _ in edges if v == "collect_outputs"}
     assert finals == {"group_outputs", "specificity_primary_vs_random", "compare_connectome",
                       "plan_analyses", "degree_check"}
+
+
+def test_prepared_batches_run_in_the_main_process(inputs, tmp_path):
+    """Once every subject of a batch is prepared, its check runs in the main process (no
+    worker, no cluster job); a batch with a subject left to prepare goes to a worker."""
+    from bids_cnm.engine.timeseries import cache_key, prepare_subject
+    from bids_cnm.workflows.base import all_prepared
+
+    changed = _with(inputs, work_dir=tmp_path / "work")
+    subjects = list(changed.connectome.subjects)
+    assert not all_prepared(changed.config, subjects)
+    for subject in subjects[:-1]:  # all but the last: the second batch is incomplete
+        prepare_subject(list(subject.bold), list(subject.masks),
+                        tmp_path / "work" / "prepared"
+                        / cache_key(subject.bold, subject.masks, changed.config.cache_dtype))
+    workflow = init_group_wf(changed)
+    assert workflow.get_node("prepare_batch_0").run_without_submitting
+    assert not workflow.get_node("prepare_batch_1").run_without_submitting
+    # --no-cache keeps no copy: the batches always read the files, in workers
+    no_cache = init_group_wf(_with(changed, no_cache=True))
+    assert not no_cache.get_node("prepare_batch_0").run_without_submitting

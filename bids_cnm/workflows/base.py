@@ -85,6 +85,15 @@ def _node_name(prefix: str, label: str) -> str:
     return f"{prefix}_sub_{_safe(label)}"
 
 
+def _merge(n_inputs: int, name: str) -> pe.Node:
+    """A node gathering ``n_inputs`` outputs into one list.
+
+    It runs in the main process (``run_without_submitting``): a list is not worth a
+    worker's round trip, nor a job of its own on a cluster.
+    """
+    return pe.Node(niu.Merge(n_inputs), name=name, run_without_submitting=True)
+
+
 def subject_spec(subject: SubjectData) -> dict:
     """A subject as the preparation node takes it (plain lists: nipype hashes them fast)."""
     return {"label": subject.label, "bold": list(subject.bold), "masks": list(subject.masks)}
@@ -98,7 +107,12 @@ def cache_dir(config: Config) -> Path:
 def init_prepare_node(
     subjects: list[SubjectData], config: Config, name: str, mem_gb: float = 1.0
 ) -> pe.Node:
-    """The node that prepares a batch of subjects (see :class:`PrepareTimeseries`)."""
+    """The node that prepares a batch of subjects (see :class:`PrepareTimeseries`).
+
+    When every subject of the batch is prepared already, the node (a ``stat`` per
+    file) runs in the main process: a warm run or a re-run then waits for no worker
+    process, and on a cluster submits no job, just to find the folders there.
+    """
     return pe.Node(
         PrepareTimeseries(
             subjects=[subject_spec(s) for s in subjects], cache_dir=str(cache_dir(config)),
@@ -106,7 +120,15 @@ def init_prepare_node(
         ),
         name=name,
         mem_gb=mem_gb,
+        run_without_submitting=all_prepared(config, subjects),
     )
+
+
+def all_prepared(config: Config, subjects: list[SubjectData]) -> bool:
+    """Whether the work folder holds a complete prepared copy of every subject."""
+    folder = cache_dir(config)
+    return not config.no_cache and all(
+        is_prepared(folder / cache_key(s.bold, s.masks, config.cache_dtype)) for s in subjects)
 
 
 def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
@@ -156,13 +178,15 @@ def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
 def execution_settings(config: Config) -> dict:
     """nipype ``execution`` settings that keep orchestration from growing per node.
 
-    MultiProc and Linear poll their jobs every ``poll_sleep_duration`` (2 s by
-    default), and a chain of dependent steps waits one poll per step; the jobs here
-    are few and long, so polling often costs nothing.  Cluster plugins keep
-    nipype's default (each poll queries the scheduler).
+    nipype's distributed plugins check their jobs every ``poll_sleep_duration``
+    (2 s by default), and a chain of dependent steps waits one poll per step.  The
+    MultiProc run uses :class:`~bids_cnm.workflows.plugin.EventMultiProcPlugin`,
+    which sleeps until a worker reports a finished job: nipype's own sleep is off
+    (0).  Linear does not poll; cluster plugins keep nipype's default (each poll
+    queries the scheduler).
     """
-    if config.nipype_plugin in ("MultiProc", "Linear"):
-        return {"poll_sleep_duration": 0.01}
+    if config.nipype_plugin == "MultiProc":
+        return {"poll_sleep_duration": 0}
     return {}
 
 
@@ -281,12 +305,12 @@ def init_connectivity_branch(
         prepares = [init_prepare_node([subjects[i] for i in members], config,
                                       f"{prefix}prepare_batch_{b}", mem_gb)
                     for b, members in enumerate(groups)]
-        collect = pe.Node(niu.Merge(len(prepares)), name=f"{prefix}collect_prepared")
+        collect = _merge(len(prepares), f"{prefix}collect_prepared")
         for b, node in enumerate(prepares, 1):
             workflow.connect(node, "prepared", collect, f"in{b}")
         workflow.connect(collect, "out", mask, "prepared")
-        gather = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_stats")
-        gather_nodes = pe.Node(niu.Merge(len(groups)), name=f"{prefix}collect_node_values")
+        gather = _merge(len(groups), f"{prefix}collect_stats")
+        gather_nodes = _merge(len(groups), f"{prefix}collect_node_values")
         for b, members in enumerate(groups):
             accumulate = pe.Node(
                 AccumulateConnectivity(
@@ -318,8 +342,8 @@ def init_connectivity_branch(
             AccumulateFromMaps(zmaps=files, n_seeds=n_seeds), name=f"{prefix}accumulate_from_maps"
         )
         workflow.connect(mask, "voxels", reader, "voxels")
-        gather = pe.Node(niu.Merge(1), name=f"{prefix}collect_stats")
-        gather_nodes = pe.Node(niu.Merge(1), name=f"{prefix}collect_node_values")
+        gather = _merge(1, f"{prefix}collect_stats")
+        gather_nodes = _merge(1, f"{prefix}collect_node_values")
         workflow.connect(reader, "stats", gather, "in1")
         if inputs.nodes_file is not None:
             reader.inputs.nodes = str(inputs.nodes_file)
@@ -372,7 +396,7 @@ def init_degree_check(
     batches = sorted((n for n in workflow.list_node_names()
                       if re.fullmatch(r"accumulate_batch_\d+", n)),
                      key=lambda n: int(n.rsplit("_", 1)[1]))
-    gather = pe.Node(niu.Merge(len(batches)), name="collect_degree")
+    gather = _merge(len(batches), "collect_degree")
     for b, name in enumerate(batches, 1):
         accumulate = workflow.get_node(name)
         workflow.connect([(sample, accumulate, [("sample", "degree_sample")]),
@@ -468,7 +492,7 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
         workflow.connect(reduce, "results", plan, "results")
         finals.append(plan)
     # the report reads the derivatives from disk, once every step has written its own
-    gather = pe.Node(niu.Merge(len(finals)), name="collect_outputs")
+    gather = _merge(len(finals), "collect_outputs")
     for i, node in enumerate(finals, 1):
         workflow.connect(node, "out_files", gather, f"in{i}")
     report = pe.Node(
