@@ -47,7 +47,7 @@ import nibabel as nb
 import numpy as np
 from numba import njit
 
-from bids_cnm.engine.bold_reader import read_concatenated_runs
+from bids_cnm.engine.bold_reader import UnreadableData, read_concatenated_runs
 from bids_cnm.engine.bold_reader import valid_mask as bold_valid_mask
 from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 
@@ -134,8 +134,11 @@ def _load_standardized(bold_paths, mask_paths):
         raw, n_volumes = read_concatenated_runs(list(bold_paths), mask)
     except InputDataError:
         raise
-    except Exception as exc:  # a truncated or corrupt file: say which
-        # from None: the crash file then names this error only (its exit code is kept)
+    except UnreadableData as exc:
+        # the up-front check's message and exit code (65), naming the damaged run; from
+        # None: the crash file then names this error only (its exit code is kept)
+        raise InputDataError(exc.message) from None
+    except Exception as exc:  # anything else the reader meets: say which subject
         raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
     candidates = np.flatnonzero(np.ones(shape, bool).ravel() if mask is None else mask.ravel())
     bounds = np.cumsum([0] + list(n_volumes)).astype(np.int64)
@@ -448,6 +451,8 @@ def _streamed_voxels(bold_paths, mask_paths) -> tuple[np.ndarray, list[int]]:
     """Valid voxels of a subject (as :func:`load_subject` keeps them) in constant memory."""
     try:
         valid = bold_valid_mask(list(bold_paths))
+    except UnreadableData as exc:
+        raise InputDataError(exc.message) from None
     except (InputDataError, ReadError) as exc:
         raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
     for path in mask_paths:
