@@ -242,8 +242,8 @@ def connectome_markdown(parser: argparse.ArgumentParser | None = None) -> list[s
                 lines += _action_markdown(arg)
             lines.append("")
     lines += [
-        "Its exit codes are those of `bids_cnm` above; an error ends with one line, "
-        f"`{parser.prog}: error: ...`.",
+        ("Its exit codes are those of `bids_cnm` above; an error ends with one line, "
+         f"`{parser.prog}: error: ...`."),
         "",
     ]
     return lines

@@ -37,7 +37,6 @@ from nibabel.filebasedimages import ImageFileError
 
 from bids_cnm.engine.bold_reader import (
     DECODE_ERRORS,
-    UNREADABLE_FIX,
     UnreadableData,
     open_decompressed,
 )
@@ -45,7 +44,7 @@ from bids_cnm.errors import InputDataError
 from bids_cnm.io.derivatives import write_json
 from bids_cnm.io.identity import file_fingerprint
 
-__all__ = ["check_readable", "check_all_readable", "screen_readable"]
+__all__ = ["check_all_readable", "check_readable", "screen_readable"]
 
 LOGGER = logging.getLogger("bids_cnm")
 
