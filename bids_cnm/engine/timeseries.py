@@ -2,7 +2,10 @@
 
 Decoding gzipped NIfTI costs far more than the connectivity itself, so every
 subject is decoded once into a memory-mappable copy in the work directory and
-all analyses (any seeds, any number of re-runs) read that copy.
+all analyses (any seeds, any number of re-runs) read that copy.  Preparing is also
+the proof that a subject's files are readable: every run is read to the end of its
+gzip stream, and a damaged one ends the step with the one-line error the up-front
+screen (:mod:`bids_cnm.io.readable`) gives, so a cold run decodes each file once.
 
 Layout of a prepared subject (a folder, format :data:`FORMAT_VERSION`):
 
