@@ -71,6 +71,18 @@ def test_several_runs_and_valid_voxels(files):
     assert expected.sum() == expected.size - 2  # the constant and the NaN voxel
 
 
+def test_valid_mask_within_a_mask(files):
+    """Following only a mask's voxels gives the whole grid's answer inside it."""
+    paths, _ = files
+    mask = np.random.default_rng(2).random(SHAPE) > 0.5
+    mask[1, 2, 3] = mask[2, 3, 4] = True  # the constant and the NaN voxel are inside
+    runs = [paths["int16.nii.gz"], paths["float32.nii"]]
+    whole = valid_mask(runs)
+    np.testing.assert_array_equal(valid_mask(runs, mask), whole & mask)
+    with pytest.raises(InputDataError, match="grid"):
+        valid_mask(runs, np.ones((3, 3, 3), bool))
+
+
 def test_errors(files, tmp_path):
     paths, _ = files
     with pytest.raises(InputDataError, match="grid"):

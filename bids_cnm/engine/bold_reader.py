@@ -294,7 +294,22 @@ def _update_range(block, n_used, low, high, finite):  # pragma: no cover - numba
                     high[s] = x
 
 
-def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
+@njit(nogil=True, cache=True)
+def _update_range_at(block, n_used, src, low, high, finite):  # pragma: no cover - numba
+    # the range of the voxels at file-order offsets src only (the in-mask ones)
+    for b in range(n_used):
+        for v in range(src.shape[0]):
+            x = np.float64(block[b, src[v]])
+            if not np.isfinite(x):
+                finite[v] = False
+            else:
+                if x < low[v]:
+                    low[v] = x
+                if x > high[v]:
+                    high[v] = x
+
+
+def valid_mask(paths: Sequence[str | Path], mask: np.ndarray | None = None) -> np.ndarray:
     """3-D mask of the voxels finite and varying in every run, in constant memory.
 
     Streams each run block by block (never holding a run), so it can derive a
@@ -304,13 +319,18 @@ def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
     ----------
     paths : sequence of path
         4-D NIfTI runs on one grid.
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Voxels to consider (e.g. the brain masks'); the result is False outside it,
+        and only its voxels are tracked (a brain is a quarter of the grid).
 
     Returns
     -------
     ndarray of bool, shape (X, Y, Z)
+        Equal to ``valid_mask(paths) & mask`` when a mask is given.
     """
     keep = None
     keep_shape = None
+    src = None
     for path in paths:
         blocks = _Blocks(path)
         n_vox = int(np.prod(blocks.shape))
@@ -319,13 +339,26 @@ def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
             blocks._file.close()
             raise InputDataError(f"grid mismatch: {path} has shape {blocks.shape}, "
                                  f"{paths[0]} has {keep_shape}.")
-        low = np.full(n_vox, np.inf)
-        high = np.full(n_vox, -np.inf)
-        finite = np.ones(n_vox, dtype=bool)
+        if mask is not None and src is None:
+            if tuple(mask.shape) != blocks.shape:
+                blocks._file.close()
+                raise InputDataError(
+                    f"{path}: grid {blocks.shape} differs from the mask's {tuple(mask.shape)}.")
+            src = np.flatnonzero(np.asarray(mask, dtype=bool).ravel(order="F")).astype(np.int64)
+        n_tracked = n_vox if src is None else len(src)
+        low = np.full(n_tracked, np.inf)
+        high = np.full(n_tracked, -np.inf)
+        finite = np.ones(n_tracked, dtype=bool)
         for block, n_used, _ in blocks:
-            _update_range(block, n_used, low, high, finite)
+            if src is None:
+                _update_range(block, n_used, low, high, finite)
+            else:
+                _update_range_at(block, n_used, src, low, high, finite)
         # scaling is monotonic (slope != 0), so it cannot make a constant voxel vary
         varies = finite & (high > low) & (blocks.slope != 0)
+        if src is not None:
+            varies, tracked = np.zeros(n_vox, dtype=bool), varies
+            varies[src] = tracked
         keep = varies if keep is None else keep & varies
         keep_shape = blocks.shape
     assert keep is not None

@@ -452,14 +452,20 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 def _streamed_voxels(bold_paths, mask_paths) -> tuple[np.ndarray, list[int]]:
     """Valid voxels of a subject (as :func:`load_subject` keeps them) in constant memory."""
+    shape = tuple(int(n) for n in nb.load(bold_paths[0]).shape[:3])
+    inside = None
+    for path in mask_paths:  # first: only the brain's voxels need to be followed
+        this = np.asanyarray(nb.load(path).dataobj) > 0
+        if this.shape[:3] != shape:
+            raise InputDataError(
+                f"{path}: grid {this.shape[:3]} differs from the BOLD run's {shape}.")
+        inside = this if inside is None else inside & this
     try:
-        valid = bold_valid_mask(list(bold_paths))
+        valid = bold_valid_mask(list(bold_paths), inside)
     except UnreadableData as exc:
         raise InputDataError(exc.message) from None
     except (InputDataError, ReadError) as exc:
         raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
-    for path in mask_paths:
-        valid &= np.asanyarray(nb.load(path).dataobj) > 0
     if not valid.any():
         raise InputDataError(
             f"{bold_paths[0]}: no voxel with a varying, finite time series inside "
