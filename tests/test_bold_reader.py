@@ -189,9 +189,15 @@ def test_screen_streams_only_what_its_length_cannot_vouch_for(files, tmp_path, m
     plain.write_bytes(paths["float32.nii"].read_bytes()[:-100])
     with pytest.raises(InputDataError, match=r"cut.nii: cannot read the image data \(it holds"):
         readable.screen_readable(plain)
-    # a streamed file is remembered by its fingerprint: a rerun does not stream it again
+    # files that passed are remembered by their fingerprint: a rerun neither screens
+    # nor streams them again
     cache = tmp_path / "readable.json"
     streamed.clear()
+    screened = []
+    real_screen = readable.screen_readable
+    monkeypatch.setattr(readable, "screen_readable",
+                        lambda p: screened.append(Path(p).name) or real_screen(p))
     readable.check_all_readable([*intact, multi], cache)
+    assert streamed == ["multi.nii.gz"] and len(screened) == 4
     readable.check_all_readable([*intact, multi], cache)
-    assert streamed == ["multi.nii.gz"]
+    assert streamed == ["multi.nii.gz"] and len(screened) == 4

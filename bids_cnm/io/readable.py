@@ -19,9 +19,10 @@ split:
   therefore proven readable, and a rerun finds it prepared.
 
 A file whose ISIZE does not match for another reason (several gzip members, as
-``bgzip`` writes, or bytes after the data) is streamed up front as before, and
-remembered in the work folder by its fingerprint, so a rerun does not stream it
-again.
+``bgzip`` writes, or bytes after the data) is streamed up front as before.  Files
+that passed are remembered in the work folder by their fingerprint, so a rerun
+reads only the few blocks of each file a fingerprint takes (a damaged file the
+screen let through fails again in its preparation, which never completes for it).
 """
 
 from __future__ import annotations
@@ -146,8 +147,7 @@ def check_all_readable(paths: Iterable[str | Path], cache: Path) -> None:
     paths : iterable of path-like
         The BOLD files of the run.
     cache : Path
-        JSON list of the fingerprints of the files streamed to their end (in the work
-        folder); files that passed the screen are proven by their preparation instead.
+        JSON list of the fingerprints of the files that passed (in the work folder).
 
     Raises
     ------
@@ -162,10 +162,10 @@ def check_all_readable(paths: Iterable[str | Path], cache: Path) -> None:
     todo = [(p, key) for p, key in todo if key not in proven]
     streamed = 0
     for path, key in todo:
-        if screen_readable(path):
-            proven.add(key)
-            streamed += 1
+        streamed += screen_readable(path)
+        proven.add(key)
     if streamed:
         LOGGER.info("%d BOLD file(s) streamed to the end up front (their recorded length "
                     "did not match their header's)", streamed)
+    if todo:
         write_json(cache, sorted(proven))
