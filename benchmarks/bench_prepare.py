@@ -15,6 +15,12 @@ a cache folder, then times on the same files:
   ``(V, T)`` array, one fused pass of valid voxels + per-run standardization + SD and
   norms, writing the float32 copy): what preparation does per subject,
 
+* **up-front check**: what a run does before its workflow for every BOLD file not seen
+  before: :func:`bids_cnm.io.readable.screen_readable` (header and gzip trailer; the
+  data are proven by preparation, which reads each run to the end of its stream), next
+  to :func:`bids_cnm.io.readable.check_readable` (streaming the file to its end, what
+  the check did before: a second decode of every file on a cold run),
+
 and prints MB/s of decompressed data, reader / decoder (target <= 1.3) and the
 extrapolated 1000-subject preparation time on ``--cores`` cores (target < 20 min).
 
@@ -42,6 +48,7 @@ from bids_cnm.engine.bold_reader import (
     read_masked_runs,
 )
 from bids_cnm.engine.timeseries import prepare_subject
+from bids_cnm.io.readable import check_readable, screen_readable
 
 SHAPE = (91, 109, 91)
 #: FSL's MNI152 2 mm grid (the GSP1000 files' grid)
@@ -138,6 +145,22 @@ def time_prepare(paths: list[Path], mask: np.ndarray, out: Path) -> float:
     return seconds
 
 
+def time_screen(paths: list[Path]) -> float:
+    """The up-front check of a cold run: headers and gzip trailers only."""
+    start = time.perf_counter()
+    for path in paths:
+        screen_readable(path)
+    return time.perf_counter() - start
+
+
+def time_stream_check(paths: list[Path]) -> float:
+    """Streaming every file to its end (the up-front check before issue 10's fix)."""
+    start = time.perf_counter()
+    for path in paths:
+        check_readable(path)
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path,
@@ -161,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # interleaved repeats: a burst of another process's load hits every method alike
     steps = {"decoder": (time_decoder, paths), "reader": (time_reader, paths, mask),
-             "prepare": (time_prepare, paths, mask, args.cache / "prepared")}
+             "prepare": (time_prepare, paths, mask, args.cache / "prepared"),
+             "screen": (time_screen, paths), "stream check": (time_stream_check, paths)}
     if not args.skip_nibabel:
         steps["nibabel"] = (time_nibabel, paths, mask)
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -184,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line("nibabel", "nibabel+mask") + f"   {nib / rea:.1f}x the reader")
     print(line("prepare", "prepare") + f"   prepare / decoder = {prep / dec:.2f} "
           "(prepare_subject: decode, fused standardize, write float32)")
+    print(f"up-front check per subject: screen {min(times['screen']) * 1e3:.1f} ms; streaming "
+          f"the runs {min(times['stream check']):.2f} s (a second decode, before the fix)")
     total = prep * args.subjects / args.cores
     print(f"GSP1000 extrapolation: {args.subjects} subjects x {prep:.2f} s / {args.cores} cores "
           f"= {total / 60:.1f} min (target < 20 min)")

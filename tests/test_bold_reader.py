@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nb
 import numpy as np
 import pytest
@@ -69,6 +71,18 @@ def test_several_runs_and_valid_voxels(files):
     assert expected.sum() == expected.size - 2  # the constant and the NaN voxel
 
 
+def test_valid_mask_within_a_mask(files):
+    """Following only a mask's voxels gives the whole grid's answer inside it."""
+    paths, _ = files
+    mask = np.random.default_rng(2).random(SHAPE) > 0.5
+    mask[1, 2, 3] = mask[2, 3, 4] = True  # the constant and the NaN voxel are inside
+    runs = [paths["int16.nii.gz"], paths["float32.nii"]]
+    whole = valid_mask(runs)
+    np.testing.assert_array_equal(valid_mask(runs, mask), whole & mask)
+    with pytest.raises(InputDataError, match="grid"):
+        valid_mask(runs, np.ones((3, 3, 3), bool))
+
+
 def test_errors(files, tmp_path):
     paths, _ = files
     with pytest.raises(InputDataError, match="grid"):
@@ -81,3 +95,109 @@ def test_errors(files, tmp_path):
     nb.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE).to_filename(flat)
     with pytest.raises(InputDataError, match="4-D"):
         read_masked_runs([flat])
+
+
+# --------------------------------------------------------------------------------------
+# Damaged files: the reader proves a run readable to its end (issue 10: one decode)
+
+
+def _damaged(paths, tmp_path, damage: str):
+    """A copy of the gzipped float32 run, cut short or with a wrong CRC-32 in its trailer."""
+    data = bytearray(paths["float32.nii.gz"].read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-6] ^= 0xFF  # the CRC-32 (bytes -8..-5): the voxel data themselves decode
+    out = tmp_path / f"{damage}.nii.gz"
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+@pytest.mark.parametrize("damage", ["truncate", "crc"])
+def test_damaged_gzip_found_while_decoding(files, tmp_path, monkeypatch, damage, inflater):
+    """Every voxel of a wrong-CRC file decodes: only reading past the data finds it."""
+    from bids_cnm.io.readable import check_readable
+
+    paths, _ = files
+    if inflater == "zlib":
+        monkeypatch.setattr(bold_reader, "_igzip", None)
+    bad = _damaged(paths, tmp_path, damage)
+    with pytest.raises(bold_reader.UnreadableData) as found:
+        read_masked_runs([bad])
+    with pytest.raises(bold_reader.UnreadableData):
+        valid_mask([bad])
+    # the same words as the up-front check (which streams the file with the stdlib)
+    with pytest.raises(InputDataError) as upfront:
+        check_readable(bad)
+    assert found.value.message == upfront.value.message
+    assert found.value.message.startswith(f"{bad}: cannot read the image data (")
+
+
+def test_prepare_reports_the_damaged_run_of_a_subject(files, tmp_path):
+    """A subject's second run is the damaged one: the error names it, with exit code 65."""
+    from bids_cnm.engine.timeseries import prepare_subject
+
+    paths, _ = files
+    bad = _damaged(paths, tmp_path, "crc")
+    with pytest.raises(InputDataError) as exc:
+        prepare_subject([str(paths["float32.nii.gz"]), str(bad)], [], tmp_path / "prep")
+    assert exc.value.message.startswith(f"{bad}: cannot read the image data (BadGzipFile)")
+    assert exc.value.exit_code == 65 and not (tmp_path / "prep").exists()
+
+
+def test_several_gzip_members_read_like_one(files, tmp_path):
+    """bgzip-style files (several members) decode to nibabel's values."""
+    import gzip
+
+    paths, _ = files
+    raw = gzip.decompress(paths["float32.nii.gz"].read_bytes())
+    cut = len(raw) // 3
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(gzip.compress(raw[:cut]) + gzip.compress(raw[cut:]))
+    (run,) = read_masked_runs([multi])
+    want = np.asarray(nb.load(multi).dataobj, dtype=np.float32).reshape(-1, N_VOLUMES)
+    np.testing.assert_array_equal(run, want)
+
+
+def test_screen_streams_only_what_its_length_cannot_vouch_for(files, tmp_path, monkeypatch):
+    """The up-front screen reads headers and gzip trailers; a file is streamed only when
+    its recorded length differs from its header's (cut short, or several members)."""
+    import gzip
+
+    from bids_cnm.io import readable
+
+    paths, _ = files
+    streamed = []
+    real_open = readable.open_decompressed
+
+    def spy(path):
+        streamed.append(Path(path).name)
+        return real_open(path)
+
+    monkeypatch.setattr(readable, "open_decompressed", spy)
+    intact = [paths["float32.nii.gz"], paths["int16.nii.gz"], paths["float32.nii"]]
+    assert [readable.screen_readable(p) for p in intact] == [False, False, False]
+    assert streamed == []
+    raw = gzip.decompress(paths["float32.nii.gz"].read_bytes())
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    assert readable.screen_readable(multi) is True and streamed == ["multi.nii.gz"]
+    with pytest.raises(InputDataError, match="truncate.nii.gz: cannot read the image data"):
+        readable.screen_readable(_damaged(paths, tmp_path, "truncate"))
+    plain = tmp_path / "cut.nii"
+    plain.write_bytes(paths["float32.nii"].read_bytes()[:-100])
+    with pytest.raises(InputDataError, match=r"cut.nii: cannot read the image data \(it holds"):
+        readable.screen_readable(plain)
+    # files that passed are remembered by their fingerprint: a rerun neither screens
+    # nor streams them again
+    cache = tmp_path / "readable.json"
+    streamed.clear()
+    screened = []
+    real_screen = readable.screen_readable
+    monkeypatch.setattr(readable, "screen_readable",
+                        lambda p: screened.append(Path(p).name) or real_screen(p))
+    readable.check_all_readable([*intact, multi], cache)
+    assert streamed == ["multi.nii.gz"] and len(screened) == 4
+    readable.check_all_readable([*intact, multi], cache)
+    assert streamed == ["multi.nii.gz"] and len(screened) == 4

@@ -36,6 +36,26 @@ def test_cli_md_lists_every_option():
             assert f"`{option}" in text, option
 
 
+def test_cli_md_documents_the_connectome_command():
+    """Every subcommand, argument and option of bids_cnm-connectome has its entry."""
+    import argparse
+
+    from bids_cnm.cli import connectome
+
+    text = (DOCS / "cli.md").read_text()
+    parser = connectome.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert commands.choices, "bids_cnm-connectome has subcommands"
+    for name, sub in commands.choices.items():
+        assert f"### `bids_cnm-connectome {name}`" in text
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            shown = action.option_strings or [action.metavar or action.dest]
+            for option in shown:
+                assert f"- `{option}" in text or f"(also `{option}`" in text, option
+
+
 def test_cli_md_does_not_depend_on_the_machine(monkeypatch):
     """A default computed from the CPU count would make the committed file drift."""
     monkeypatch.setattr("os.cpu_count", lambda: 1)

@@ -74,8 +74,14 @@ def write_gsp(root: Path, runs) -> Path:
     return root
 
 
-def write_leaddbs(root: Path, runs) -> Path:
-    """dataset_info.json + dataset_volsurf.mat (vol) + vol/*.mat with gmtc (voxels x time)."""
+def write_leaddbs(root: Path, runs, formatversion: float | None = None,
+                  time_major: bool = False, kind: str = "fMRI_timecourses") -> Path:
+    """dataset_info.json + dataset_volsurf.mat (vol) + vol/*.mat with gmtc.
+
+    gmtc is voxels x time as MATLAB sees it (Lead-DBS's format version 1), or time x
+    voxels with ``time_major`` (later format versions); ``formatversion`` is written
+    into dataset_info.json when given.
+    """
     (root / "vol").mkdir(parents=True)
     mask = tiny_mask()
     outidx = np.flatnonzero(mask.ravel(order="F")) + 1  # MATLAB find(): 1-based, column-major
@@ -88,6 +94,8 @@ def write_leaddbs(root: Path, runs) -> Path:
         sub_ids[i] = np.array([f"sub-{label}"] + files, dtype=object)
         for r, (name, run) in enumerate(zip(files, data)):
             gmtc = run[ijk]  # (V, T) in outidx order
+            if time_major:
+                gmtc = np.ascontiguousarray(gmtc.T)
             if i == 0 and r == 1:  # MATLAB -v7.3: HDF5, arrays seen transposed
                 with h5py.File(root / "vol" / name, "w", userblock_size=512) as hf:
                     hf["gmtc"] = gmtc.T
@@ -98,8 +106,10 @@ def write_leaddbs(root: Path, runs) -> Path:
     scipy.io.savemat(root / "dataset_volsurf.mat", {"vol": {
         "outidx": outidx.astype(float), "space": {"dim": np.array(TINY_SHAPE, float),
                                                   "mat": mat}, "subIDs": sub_ids}})
-    (root / "dataset_info.json").write_text(json.dumps(
-        {"name": "tiny", "type": "fMRI_timecourses", "subsets": [], "tr": 2.0}))
+    info = {"name": "tiny", "type": kind, "subsets": [], "tr": 2.0}
+    if formatversion is not None:
+        info["formatversion"] = formatversion
+    (root / "dataset_info.json").write_text(json.dumps(info))
     return root
 
 
@@ -211,6 +221,34 @@ def test_leaddbs_converts_mat_runs(tmp_path, two_run_data):
     assert_same_as_reference(dest, write_bids(tmp_path / "ref", two_run_data))
     sidecar = next((dest / "sub-0001" / "func").glob("*run-1*_bold.json"))
     assert json.loads(sidecar.read_text())["RepetitionTime"] == 2.0  # from dataset_info.json
+
+
+@pytest.mark.parametrize("formatversion", [1, 2])
+def test_leaddbs_gmtc_orientation_follows_formatversion(tmp_path, two_run_data, formatversion):
+    """Lead-DBS reads gmtc(voxels, :) in format version 1 and gmtc(:, voxels) after it
+    (cs_fmri_conseed_matrix.m): both import to the same data (v5 and v7.3 run files)."""
+    src = write_leaddbs(tmp_path / "lead", two_run_data, formatversion=formatversion,
+                        time_major=formatversion > 1)
+    dest = tmp_path / "bids"
+    assert run_import("leaddbs", src, dest) == 0
+    assert_same_as_reference(dest, write_bids(tmp_path / "ref", two_run_data))
+
+
+def test_leaddbs_orientation_is_not_guessed(tmp_path, two_run_data, capsys):
+    """A time x voxels gmtc in a format-1 connectome is refused, naming the file."""
+    data = dict(list(two_run_data.items())[:2])
+    src = write_leaddbs(tmp_path / "lead", data, time_major=True)
+    code, err = error_of(capsys, "leaddbs", src, tmp_path / "o")
+    assert code == EX_DATAERR and "sub-0001_run1.mat" in err and "formatversion 1" in err
+    assert not list((tmp_path / "o").rglob("*_bold.nii.gz"))
+
+
+def test_leaddbs_matrix_connectome_refused(tmp_path, two_run_data, capsys):
+    """type fMRI_matrix (precomputed correlations) has no time courses to import."""
+    src = write_leaddbs(tmp_path / "lead", dict(list(two_run_data.items())[:1]),
+                        kind="fMRI_matrix")
+    code, err = error_of(capsys, "leaddbs", src, tmp_path / "o")
+    assert code == EX_DATAERR and "dataset_info.json" in err and "fMRI_matrix" in err
 
 
 def test_lacuna_hdf5_converts(tmp_path, one_run_data):

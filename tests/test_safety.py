@@ -255,21 +255,46 @@ def test_read_only_output_refused_up_front(tiny_connectome, tiny_coordinates, tm
 
 @pytest.mark.parametrize("damage", ["truncate", "crc"])
 def test_corrupt_bold_caught_up_front(tmp_path, tiny_coordinates, capsys, damage):
+    """A damaged BOLD file ends the run with one line naming it (65), nothing written.
+
+    A truncated file is found up front (its gzip length does not match its header);
+    a CRC error only shows at the end of the decoded stream, which preparation reads
+    (the data are decoded once): same message and exit code, no output, the
+    subjects prepared before it kept, and the run completes once the file is fixed.
+    """
     root = write_tiny_connectome(tmp_path / "conn", n_subjects=2, n_volumes=10,
                                  two_runs_first=False)
     bold = next((root / "sub-02" / "func").glob("*_bold.nii.gz"))
-    data = bytearray(bold.read_bytes())
+    intact = bold.read_bytes()
+    data = bytearray(intact)
     if damage == "truncate":
         data = data[: len(data) - 200]
     else:
         data[-6] ^= 0xFF  # the CRC-32 in the gzip trailer
     bold.write_bytes(bytes(data))
+    work = tmp_path / "w"
     code, err = run_cli(capsys, root, tmp_path / "o", "group", "--coordinates",
-                        tiny_coordinates, "-w", tmp_path / "w", "--nipype-plugin", "Linear")
-    assert code == EX_DATAERR and "sub-02" in err and "cannot read the image data" in err
-    assert "Traceback" not in err
-    assert not (tmp_path / "w" / "cnm_wf").exists()  # found before the workflow ran
-    assert outputs(tmp_path / "o") == set()
+                        tiny_coordinates, "-w", work, "--nipype-plugin", "Linear")
+    reason = "EOFError" if damage == "truncate" else "BadGzipFile"
+    assert code == EX_DATAERR and "Traceback" not in err
+    assert (f"{bold}: cannot read the image data ({reason}); the file is truncated or "
+            "corrupt; copy it again or rerun its preprocessing." in err)
+    written = outputs(tmp_path / "o")
+    prepared = sorted((work / "prepared").glob("sub-*")) if (work / "prepared").exists() else []
+    if damage == "truncate":
+        assert not (work / "cnm_wf").exists()  # found before the workflow ran
+        assert written == set()
+    else:  # found by preparation: the run's record says so, and nothing was derived
+        assert written, "the record of the started run"
+        assert all(name == "bids_cnm_run.json" or name.startswith("logs/")
+                   for name in written), written
+    # what was prepared is complete, and the damaged subject has no prepared copy
+    assert all((p / "meta.json").exists() for p in prepared)
+    assert not [p for p in prepared if p.name.startswith("sub-02")]
+    bold.write_bytes(intact)  # copied again: the same command completes
+    code, err = run_cli(capsys, root, tmp_path / "o", "group", "--coordinates",
+                        tiny_coordinates, "-w", work, "--nipype-plugin", "Linear")
+    assert code == 0, err
 
 
 def test_stale_temporaries_swept(tmp_path):

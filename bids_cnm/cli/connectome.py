@@ -46,12 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--participants", type=Path, metavar="TABLE",
                      help="demographics (TSV or CSV with participant_id) for participants.tsv")
     imp.add_argument("--space", default="MNI152NLin6Asym",
-                     help="space- entity of the written files (default: MNI152NLin6Asym)")
-    imp.add_argument("--res", default="2", help="res- entity (default: 2); '' for none")
-    imp.add_argument("--task", default="rest", help="task- entity (default: rest)")
+                     help="BIDS space entity of the written files (default: MNI152NLin6Asym)")
+    imp.add_argument("--res", default="2",
+                     help="BIDS res entity of the written files (default: 2); '' for none")
+    imp.add_argument("--task", default="rest",
+                     help="BIDS task entity of the written files (default: rest)")
     imp.add_argument("--runs", type=int, nargs="+", default=[1, 2], metavar="N",
-                     help="gsp1000: the bld runs every subject must have (default: 1 2)")
-    imp.add_argument("-v", "--verbose", action="count", default=0)
+                     help="the bld runs every gsp1000 subject must have (default: 1 2)")
+    imp.add_argument("-v", "--verbose", action="count", default=0,
+                     help="report every subject as it is imported")
     return parser
 
 

@@ -1,4 +1,7 @@
-"""Generate ``docs/cli.md`` and ``boutiques.json`` from the argument parser.
+"""Generate ``docs/cli.md`` and ``boutiques.json`` from the argument parsers.
+
+``docs/cli.md`` documents both commands: ``bids_cnm`` (:mod:`bids_cnm.cli.parser`) and
+``bids_cnm-connectome`` (:mod:`bids_cnm.cli.connectome`).
 
 Both files are committed; the tests compare them with what this module
 generates, so an option added to :func:`bids_cnm.cli.parser.build_parser` that
@@ -14,6 +17,7 @@ rewrites the files generated from the analysis plan's schema (the key tables of
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import sys
@@ -195,7 +199,54 @@ def cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
         "and how to fix it.",
         "",
     ]
+    lines += connectome_markdown()
     return "\n".join(lines)
+
+
+def connectome_markdown(parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """Lines of the ``bids_cnm-connectome`` section of ``docs/cli.md`` (every subcommand).
+
+    Parameters
+    ----------
+    parser : ArgumentParser, optional
+        :func:`bids_cnm.cli.connectome.build_parser` when omitted.
+
+    Returns
+    -------
+    list of str
+    """
+    from bids_cnm.cli import connectome
+
+    parser = parser or connectome.build_parser()
+    lines = [f"## `{parser.prog}`", "", _wrap(parser.description or ""), ""]
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {c.dest: c.help for a in subparsers for c in a._choices_actions}
+    for action in subparsers:
+        for name, sub in action.choices.items():
+            formatter = argparse.HelpFormatter(sub.prog, width=_WIDTH)
+            formatter.add_usage(sub.usage, sub._actions, sub._mutually_exclusive_groups)
+            summary = helps.get(name) or ""
+            lines += [f"### `{sub.prog}`", ""]
+            if summary:
+                lines += [_wrap(summary[:1].upper() + summary[1:] + "."), ""]
+            lines += ["```text", formatter.format_help().strip(), "```", ""]
+            for arg in run_actions(sub):
+                arg = copy.copy(arg)  # adjusted for the page only
+                if not arg.option_strings and arg.metavar:
+                    arg.dest = arg.metavar  # a positional is shown as its usage line shows it
+                help_text = arg.help or ""
+                if "(default" in help_text:
+                    arg.default = None  # the help says it (also in --help): not twice
+                if "one of:" in help_text:
+                    arg.choices = None
+                lines += _action_markdown(arg)
+            lines.append("")
+    lines += [
+        ("Its exit codes are those of `bids_cnm` above; an error ends with one line, "
+         f"`{parser.prog}: error: ...`."),
+        "",
+    ]
+    return lines
 
 
 def _action_markdown(action: argparse.Action) -> list[str]:

@@ -14,6 +14,11 @@ sequential, and writes whole cache lines of a block's volumes into each output
 row; rows are in C order of the 3-D grid (``np.flatnonzero(mask.ravel())``), the
 order the prepared cache uses.
 
+Every run is read to the end of its stream, past the voxel data: gzip checks a
+member's CRC-32 and length only there, so a run that decodes without
+:class:`UnreadableData` is proven intact, and preparing a subject is also the proof
+that its files are readable (no separate pass over the data is needed).
+
 Public functions: :func:`read_masked_runs`, :func:`read_concatenated_runs`,
 :func:`valid_voxels` (rows of decoded
 runs), :func:`valid_mask` (3-D, streamed) and :func:`open_decompressed`.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,11 +40,39 @@ from bids_cnm.errors import InputDataError, ReadError
 
 try:  # python-isal: the same DEFLATE format, decoded with Intel ISA-L
     from isal import igzip as _igzip
+    from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - exercised only without isal installed
-    _igzip = None
+    _igzip = _isal_zlib = None
 
 #: volumes decoded per block: 16 float32 values fill one 64-byte cache line of a row
 BLOCK_VOLUMES = 16
+
+#: what a damaged stream raises: BadGzipFile (an OSError: CRC, length, magic),
+#: EOFError (the stream ends early) and the inflaters' own errors (a bad DEFLATE block)
+DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error) + (
+    (_isal_zlib.error,) if _isal_zlib is not None else ())
+
+#: the advice of every unreadable-data message (the up-front check gives the same)
+UNREADABLE_FIX = "the file is truncated or corrupt; copy it again or rerun its preprocessing"
+
+
+class UnreadableData(ReadError):
+    """A run's data cannot be decoded to the end of the file.
+
+    The message is the one :func:`bids_cnm.io.readable.check_readable` gives, so a
+    damaged file reads the same whether it is found up front or while it is decoded.
+
+    Parameters
+    ----------
+    path : path
+        The damaged file.
+    reason : str
+        What went wrong: the exception's type name, or the bytes the file holds.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: cannot read the image data ({reason}); {UNREADABLE_FIX}.")
+        self.path = str(path)
 
 
 def decoder_name() -> str:
@@ -69,21 +103,22 @@ def open_decompressed(path: str | Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb")
 
 
-def _read_exact(f, view: memoryview, path: Path) -> None:
-    """Fill ``view`` from ``f``; a short file is a :class:`ReadError` naming it."""
+def _read_exact(f, view: memoryview) -> int:
+    """Fill ``view`` from ``f``; the bytes read (fewer only when the stream ended)."""
     done = 0
     while done < len(view):
         n = f.readinto(view[done:])
         if not n:
-            raise ReadError(
-                f"{path}: the file ends after {done} of {len(view)} bytes of a block of "
-                "volumes; it is truncated (re-download or re-copy it)."
-            )
+            break
         done += n
+    return done
 
 
-def _read_header(f, path: Path) -> nb.Nifti1Header:
-    """Parse the NIfTI-1/2 header (and skip extensions) from a decompressed stream."""
+def _read_header(f, path: Path) -> tuple[nb.Nifti1Header, int]:
+    """Parse the NIfTI-1/2 header (and skip extensions) from a decompressed stream.
+
+    Returns the header and the offset of the voxel data.
+    """
     raw = f.read(348)
     if len(raw) < 348:
         raise InputDataError(f"{path}: not a NIfTI file (only {len(raw)} bytes).")
@@ -102,7 +137,7 @@ def _read_header(f, path: Path) -> nb.Nifti1Header:
     if offset < len(raw):
         offset = len(raw) + 4  # a .nii without vox_offset set: data after the 4-byte extender
     f.read(offset - len(raw))  # extensions: not needed here
-    return header
+    return header, offset
 
 
 @njit(nogil=True, cache=True)
@@ -145,10 +180,10 @@ class _Blocks:
         except OSError as exc:
             raise ReadError(f"{self.path}: cannot open ({exc}).") from exc
         try:
-            header = _read_header(self._file, self.path)
-        except (OSError, EOFError) as exc:
+            header, self.offset = _read_header(self._file, self.path)
+        except DECODE_ERRORS as exc:
             self._file.close()
-            raise ReadError(f"{self.path}: cannot decompress the header ({exc}).") from exc
+            raise UnreadableData(self.path, type(exc).__name__) from exc
         dims = header.get_data_shape()
         if len(dims) != 4 or any(int(n) > 1 for n in dims[4:]):
             self._file.close()
@@ -163,21 +198,40 @@ class _Blocks:
         self.scaled = (self.slope, self.inter) != (1.0, 0.0)
 
     def __iter__(self):
-        """Yield ``(block, n_used, t0)``: raw volumes ``block[:n_used]`` from volume t0."""
+        """Yield ``(block, n_used, t0)``: raw volumes ``block[:n_used]`` from volume t0.
+
+        After the last block the stream is read to its end (gzip checks the CRC-32
+        and length of the data only there).
+
+        Raises
+        ------
+        UnreadableData
+            The stream ends early or fails to decode (naming the file).
+        """
         n_vox = int(np.prod(self.shape))
         block = np.empty((min(BLOCK_VOLUMES, self.n_volumes), n_vox), dtype=self.dtype)
         flat = memoryview(block.reshape(-1).view(np.uint8))
+        per_volume = n_vox * self.dtype.itemsize
+        expected = self.offset + self.n_volumes * per_volume
         with self._file as f:
             for t0 in range(0, self.n_volumes, block.shape[0]):
                 n_used = min(block.shape[0], self.n_volumes - t0)
                 try:
-                    _read_exact(f, flat[: n_used * n_vox * self.dtype.itemsize], self.path)
-                except (OSError, EOFError) as exc:
-                    raise ReadError(f"{self.path}: cannot decompress ({exc}).") from exc
+                    done = _read_exact(f, flat[: n_used * per_volume])
+                except DECODE_ERRORS as exc:
+                    raise UnreadableData(self.path, type(exc).__name__) from None
+                if done < n_used * per_volume:
+                    held = self.offset + t0 * per_volume + done
+                    raise UnreadableData(self.path, f"it holds {held} of {expected} bytes")
                 native = block if self.dtype.isnative else block.astype(
                     self.dtype.newbyteorder("=")
                 )
                 yield native, n_used, t0
+            try:  # bytes after the data (rare) are allowed; the trailer must check out
+                while f.read(1 << 16):
+                    pass
+            except DECODE_ERRORS as exc:
+                raise UnreadableData(self.path, type(exc).__name__) from None
 
 
 def read_masked_run(
@@ -240,7 +294,22 @@ def _update_range(block, n_used, low, high, finite):  # pragma: no cover - numba
                     high[s] = x
 
 
-def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
+@njit(nogil=True, cache=True)
+def _update_range_at(block, n_used, src, low, high, finite):  # pragma: no cover - numba
+    # the range of the voxels at file-order offsets src only (the in-mask ones)
+    for b in range(n_used):
+        for v in range(src.shape[0]):
+            x = np.float64(block[b, src[v]])
+            if not np.isfinite(x):
+                finite[v] = False
+            else:
+                if x < low[v]:
+                    low[v] = x
+                if x > high[v]:
+                    high[v] = x
+
+
+def valid_mask(paths: Sequence[str | Path], mask: np.ndarray | None = None) -> np.ndarray:
     """3-D mask of the voxels finite and varying in every run, in constant memory.
 
     Streams each run block by block (never holding a run), so it can derive a
@@ -250,13 +319,18 @@ def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
     ----------
     paths : sequence of path
         4-D NIfTI runs on one grid.
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Voxels to consider (e.g. the brain masks'); the result is False outside it,
+        and only its voxels are tracked (a brain is a quarter of the grid).
 
     Returns
     -------
     ndarray of bool, shape (X, Y, Z)
+        Equal to ``valid_mask(paths) & mask`` when a mask is given.
     """
     keep = None
     keep_shape = None
+    src = None
     for path in paths:
         blocks = _Blocks(path)
         n_vox = int(np.prod(blocks.shape))
@@ -265,13 +339,26 @@ def valid_mask(paths: Sequence[str | Path]) -> np.ndarray:
             blocks._file.close()
             raise InputDataError(f"grid mismatch: {path} has shape {blocks.shape}, "
                                  f"{paths[0]} has {keep_shape}.")
-        low = np.full(n_vox, np.inf)
-        high = np.full(n_vox, -np.inf)
-        finite = np.ones(n_vox, dtype=bool)
+        if mask is not None and src is None:
+            if tuple(mask.shape) != blocks.shape:
+                blocks._file.close()
+                raise InputDataError(
+                    f"{path}: grid {blocks.shape} differs from the mask's {tuple(mask.shape)}.")
+            src = np.flatnonzero(np.asarray(mask, dtype=bool).ravel(order="F")).astype(np.int64)
+        n_tracked = n_vox if src is None else len(src)
+        low = np.full(n_tracked, np.inf)
+        high = np.full(n_tracked, -np.inf)
+        finite = np.ones(n_tracked, dtype=bool)
         for block, n_used, _ in blocks:
-            _update_range(block, n_used, low, high, finite)
+            if src is None:
+                _update_range(block, n_used, low, high, finite)
+            else:
+                _update_range_at(block, n_used, src, low, high, finite)
         # scaling is monotonic (slope != 0), so it cannot make a constant voxel vary
         varies = finite & (high > low) & (blocks.slope != 0)
+        if src is not None:
+            varies, tracked = np.zeros(n_vox, dtype=bool), varies
+            varies[src] = tracked
         keep = varies if keep is None else keep & varies
         keep_shape = blocks.shape
     assert keep is not None

@@ -2,7 +2,10 @@
 
 Decoding gzipped NIfTI costs far more than the connectivity itself, so every
 subject is decoded once into a memory-mappable copy in the work directory and
-all analyses (any seeds, any number of re-runs) read that copy.
+all analyses (any seeds, any number of re-runs) read that copy.  Preparing is also
+the proof that a subject's files are readable: every run is read to the end of its
+gzip stream, and a damaged one ends the step with the one-line error the up-front
+screen (:mod:`bids_cnm.io.readable`) gives, so a cold run decodes each file once.
 
 Layout of a prepared subject (a folder, format :data:`FORMAT_VERSION`):
 
@@ -47,7 +50,7 @@ import nibabel as nb
 import numpy as np
 from numba import njit
 
-from bids_cnm.engine.bold_reader import read_concatenated_runs
+from bids_cnm.engine.bold_reader import UnreadableData, read_concatenated_runs
 from bids_cnm.engine.bold_reader import valid_mask as bold_valid_mask
 from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 
@@ -134,8 +137,11 @@ def _load_standardized(bold_paths, mask_paths):
         raw, n_volumes = read_concatenated_runs(list(bold_paths), mask)
     except InputDataError:
         raise
-    except Exception as exc:  # a truncated or corrupt file: say which
-        # from None: the crash file then names this error only (its exit code is kept)
+    except UnreadableData as exc:
+        # the up-front check's message and exit code (65), naming the damaged run; from
+        # None: the crash file then names this error only (its exit code is kept)
+        raise InputDataError(exc.message) from None
+    except Exception as exc:  # anything else the reader meets: say which subject
         raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
     candidates = np.flatnonzero(np.ones(shape, bool).ravel() if mask is None else mask.ravel())
     bounds = np.cumsum([0] + list(n_volumes)).astype(np.int64)
@@ -446,12 +452,20 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 def _streamed_voxels(bold_paths, mask_paths) -> tuple[np.ndarray, list[int]]:
     """Valid voxels of a subject (as :func:`load_subject` keeps them) in constant memory."""
+    shape = tuple(int(n) for n in nb.load(bold_paths[0]).shape[:3])
+    inside = None
+    for path in mask_paths:  # first: only the brain's voxels need to be followed
+        this = np.asanyarray(nb.load(path).dataobj) > 0
+        if this.shape[:3] != shape:
+            raise InputDataError(
+                f"{path}: grid {this.shape[:3]} differs from the BOLD run's {shape}.")
+        inside = this if inside is None else inside & this
     try:
-        valid = bold_valid_mask(list(bold_paths))
+        valid = bold_valid_mask(list(bold_paths), inside)
+    except UnreadableData as exc:
+        raise InputDataError(exc.message) from None
     except (InputDataError, ReadError) as exc:
         raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
-    for path in mask_paths:
-        valid &= np.asanyarray(nb.load(path).dataobj) > 0
     if not valid.any():
         raise InputDataError(
             f"{bold_paths[0]}: no voxel with a varying, finite time series inside "

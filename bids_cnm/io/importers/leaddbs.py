@@ -1,18 +1,25 @@
 """A Lead-DBS functional connectome folder.
 
-Layout (Lead-DBS ``connectomes/fMRI/<name>/``): ``dataset_info.json`` and the
-volume description ``vol`` — in ``dataset_info.json`` itself, in
-``dataset_volsurf.mat`` (current Lead-DBS) or as ``dataset.vol`` in
-``dataset_info.mat`` (older releases) — with
+Layout (Lead-DBS ``connectomes/fMRI/<name>/``), as Lead-DBS's own mapper reads it
+(``connectomics/mapper/cs_fmri_conseed_seed_tc.m``, ``cs_fmri_conseed_matrix.m`` and
+``cs_fmri_conseed.m`` of netstim/leaddbs; see docs/inputs.md):
 
-* ``outidx``: the voxels, MATLAB linear indices (1-based, column-major) into the grid;
-* ``space``: the grid as an SPM volume (``dim``, and ``mat`` mapping 1-based voxel
-  coordinates to millimetres);
-* ``subIDs``: one entry per subject, ``{id, run1.mat, run2.mat, ...}``.
+* ``dataset_info.json``: ``type`` (``fMRI_timecourses``; ``fMRI_matrix`` holds
+  precomputed correlations, not time courses, and is refused), ``formatversion``
+  (absent means 1), ``subsets`` (named subject lists; every subject is imported);
+* the volume description ``vol``: a variable of ``dataset_volsurf.mat`` (current
+  Lead-DBS), or ``dataset.vol`` of ``dataset_info.mat`` (older releases), or a key of
+  ``dataset_info.json`` itself, with
 
-Each run file in ``vol/`` holds ``gmtc``, the time courses of the ``outidx``
-voxels (voxels x time as Lead-DBS writes it; time x voxels is accepted too),
-as MATLAB v5/v7 or v7.3 (HDF5).
+  - ``outidx``: the voxels, MATLAB linear indices (1-based, column-major) into the grid;
+  - ``space``: the grid as an SPM volume (``dim``, and ``mat`` mapping 1-based voxel
+    coordinates to millimetres); Lead-DBS writes its maps into this volume at ``outidx``;
+  - ``subIDs``: one entry per subject, ``{id, run1.mat, run2.mat, ...}``, the run
+    files relative to ``vol/``.
+
+Each run file in ``vol/`` holds ``gmtc``, the time courses of the ``outidx`` voxels:
+voxels x time (as MATLAB sees it) in format version 1, time x voxels in later
+versions; MATLAB v5/v7 or v7.3 (HDF5, whose arrays h5py sees transposed).
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ from bids_cnm.io.importers.writer import (
     ImportPlan,
     SourceSubject,
     VoxelOrder,
-    as_voxels_by_time,
     bids_label,
     unique_labels,
 )
@@ -69,8 +75,9 @@ def _load_v73(path: Path, names: list[str] | None) -> dict:
     import h5py
 
     with h5py.File(path, "r") as hf:
-        # h5py sees MATLAB's column-major arrays transposed: a V x T gmtc reads as T x V
-        return {k: hf[k][()] for k in hf.keys()
+        # h5py sees MATLAB's column-major arrays with their axes reversed: reverse them
+        # back, so an array has the shape MATLAB (and scipy's loadmat) gives it
+        return {k: hf[k][()].T for k in hf.keys()
                 if (names is None or k in names) and isinstance(hf[k], h5py.Dataset)}
 
 
@@ -110,17 +117,68 @@ def _subject_entries(sub_ids, where: Path) -> list[list[str]]:
     return entries
 
 
+def _format_version(info: dict, where: Path) -> float:
+    """``formatversion`` of ``dataset_info.json``; Lead-DBS reads an absent one as 1."""
+    value = _field(info, "formatversion")
+    if value is None:
+        return 1.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputDataError(f"{where}: formatversion {value!r} is not a number.") from None
+
+
+def _check_type(info: dict, where: Path) -> None:
+    """Only time-course connectomes can be imported (Lead-DBS's ``type`` field)."""
+    kind = _field(info, "type")
+    if kind is not None and kind != "fMRI_timecourses":
+        raise InputDataError(
+            f"{where}: type is {kind!r}; bids_cnm needs the time courses of each run "
+            "(type 'fMRI_timecourses'), not a matrix of precomputed correlations.")
+
+
+def orient_gmtc(gmtc: np.ndarray, n_voxels: int, version: float, path: Path) -> np.ndarray:
+    """A run's ``gmtc`` (shaped as MATLAB sees it) as ``(V, T)``, by the format version.
+
+    Lead-DBS indexes ``gmtc(voxels, :)`` in format version 1 and ``gmtc(:, voxels)``
+    in later ones (``cs_fmri_conseed_matrix.m``); the shape is not guessed, so a
+    file of the other orientation is an error rather than silently transposed data.
+
+    Parameters
+    ----------
+    gmtc : ndarray, 2-D
+    n_voxels : int
+        Length of ``outidx``.
+    version : float
+        ``formatversion`` of ``dataset_info.json`` (1 when absent).
+    path : Path
+        The run file, for the message.
+
+    Returns
+    -------
+    ndarray, shape (n_voxels, T)
+    """
+    voxel_axis = 0 if version <= 1 else 1
+    layout = "voxels x time" if voxel_axis == 0 else "time x voxels"
+    if gmtc.ndim != 2 or gmtc.shape[voxel_axis] != n_voxels:
+        raise InputDataError(
+            f"{path}: 'gmtc' has shape {tuple(gmtc.shape)}; formatversion {version:g} of "
+            f"dataset_info.json means {layout} with {n_voxels} voxels (the length of "
+            "outidx): fix formatversion or the run file.")
+    return gmtc if voxel_axis == 0 else gmtc.T
+
+
 class _Loader:
-    def __init__(self, path: Path, n_voxels: int) -> None:
-        self.path, self.n_voxels = path, n_voxels
+    def __init__(self, path: Path, n_voxels: int, version: float) -> None:
+        self.path, self.n_voxels, self.version = path, n_voxels, version
 
     def __call__(self) -> np.ndarray:
         content = _loadmat(self.path, ["gmtc"])
         if "gmtc" not in content:
             raise InputDataError(f"{self.path}: no 'gmtc' variable (found: "
                                  f"{', '.join(k for k in content if not k.startswith('__'))}).")
-        return np.asarray(as_voxels_by_time(np.asarray(content["gmtc"]), self.n_voxels,
-                                            self.path, "gmtc"), dtype=np.float32)
+        gmtc = orient_gmtc(np.asarray(content["gmtc"]), self.n_voxels, self.version, self.path)
+        return np.asarray(gmtc, dtype=np.float32)
 
 
 def _check_gmtc(path: Path) -> None:
@@ -152,6 +210,8 @@ def scan(source: Path, options: ImportOptions) -> ImportPlan:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as exc:
         raise InputDataError(f"{info_path}: not valid JSON ({exc}).") from exc
+    _check_type(info, info_path)
+    version = _format_version(info, info_path)
     vol, where = _vol(source, info)
     space = _require(vol, "space", where)
     shape = tuple(int(n) for n in np.ravel(_require(space, "dim", where))[:3])
@@ -171,8 +231,8 @@ def scan(source: Path, options: ImportOptions) -> ImportPlan:
                 raise MissingInputError(f"{path}: run {number} of subject {name} listed in "
                                         f"{where} does not exist.")
             _check_gmtc(path)
-            runs.append((number if len(files) > 1 else None, _Loader(path, len(order)),
-                         path.resolve().as_uri()))
+            loader = _Loader(path, len(order), version)
+            runs.append((number if len(files) > 1 else None, loader, path.resolve().as_uri()))
         subjects.append(SourceSubject(name, bids_label(name, where),
                                       ConvertedSubject(runs, order)))
     unique_labels(subjects, source)
