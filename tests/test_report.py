@@ -18,6 +18,9 @@ from bids_cnm.reports import REPORT_NAME, build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CORE_SECTIONS = ("summary", "inputs", "overlap", "seeds", "provenance")
+#: --min-volumes of the demo run: between the demo subjects' 50 volumes (one run) and the
+#: first subject's 100 (two runs), so the run warns about some subjects, not all
+MIN_VOLUMES = 60
 
 
 class Page(HTMLParser):
@@ -160,14 +163,15 @@ def run(tmp_path_factory):
     from bids_cnm.demo import main as demo_main
 
     root = tmp_path_factory.mktemp("report")
-    extra = ["--n-permutations", "100", "--nipype-plugin", "Linear"]
+    extra = ["--n-permutations", "100", "--nipype-plugin", "Linear",
+             "--min-volumes", str(MIN_VOLUMES)]
     assert demo_main([str(root), "--n-subjects", "6", "--n-volumes", "50", "--nprocs", "1",
                       *extra]) == 0
     out = root / "derivatives"
     start = time.perf_counter()
     report = build_report(out, command=["bids_cnm-demo", str(root), *extra], n_procs=2)
     seconds = time.perf_counter() - start
-    return {"out": out, "report": report, "seconds": seconds}
+    return {"out": out, "report": report, "seconds": seconds, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +234,38 @@ def test_summary_has_the_key_numbers(run, page):
     dbs = pd.read_csv(next(run["out"].rglob("*_desc-dbs_summary.tsv")), sep="\t")
     row = table["rows"][analyses.index("DBS network")]
     assert f"{dbs['loo_r'].iloc[0]:.3g}" in row[2]
+
+
+def test_summary_shows_the_runs_warnings_and_volume_range(run, page):
+    """The run's --min-volumes warning (logged while the inputs were resolved) is in its
+    record and in the report's summary, with the subjects' range of BOLD volumes."""
+    import html
+
+    import nibabel as nb
+
+    counts: dict[str, int] = {}
+    for bold in (run["root"] / "connectome").rglob("*_bold.nii.gz"):
+        label = bold.name.split("_")[0].removeprefix("sub-")
+        counts[label] = counts.get(label, 0) + nb.load(bold).shape[3]
+    short = sorted(label for label, n in counts.items() if n < MIN_VOLUMES)
+    assert 0 < len(short) < len(counts), counts  # the demo's first subject has two runs
+
+    record = json.loads((run["out"] / "logs" / "bids_cnm_run.json").read_text())
+    group = record["levels"]["group"]
+    assert group["volumes"] == counts
+    logged = [w for w in group["warnings"] if "--min-volumes" in w["message"]]
+    assert len(logged) == 1 and "resolve_inputs" in logged[0]["source"]
+    for label in short:
+        assert f"sub-{label} ({counts[label]})" in logged[0]["message"]
+
+    text = html.unescape(run["report"].read_text(encoding="utf-8"))
+    summary = text[text.index('id="summary"'):text.index('id="inputs"')]
+    assert f"{logged[0]['message']} ({logged[0]['source']})" in summary
+    rows = page.tables_by_id["summary-list"]
+    volumes = dict(r[:2] for r in [rows["header"], *rows["rows"]])["BOLD volumes"]
+    low, high = min(counts.values()), max(counts.values())
+    assert volumes.startswith(f"{low}–{high} BOLD volumes per subject"), volumes
+    assert f"{len(short)} below --min-volumes {MIN_VOLUMES}" in volumes
 
 
 def test_no_figure_is_empty(page):
