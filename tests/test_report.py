@@ -268,6 +268,43 @@ def test_summary_shows_the_runs_warnings_and_volume_range(run, page):
     assert f"{len(short)} below --min-volumes {MIN_VOLUMES}" in volumes
 
 
+def test_voxel_scatters_plot_the_pairs_the_run_correlated(run):
+    """Every spatial correlation the run wrote (variants against the main network,
+    networks against a reference, the ALE against the overlap) has its voxel scatter, and
+    the r of the plotted voxels is the run's r (to the 7 digits of its table)."""
+    import nibabel as nb
+
+    from bids_cnm.reports import figures
+    from bids_cnm.reports.blocks import iter_figures
+    from bids_cnm.reports.report import _body, make_context
+    from bids_cnm.reports.sections.sensitivity import MAX_SCATTERS
+
+    ctx = make_context(run["out"])
+    mask = np.asarray(nb.load(ctx.mask_path).dataobj) > 0
+    plotted: dict[str, dict[str, float]] = {}
+    for section in _body(ctx):
+        for fig in iter_figures(section.blocks):
+            if getattr(fig.job, "func", None) is figures.voxel_scatter:
+                for pair in fig.job.args[0]:
+                    x, y = figures.paired_values(pair, mask)
+                    plotted.setdefault(section.id, {})[pair.label] = figures._pearson(x, y)
+    expected: dict[str, dict[str, float]] = {"sensitivity": {}, "validation": {}, "ale": {}}
+    variants = pd.read_csv(next(run["out"].rglob("*_desc-sensitivity_variants.tsv")), sep="\t")
+    variants = variants[variants["variant"] != "main"].sort_values("r_with_main")
+    for row in variants.head(MAX_SCATTERS).itertuples():
+        expected["sensitivity"][row.variant] = row.r_with_main
+    for path in run["out"].rglob("*_desc-spatialcorr*_summary.tsv"):
+        for row in pd.read_csv(path, sep="\t").itertuples():
+            expected["validation"][f"{row.network} vs {row.analysis}"] = row.r
+    ale = pd.read_csv(next(run["out"].rglob("*_desc-ale_summary.tsv")), sep="\t")
+    expected["ale"]["ALE z vs overlap network, set primary"] = ale["r_ale_overlap"].iloc[0]
+    assert all(expected.values())
+    for section, pairs in expected.items():
+        assert set(plotted.get(section, {})) == set(pairs), section
+        for label, r in pairs.items():
+            assert plotted[section][label] == pytest.approx(r, abs=1e-6), (section, label)
+
+
 def test_no_figure_is_empty(page):
     from PIL import Image
 

@@ -25,7 +25,12 @@ from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
 from bids_cnm.io.identity import dataset_identity
 from bids_cnm.io.lock import FolderLock
 from bids_cnm.io.run_record import add_facts, begin_run, finish_run
-from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs, short_subjects
+from bids_cnm.workflows.inputs import (
+    level_settings,
+    read_inputs,
+    resolve_inputs,
+    short_subjects,
+)
 
 LOGGER = logging.getLogger("bids_cnm")
 

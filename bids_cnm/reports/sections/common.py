@@ -104,10 +104,17 @@ def map_figures(f: DerivFile, *, what: str, vmax: float | None, threshold: float
         return []
     crossing, z_cuts = cuts(data, figures.load(f.path).affine, threshold, peaks)
     where = ", ".join(f"{c:g}" for c in crossing)
+    tied = 0
+    if peaks is not None and len(peaks) and "value" in peaks.columns:
+        values = np.abs(peaks["value"].to_numpy(float))
+        tied = int(np.count_nonzero(values >= values.max() - 1e-9))
+    # with a tie, "the largest peak" would name one of several equal maxima
+    which = (f"the first of {tied} peaks tied at the maximum" if tied > 1
+             else "the largest peak")
     ortho = Figure(
         partial(figures.stat_map_ortho, str(f.path), crossing, vmax, threshold, symmetric,
                 cmap, None, cbar_label, markers),
-        f"{caption} Slices cross at the largest peak ({where} mm); shown where "
+        f"{caption} Slices cross at {which} ({where} mm); shown where "
         f"{cbar_label} exceeds {threshold:g}{' in absolute value' if symmetric else ''}, "
         f"on the MNI152 template.".strip(),
         f"{what}: orthogonal slices", [f.name])

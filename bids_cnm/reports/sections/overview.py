@@ -109,7 +109,12 @@ def _sets(ctx: ReportContext) -> str:
         if not members:
             continue
         n_coords = sum(len(ctx.coords[s]) for s in members)
-        parts.append(f"{set_name}: {len(members)} studies, {n_coords} coordinates")
+        # only the coordinate sets hold studies; the plan's DBS and reference seeds and the
+        # random relocations are seeds of another kind
+        kind = {"random": "relocated copies", "dbs": "DBS seeds",
+                "reference": "reference seeds"}.get(set_name, "studies")
+        parts.append(f"{set_name}: {len(members)} {kind}"
+                     + (f", {n_coords} coordinates" if n_coords else ""))
     diameter = ctx.settings.get("sphere_diameter")
     if diameter is None and "diameter_mm" in ctx.seeds and len(ctx.seeds):
         diameter = ctx.seeds["diameter_mm"].iloc[0]
