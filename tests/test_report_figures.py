@@ -99,3 +99,33 @@ def test_a_single_plateau_gets_no_plateau_figure(tmp_path):
     section = network_section(make_context(out))
     alts = [f.alt for f in iter_figures(section.blocks)]
     assert alts and not any("tied plateaus" in a for a in alts)
+
+
+def test_peaks_are_named_from_the_plans_atlas(tmp_path):
+    """A labelled atlas of the analysis plan (logs/plan.json) names every peak inside one
+    of its regions, in a column of its own; a peak outside them gets '-'."""
+    import pandas as pd
+
+    from bids_cnm.reports.sections.common import peaks_table
+
+    atlas = np.zeros(SHAPE, np.int16)
+    inside = (-10.0, -18.0, 8.0)
+    i, j, k = _ijk(inside)
+    atlas[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 7
+    nb.Nifti1Image(atlas, AFFINE).to_filename(tmp_path / "atlas.nii.gz")
+    pd.DataFrame({"index": [7], "name": ["left thalamus (mine)"]}).to_csv(
+        tmp_path / "atlas.tsv", sep="\t", index=False)
+    out = tmp_path / "derivatives"
+    (out / "logs").mkdir(parents=True)
+    plan = {"validation": {"roi_overlap": [{"name": "Mine", "atlas": {
+        "image": str(tmp_path / "atlas.nii.gz"), "labels": str(tmp_path / "atlas.tsv")}}]}}
+    (out / "logs" / "plan.json").write_text(json.dumps(plan))
+    name = f"{GRID}_set-primary_thresh-5p1_peaks.tsv"
+    pd.DataFrame({"cluster": [1, 2], "sign": [1, 1], "x": [inside[0], 42.0],
+                  "y": [inside[1], -62.0], "z": [inside[2], 32.0], "value": [0.5, 0.5]}
+                 ).to_csv(out / name, sep="\t", index=False)
+    ctx = make_context(out)
+    f = next(x for x in ctx.index.files if x.name == name)
+    table = next(b for b in peaks_table(f, user_atlas=ctx.user_atlas) if hasattr(b, "frame"))
+    assert list(table.frame["plan_atlas"]) == ["left thalamus (mine)", "-"]
+    assert "atlas.nii.gz" in table.caption

@@ -40,6 +40,7 @@ class ReportContext:
     threshold: float | None = None
     mask: DerivFile | None = None  # the analysis mask
     plan: dict | None = None  # plan.json, when the run had an analysis plan
+    user_atlas: object | None = None  # the plan's labelled atlas (io.templates.Atlas)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: warnings the run logged (run record), each {"message", "source", "time", "level"}

@@ -124,6 +124,8 @@ def make_context(root: Path, settings: dict | None = None,
                 ctx.seed_sets[row["id"]] = row.get("set", "primary") or "primary"
                 ctx.seed_variants[row["id"]] = row.get("variant", "main") or "main"
     plan = index.first("plan.json")
+    if plan is None and (index.root / "logs" / "plan.json").is_file():
+        plan = index.root / "logs" / "plan.json"  # where the run keeps it (index skips logs/)
     if plan is not None:
         try:
             ctx.plan = json.loads(plan.read_text())
@@ -141,6 +143,9 @@ def make_context(root: Path, settings: dict | None = None,
         ctx.threshold = min(values) if values else None
     masks = index.get(suffix="mask", desc="analysis", extension=NIFTI)
     ctx.mask = masks[0] if masks else None
+    from bids_cnm.reports.atlas import plan_atlas
+
+    ctx.user_atlas = plan_atlas(ctx.plan)
     ctx.warnings = _run_warnings(index)
     _read_run_record(ctx)
     return ctx

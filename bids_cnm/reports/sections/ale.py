@@ -76,7 +76,8 @@ def ale_section(ctx: ReportContext) -> Section | None:
                                    "FWE correction.")
         blocks += figs or [warning("No ALE cluster survives.")]
     if peaks is not None:
-        blocks += peaks_table(peaks, "ale-clusters", "Surviving clusters: their peaks.")
+        blocks += peaks_table(peaks, "ale-clusters", "Surviving clusters: their peaks.",
+                              user_atlas=ctx.user_atlas)
     blocks += _scatter(ctx, ale, row.get("r_ale_overlap"))
     if summary is not None:
         blocks.append(Table(formatted(read_tsv(summary)), source=summary.name, compact=True))

@@ -143,11 +143,12 @@ def _main_block(ctx: ReportContext, f: DerivFile) -> list:
         blocks += peaks_table(peaks_file, f"peaks-{slug(set_name)}-{slug(f.get('thresh', ''))}",
                               "Peaks: local maxima of the clusters where |value| is at least "
                               "half the map's maximum (overlap, posoverlap, negoverlap); x, y, "
-                              "z in MNI mm.")
+                              "z in MNI mm.", user_atlas=ctx.user_atlas)
         if peaks is not None and len(peaks) and ctx.set_is_primary(set_name):
-            values = np.abs(peaks["value"].to_numpy(float))
-            top = peaks.iloc[np.argmax(values)]
-            tied = int(np.count_nonzero(values >= values.max() - 1e-9))
+            values = peaks["value"].to_numpy(float)
+            top = peaks.iloc[np.argmax(np.abs(values))]
+            # ties of the same sign (as the plateau figure counts them)
+            tied = int(np.count_nonzero(np.abs(values - float(top["value"])) < 1e-9))
             ctx.key_numbers.append(KeyNumber(
                 f"Overlap network, set {set_name}",
                 f"max overlap {fmt(top['value'])} at ({fmt(top['x'])}, {fmt(top['y'])}, "
