@@ -609,7 +609,8 @@ def slices_grid(
         if mask_data.any() else (slice(None), slice(None))
     background_row = _row_mosaic(mask_data.astype(float), ks, box)
     height, width = background_row.shape
-    label_w, bar_h = 2.0, 0.6
+    # room under the slices for their z labels and the colour bar with its tick labels
+    label_w, bar_h = 2.0, 0.85
     row_w = min(1.0 * len(ks), 7.5)
     row_h = row_w * height / width
     fig_w, fig_h = label_w + row_w + 0.1, row_h * len(imgs) + bar_h
@@ -633,11 +634,11 @@ def slices_grid(
         fig.text((label_w + (col + 0.5) * slice_w) / fig_w, (bar_h - 0.05) / fig_h,
                  f"z = {z:g}", ha="center", va="top", fontsize=7)
     if image is not None:
-        cax = fig.add_axes([label_w / fig_w, 0.12 / fig_h, min(3.0, row_w) / fig_w,
+        cax = fig.add_axes([label_w / fig_w, 0.34 / fig_h, min(3.0, row_w) / fig_w,
                             0.1 / fig_h])
         bar = fig.colorbar(image, cax=cax, orientation="horizontal")
         bar.ax.tick_params(labelsize=7)
-        fig.text((label_w - 0.1) / fig_w, 0.17 / fig_h, value_label, ha="right",
+        fig.text((label_w - 0.1) / fig_w, 0.39 / fig_h, value_label, ha="right",
                  va="center", fontsize=8)
     return to_png(fig)
 
