@@ -226,9 +226,11 @@ def zoomed_slices(
     symmetric: bool = True,
     cmap: str = "RdBu_r",
     cbar_label: str | None = None,
+    ties: Sequence[Sequence[float]] = (),
 ) -> bytes:
     """Orthogonal slices through ``center`` zoomed to +-``radius`` mm, with the peak
-    (a cross) and labelled reference points (dots)."""
+    (a cross), labelled reference points (green dots) and the other plateaus tied with
+    the peak (``ties``: yellow dots numbered 2, 3, ...)."""
     from nilearn import plotting
 
     _freeze()
@@ -243,6 +245,10 @@ def zoomed_slices(
     if len(refs):
         display.add_markers(refs, marker_color="#2ca02c", marker_size=30, edgecolors="black",
                             linewidths=0.6)
+    tied = np.asarray(ties, float).reshape(-1, 3)
+    if len(tied):
+        display.add_markers(tied, marker_color=PLATEAU_COLOR, marker_size=40,
+                            edgecolors="black", linewidths=0.8)
     # (cut, horizontal axis, vertical axis) of nilearn's ortho views
     for cut, h, v in (("x", 1, 2), ("y", 0, 2), ("z", 0, 1)):
         ax = display.axes[cut].ax
@@ -253,6 +259,9 @@ def zoomed_slices(
             if near <= 6 and abs(xyz[h] - center[h]) < radius and abs(xyz[v] - center[v]) < radius:
                 ax.annotate(label, (xyz[h], xyz[v]), xytext=(4, 4), textcoords="offset points",
                             fontsize=7, color="#145214")
+        for n, xyz in enumerate(tied, start=2):
+            ax.annotate(str(n), (xyz[h], xyz[v]), xytext=(4, -9), textcoords="offset points",
+                        fontsize=7, fontweight="bold", color="black")
         ax.set_title({"x": f"x = {center[0]:g}", "y": f"y = {center[1]:g}",
                       "z": f"z = {center[2]:g}"}[cut], fontsize=8, color="black")
     _colorbar_label(fig, cbar_label)

@@ -288,4 +288,5 @@ def seeds_section(ctx: ReportContext) -> Section | None:
         "colour scale; grey: the analysis mask; green dots: the seed's coordinates; left "
         "hemisphere on the left. Titles are coloured by set.",
         "glass brains of the seed t-maps", ["*_seed-<id>_stat-t_boldmap.nii.gz"], css="wide"))
-    return Section("seeds", "Seed networks of the studies", blocks, nav="Seeds")
+    # not only the studies' seeds: the control, DBS and reference seeds are drawn too
+    return Section("seeds", "Seed networks: one-sample t of the seeds", blocks, nav="Seeds")

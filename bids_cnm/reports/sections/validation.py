@@ -255,15 +255,22 @@ def peak_region_blocks(ctx: ReportContext, name: str, files: list[DerivFile]) ->
                            for _, r in refs.iterrows()] if refs is not None else [])
             data = figures.finite_data(network.path)
             vmax = float(np.abs(data).max()) or 1.0
+            # the other plateaus tied with the first (one row each in the table)
+            others = table.iloc[1:] if "plateau" in table.columns else table.iloc[:0]
+            ties = others[["x", "y", "z"]].to_numpy(float).tolist()
+            tie_text = (" The maximum is tied on " + str(len(others) + 1) + " plateaus: the "
+                        "others (yellow, numbered as in the table) at " + "; ".join(
+                            f"({fmt(r['x'])}, {fmt(r['y'])}, {fmt(r['z'])}) mm"
+                            for _, r in others.iterrows()) + "." if len(others) else "")
             blocks.append(Figure(
                 partial(figures.zoomed_slices, str(network.path),
-                        (top["x"], top["y"], top["z"]), references, vmax, vmax * 1e-3),
+                        (top["x"], top["y"], top["z"]), references, vmax, vmax * 1e-3,
+                        ties=ties),
                 f"{name}: the peak at ({fmt(top['x'])}, {fmt(top['y'])}, {fmt(top['z'])}) mm "
                 f"(cross) in {network.get('desc')}, zoomed; green: the reference points. "
                 f"Nearest: {top.get('nearest_reference', '?')} at "
                 f"{fmt(top.get('nearest_distance_mm'))} mm."
-                + (f" {int(top['n_ties'])} voxels share the peak value (a plateau)."
-                   if "n_ties" in table.columns and top.get("n_ties", 1) > 1 else ""),
+                + tie_text,
                 f"{name}: zoomed peak", [peaks.name, network.name]))
             ctx.key_numbers.append(KeyNumber(
                 f"Peak in a region: {name}",
