@@ -129,3 +129,36 @@ def test_peaks_are_named_from_the_plans_atlas(tmp_path):
     table = next(b for b in peaks_table(f, user_atlas=ctx.user_atlas) if hasattr(b, "frame"))
     assert list(table.frame["plan_atlas"]) == ["left thalamus (mine)", "-"]
     assert "atlas.nii.gz" in table.caption
+
+
+def test_a_peak_in_a_region_marks_every_tied_plateau(tmp_path):
+    """The plan's peak-in-a-region table lists one row per tied plateau: the zoomed
+    figure marks the others beside the first and the caption gives their coordinates."""
+    import pandas as pd
+
+    from bids_cnm.reports.sections.validation import peak_region_blocks
+
+    data = np.zeros(SHAPE)
+    plateaus = [(-10.0, -18.0, 8.0), (14.0, -18.0, 8.0)]
+    for centre in plateaus:
+        i, j, k = _ijk(centre)
+        data[i, j, k] = 1.0
+    out = tmp_path / "derivatives"
+    ents = f"{GRID}_set-primary_thresh-5p1"
+    _write_map(out / "network", f"{ents}_desc-overlap_boldmap", data, {"NumberOfStudies": 4})
+    (out / "validation").mkdir()
+    pd.DataFrame({"analysis": "Thalamus", "map": "overlap", "plateau": [1, 2],
+                  "x": [p[0] for p in plateaus], "y": [p[1] for p in plateaus],
+                  "z": [p[2] for p in plateaus], "value": 1.0, "n_voxels": 1,
+                  "n_plateaus": 2}).to_csv(
+        out / "validation" / f"{ents}_desc-peakThalamus_peaks.tsv", sep="\t", index=False)
+    ctx = make_context(out)
+    files = [f for f in ctx.index.files if f.get("desc") == "peakThalamus"]
+    figs = [b for b in peak_region_blocks(ctx, "Thalamus", files) if hasattr(b, "job")]
+    assert len(figs) == 1
+    assert figs[0].job.keywords["ties"] == [list(plateaus[1])]
+    assert "tied on 2 plateaus" in figs[0].caption
+    assert "(14, -18, 8) mm" in figs[0].caption
+    png = figs[0].job()
+    # the tied plateau's marker in the coronal and the axial view
+    assert _marker_blobs(png, figures.PLATEAU_COLOR) >= 2
