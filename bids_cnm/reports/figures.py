@@ -262,8 +262,12 @@ def zoomed_slices(
         for n, xyz in enumerate(tied, start=2):
             ax.annotate(str(n), (xyz[h], xyz[v]), xytext=(4, -9), textcoords="offset points",
                         fontsize=7, fontweight="bold", color="black")
-        ax.set_title({"x": f"x = {center[0]:g}", "y": f"y = {center[1]:g}",
-                      "z": f"z = {center[2]:g}"}[cut], fontsize=8, color="black")
+        # inside the view: zoomed, the sagittal view is taller than the figure and a title
+        # above it was cut off
+        ax.text(0.03, 0.97, {"x": f"x = {center[0]:g}", "y": f"y = {center[1]:g}",
+                             "z": f"z = {center[2]:g}"}[cut], transform=ax.transAxes,
+                ha="left", va="top", fontsize=8, color="black",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
     _colorbar_label(fig, cbar_label)
     return to_png(fig)
 
