@@ -133,7 +133,7 @@ def _main_block(ctx: ReportContext, f: DerivFile) -> list:
     if not figs:
         blocks.append(warning(f"The overlap map is empty at this threshold ({f.name})."))
     blocks += figs
-    if figs:
+    if figs and ctx.set_is_primary(set_name):  # the studies' network (not the controls')
         blocks += _plateaus_figure(ctx, f, f"Overlap network, set {set_name}", display_thr,
                                    n_studies)
     texts, numbers = _fractions(ctx, f)
