@@ -18,6 +18,9 @@ from bids_cnm.reports import REPORT_NAME, build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CORE_SECTIONS = ("summary", "inputs", "overlap", "seeds", "provenance")
+#: --min-volumes of the demo run: between the demo subjects' 50 volumes (one run) and the
+#: first subject's 100 (two runs), so the run warns about some subjects, not all
+MIN_VOLUMES = 60
 
 
 class Page(HTMLParser):
@@ -160,14 +163,15 @@ def run(tmp_path_factory):
     from bids_cnm.demo import main as demo_main
 
     root = tmp_path_factory.mktemp("report")
-    extra = ["--n-permutations", "100", "--nipype-plugin", "Linear"]
+    extra = ["--n-permutations", "100", "--nipype-plugin", "Linear",
+             "--min-volumes", str(MIN_VOLUMES)]
     assert demo_main([str(root), "--n-subjects", "6", "--n-volumes", "50", "--nprocs", "1",
                       *extra]) == 0
     out = root / "derivatives"
     start = time.perf_counter()
     report = build_report(out, command=["bids_cnm-demo", str(root), *extra], n_procs=2)
     seconds = time.perf_counter() - start
-    return {"out": out, "report": report, "seconds": seconds}
+    return {"out": out, "report": report, "seconds": seconds, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +234,75 @@ def test_summary_has_the_key_numbers(run, page):
     dbs = pd.read_csv(next(run["out"].rglob("*_desc-dbs_summary.tsv")), sep="\t")
     row = table["rows"][analyses.index("DBS network")]
     assert f"{dbs['loo_r'].iloc[0]:.3g}" in row[2]
+
+
+def test_summary_shows_the_runs_warnings_and_volume_range(run, page):
+    """The run's --min-volumes warning (logged while the inputs were resolved) is in its
+    record and in the report's summary, with the subjects' range of BOLD volumes."""
+    import html
+
+    import nibabel as nb
+
+    counts: dict[str, int] = {}
+    for bold in (run["root"] / "connectome").rglob("*_bold.nii.gz"):
+        label = bold.name.split("_")[0].removeprefix("sub-")
+        counts[label] = counts.get(label, 0) + nb.load(bold).shape[3]
+    short = sorted(label for label, n in counts.items() if n < MIN_VOLUMES)
+    assert 0 < len(short) < len(counts), counts  # the demo's first subject has two runs
+
+    record = json.loads((run["out"] / "logs" / "bids_cnm_run.json").read_text())
+    group = record["levels"]["group"]
+    assert group["volumes"] == counts
+    logged = [w for w in group["warnings"] if "--min-volumes" in w["message"]]
+    assert len(logged) == 1 and "resolve_inputs" in logged[0]["source"]
+    for label in short:
+        assert f"sub-{label} ({counts[label]})" in logged[0]["message"]
+
+    text = html.unescape(run["report"].read_text(encoding="utf-8"))
+    summary = text[text.index('id="summary"'):text.index('id="inputs"')]
+    assert f"{logged[0]['message']} ({logged[0]['source']})" in summary
+    rows = page.tables_by_id["summary-list"]
+    volumes = dict(r[:2] for r in [rows["header"], *rows["rows"]])["BOLD volumes"]
+    low, high = min(counts.values()), max(counts.values())
+    assert volumes.startswith(f"{low}–{high} BOLD volumes per subject"), volumes
+    assert f"{len(short)} below --min-volumes {MIN_VOLUMES}" in volumes
+
+
+def test_voxel_scatters_plot_the_pairs_the_run_correlated(run):
+    """Every spatial correlation the run wrote (variants against the main network,
+    networks against a reference, the ALE against the overlap) has its voxel scatter, and
+    the r of the plotted voxels is the run's r (to the 7 digits of its table)."""
+    import nibabel as nb
+
+    from bids_cnm.reports import figures
+    from bids_cnm.reports.blocks import iter_figures
+    from bids_cnm.reports.report import _body, make_context
+    from bids_cnm.reports.sections.sensitivity import MAX_SCATTERS
+
+    ctx = make_context(run["out"])
+    mask = np.asarray(nb.load(ctx.mask_path).dataobj) > 0
+    plotted: dict[str, dict[str, float]] = {}
+    for section in _body(ctx):
+        for fig in iter_figures(section.blocks):
+            if getattr(fig.job, "func", None) is figures.voxel_scatter:
+                for pair in fig.job.args[0]:
+                    x, y = figures.paired_values(pair, mask)
+                    plotted.setdefault(section.id, {})[pair.label] = figures._pearson(x, y)
+    expected: dict[str, dict[str, float]] = {"sensitivity": {}, "validation": {}, "ale": {}}
+    variants = pd.read_csv(next(run["out"].rglob("*_desc-sensitivity_variants.tsv")), sep="\t")
+    variants = variants[variants["variant"] != "main"].sort_values("r_with_main")
+    for row in variants.head(MAX_SCATTERS).itertuples():
+        expected["sensitivity"][row.variant] = row.r_with_main
+    for path in run["out"].rglob("*_desc-spatialcorr*_summary.tsv"):
+        for row in pd.read_csv(path, sep="\t").itertuples():
+            expected["validation"][f"{row.network} vs {row.analysis}"] = row.r
+    ale = pd.read_csv(next(run["out"].rglob("*_desc-ale_summary.tsv")), sep="\t")
+    expected["ale"]["ALE z vs overlap network, set primary"] = ale["r_ale_overlap"].iloc[0]
+    assert all(expected.values())
+    for section, pairs in expected.items():
+        assert set(plotted.get(section, {})) == set(pairs), section
+        for label, r in pairs.items():
+            assert plotted[section][label] == pytest.approx(r, abs=1e-6), (section, label)
 
 
 def test_no_figure_is_empty(page):

@@ -5,7 +5,9 @@
 - :func:`folders_removed_on_error`: a run that fails its checks leaves no empty output
   or work folder behind;
 - :func:`clean_workdir`, :func:`limit_threads`: ``--clean-workdir``, ``--omp-nthreads``;
-- :func:`route_warnings`: Python warnings reach the log as one line each.
+- :func:`route_warnings`: Python warnings reach the log as one line each;
+- :class:`WarningRecorder`: the run's warnings (logged or Python warnings) go into the
+  run record ``logs/bids_cnm_run.json``, where the report reads them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +36,57 @@ def route_warnings(logger: logging.Logger = LOGGER) -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
         kind = "" if category is UserWarning else f" ({category.__name__})"
-        logger.warning("%s%s", str(message).replace("\n", " "), kind)
+        # where the warning was raised, not this function, is its source in the record
+        origin = f"{Path(filename).name}:{lineno}"
+        logger.warning("%s%s", str(message).replace("\n", " "), kind,
+                       extra={"origin": origin})
 
     warnings.showwarning = show
+
+
+class WarningRecorder(logging.Handler):
+    """Adds every warning the package logs to the run record (:func:`add_warning`).
+
+    Attached to the package logger before the inputs are resolved, it holds the
+    warnings until :meth:`start` names the output folder and level (the record's
+    entry of the run exists only then), then writes each one as it comes.  The
+    workflow's worker processes are forked with it, so their warnings are recorded
+    too.  The report's own warnings are not recorded: the report shows them itself.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._held: list[dict] = []
+        self._target: tuple[Path, str] | None = None
+
+    def start(self, output_dir: Path, level: str) -> None:
+        """Write the held warnings and every later one to ``output_dir``'s record."""
+        self._target = (Path(output_dir), level)
+        held, self._held = self._held, []
+        for item in held:
+            self._write(item)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("bids_cnm.reports"):
+            return
+        try:
+            item = {
+                "message": record.getMessage(),
+                "source": getattr(record, "origin", None)
+                or f"{record.module}.{record.funcName}",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)),
+            }
+            if self._target is None:
+                self._held.append(item)
+            else:
+                self._write(item)
+        except Exception:  # a warning that cannot be recorded must not stop the run
+            self.handleError(record)
+
+    def _write(self, item: dict) -> None:
+        from bids_cnm.io.run_record import add_warning
+
+        add_warning(*self._target, item)
 
 
 def limit_threads(n: int | None) -> None:

@@ -24,8 +24,13 @@ from bids_cnm.errors import CNMError
 from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
 from bids_cnm.io.identity import dataset_identity
 from bids_cnm.io.lock import FolderLock
-from bids_cnm.io.run_record import begin_run, finish_run
-from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
+from bids_cnm.io.run_record import add_facts, begin_run, finish_run
+from bids_cnm.workflows.inputs import (
+    level_settings,
+    read_inputs,
+    resolve_inputs,
+    short_subjects,
+)
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -49,13 +54,19 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
     """Check the folders, take their locks, resolve the inputs, then build and run
     the workflow of ``config.analysis_level``; return the exit code (0).
 
-    ``command`` (the command line as typed) goes into the report.
+    ``command`` (the command line as typed) goes into the report.  The run's
+    warnings go into its record (``logs/bids_cnm_run.json``), which the report shows.
     """
-    with record.folders_removed_on_error(config.output_dir, config.work_dir):
-        return _run(config, command)
+    recorder = record.WarningRecorder()
+    LOGGER.addHandler(recorder)
+    try:
+        with record.folders_removed_on_error(config.output_dir, config.work_dir):
+            return _run(config, command, recorder)
+    finally:
+        LOGGER.removeHandler(recorder)
 
 
-def _run(config: Config, command: tuple[str, ...]) -> int:
+def _run(config: Config, command: tuple[str, ...], recorder: record.WarningRecorder) -> int:
     started = time.time()
     writable_folder(config.output_dir, "OUTPUT_DIR")
     if config.boilerplate_only:  # the methods text only: no work folder, nothing computed
@@ -77,6 +88,12 @@ def _run(config: Config, command: tuple[str, ...]) -> int:
         removed = begin_run(config.output_dir, config.analysis_level,
                             dataset_identity(config.bids_dir), level_settings(inputs),
                             config.overwrite)
+        recorder.start(config.output_dir, config.analysis_level)  # the run's entry exists
+        # BOLD volumes of every subject (runs together), for the report's summary: the
+        # headers' count of --min-volumes' check, with no subject left out
+        add_facts(config.output_dir, config.analysis_level,
+                  volumes=short_subjects(inputs.connectome, min_volumes=sys.maxsize),
+                  min_volumes=config.min_volumes)
         if removed:
             LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))
         # before the workflow, so the report shows the methods; again after it, when the

@@ -10,7 +10,11 @@
 ``files`` lists the level's files (paths relative to OUTPUT_DIR, sorted) once a
 run of that level has finished, ``null`` while one runs (or after it was killed);
 ``foreign`` lists files in the level's scope that no run of these settings wrote
-(e.g. the user's README): never listed as the run's, never removed.
+(e.g. the user's README): never listed as the run's, never removed.  A level's
+entry may also hold ``warnings`` (what its run logged as warnings, each
+``{"message", "source", "time"}``, :func:`add_warning`) and facts about its inputs
+such as ``volumes`` (BOLD volumes per subject, :func:`add_facts`); a new run of the
+level starts a new entry, so they always describe the latest run.
 A run whose connectome or level settings differ from the record is refused
 (:class:`~bids_cnm.errors.UsageError`, exit 64: the command line contradicts the
 folder) unless ``overwrite`` is given, which removes the earlier run's files of
@@ -31,12 +35,17 @@ from bids_cnm.errors import InputDataError, UsageError
 from bids_cnm.io.derivatives import write_json
 from bids_cnm.io.lock import LOCK_NAME
 
-__all__ = ["RECORD", "begin_run", "finish_run", "level_files"]
+__all__ = ["RECORD", "MAX_WARNINGS", "begin_run", "finish_run", "level_files", "add_warning",
+           "add_facts", "read_record"]
 
 #: the record, relative to OUTPUT_DIR
 RECORD = Path("logs") / "bids_cnm_run.json"
 
 _LEVELS = ("participant", "group")
+
+#: warnings kept per level and run (a warning repeated in a loop must not grow the
+#: record without bound); the others are counted in ``warnings_dropped``
+MAX_WARNINGS = 100
 
 
 def level_files(output_dir: Path, level: str) -> list[str]:
@@ -248,3 +257,57 @@ def finish_run(output_dir: Path, level: str) -> Path:
         foreign = set(entry.get("foreign", []))
         entry["files"] = [f for f in level_files(output_dir, level) if f not in foreign]
         return write_json(output_dir / RECORD, record)
+
+
+def _update_entry(output_dir: Path, level: str, change) -> None:
+    """Apply ``change(entry)`` to the level's entry of the record (serialized)."""
+    output_dir = Path(output_dir)
+    with _updating(output_dir):
+        record = _read(output_dir)
+        if record is None or level not in record["levels"]:
+            return  # no run recorded here (begin_run not called): nothing to add to
+        change(record["levels"][level])
+        write_json(output_dir / RECORD, record)
+
+
+def add_warning(output_dir: Path, level: str, warning: dict) -> None:
+    """Append one warning of the running level's run to the record.
+
+    Parameters
+    ----------
+    output_dir : Path
+    level : {'participant', 'group'}
+    warning : dict
+        ``{"message": str, "source": str, "time": str}`` (JSON values).
+
+    Notes
+    -----
+    Safe to call from the workflow's worker processes: updates are serialized by a
+    file lock.  The same message from the same source is kept once.
+    """
+
+    def change(entry: dict) -> None:
+        kept = entry.setdefault("warnings", [])
+        if any(w.get("message") == warning.get("message")
+               and w.get("source") == warning.get("source") for w in kept):
+            return
+        if len(kept) >= MAX_WARNINGS:
+            entry["warnings_dropped"] = int(entry.get("warnings_dropped", 0)) + 1
+            return
+        kept.append(warning)
+
+    _update_entry(output_dir, level, change)
+
+
+def add_facts(output_dir: Path, level: str, **facts: object) -> None:
+    """Record facts about the running level's inputs (e.g. ``volumes``) in its entry."""
+    facts = json.loads(json.dumps(facts, default=str))
+    _update_entry(output_dir, level, lambda entry: entry.update(facts))
+
+
+def read_record(output_dir: Path) -> dict | None:
+    """The output folder's run record (``None`` when there is none or it is unreadable)."""
+    try:
+        return _read(Path(output_dir))
+    except InputDataError:
+        return None

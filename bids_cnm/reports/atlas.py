@@ -3,8 +3,14 @@
 The Harvard-Oxford cortical atlas (maximum probability, 25% threshold, 2 mm)
 ships with NiMARE, a dependency of bids_cnm, so it is on disk wherever bids_cnm
 is installed; its region names are in ``data/harvard_oxford_cortical.tsv``.  It
-covers the cortex only: a point in the thalamus, the basal ganglia or the
-cerebellum gets no label from it (and the report says so).
+covers the cortex only.  Subcortical names come from the connectome template's
+own Harvard-Oxford subcortical atlas when TemplateFlow has it on disk
+(:func:`bids_cnm.io.templates.anatomical_atlas`; the container image fetches it).
+No other subcortical atlas is installed with bids_cnm's dependencies (nilearn
+downloads its Harvard-Oxford copy, NiMARE ships the cortical one only), so without
+TemplateFlow a point in the thalamus or the basal ganglia gets no name and the
+report says which file would give it.  An atlas of the user's analysis plan names
+the peaks too (:func:`plan_atlas`), in a column of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["ATLAS_NAME", "cortical_labels"]
+__all__ = ["ATLAS_NAME", "cortical_labels", "plan_atlas"]
 
 ATLAS_NAME = "Harvard-Oxford cortical atlas (max. probability, 25%; bundled with NiMARE)"
 _IMAGE = "resources/atlases/HarvardOxford-cort-maxprob-thr25-2mm.nii.gz"
@@ -84,3 +90,37 @@ def cortical_labels(xyz: Sequence[Sequence[float]]) -> list[str] | None:
         else:
             out.append("near " + names.get(int(box[tuple(best)]), "?"))
     return out
+
+
+
+def plan_atlas(plan: dict | None):
+    """The first labelled atlas of the analysis plan (image and label table on disk).
+
+    Returns
+    -------
+    bids_cnm.io.templates.Atlas or None
+    """
+    import nibabel as nb
+
+    from bids_cnm.io.templates import Atlas
+
+    def found(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("image"), str) and isinstance(node.get("labels"), str):
+                yield node["image"], node["labels"]
+            for value in node.values():
+                yield from found(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from found(value)
+
+    for image, labels in found(plan or {}):
+        try:
+            img = nb.load(image)
+            table = pd.read_csv(labels, sep="\t")
+            names = {int(i): str(n) for i, n in zip(table["index"], table["name"])}
+        except (OSError, ValueError, KeyError):
+            continue
+        return Atlas((np.asarray(img.dataobj).astype(np.int32),), (names,), img.affine,
+                     f"the analysis plan's atlas {Path(image).name}")
+    return None

@@ -40,8 +40,14 @@ class ReportContext:
     threshold: float | None = None
     mask: DerivFile | None = None  # the analysis mask
     plan: dict | None = None  # plan.json, when the run had an analysis plan
+    user_atlas: object | None = None  # the plan's labelled atlas (io.templates.Atlas)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: warnings the run logged (run record), each {"message", "source", "time", "level"}
+    run_warnings: list[dict] = field(default_factory=list)
+    run_warnings_dropped: int = 0  # beyond the record's cap
+    volumes: dict[str, int] = field(default_factory=dict)  # subject -> BOLD volumes
+    min_volumes: int | None = None  # the run's --min-volumes
     key_numbers: list[KeyNumber] = field(default_factory=list)
     shown: set[Path] = field(default_factory=set)  # files a section has shown
 

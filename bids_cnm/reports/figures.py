@@ -34,7 +34,8 @@ __all__ = [
     "DPI", "fast_gc", "new_figure", "to_png", "load", "clean", "finite_data",
     "robust_abs_max", "coordinates_glass_brain", "stat_map_ortho", "stat_map_mosaic",
     "zoomed_slices", "values_glass_brain", "Panel", "glass_grid", "slices_grid", "heatmap",
-    "null_histogram", "group_strip", "scatter_fit", "bars", "SET_COLORS",
+    "null_histogram", "group_strip", "scatter_fit", "bars", "SET_COLORS", "MapPair",
+    "paired_values", "voxel_scatter", "plateaus_glass_brain", "PLATEAU_COLOR",
 ]
 
 DPI = 90
@@ -156,8 +157,13 @@ def _stat_kwargs(vmax: float, symmetric: bool) -> dict:
 def _colorbar_label(fig: Figure, label: str | None) -> None:
     """Name the colour bar nilearn drew (the last axes), beside it and out of the ticks' way."""
     if label and fig.axes:
-        fig.axes[-1].tick_params(labelsize=7)
-        fig.text(0.995, 0.995, label, ha="right", va="top", fontsize=8)
+        bar = fig.axes[-1]
+        bar.tick_params(labelsize=7)
+        # nilearn's bar spans nearly the figure's height: shorten it from the top so the
+        # label has a line of its own above the top tick (the label overlapped it before)
+        box = bar.get_position()
+        bar.set_position([box.x0, box.y0, box.width, box.height * 0.9])
+        bar.set_title(label, fontsize=8, pad=7, loc="right")
 
 
 def stat_map_ortho(
@@ -220,9 +226,11 @@ def zoomed_slices(
     symmetric: bool = True,
     cmap: str = "RdBu_r",
     cbar_label: str | None = None,
+    ties: Sequence[Sequence[float]] = (),
 ) -> bytes:
     """Orthogonal slices through ``center`` zoomed to +-``radius`` mm, with the peak
-    (a cross) and labelled reference points (dots)."""
+    (a cross), labelled reference points (green dots) and the other plateaus tied with
+    the peak (``ties``: yellow dots numbered 2, 3, ...)."""
     from nilearn import plotting
 
     _freeze()
@@ -237,6 +245,10 @@ def zoomed_slices(
     if len(refs):
         display.add_markers(refs, marker_color="#2ca02c", marker_size=30, edgecolors="black",
                             linewidths=0.6)
+    tied = np.asarray(ties, float).reshape(-1, 3)
+    if len(tied):
+        display.add_markers(tied, marker_color=PLATEAU_COLOR, marker_size=40,
+                            edgecolors="black", linewidths=0.8)
     # (cut, horizontal axis, vertical axis) of nilearn's ortho views
     for cut, h, v in (("x", 1, 2), ("y", 0, 2), ("z", 0, 1)):
         ax = display.axes[cut].ax
@@ -247,8 +259,50 @@ def zoomed_slices(
             if near <= 6 and abs(xyz[h] - center[h]) < radius and abs(xyz[v] - center[v]) < radius:
                 ax.annotate(label, (xyz[h], xyz[v]), xytext=(4, 4), textcoords="offset points",
                             fontsize=7, color="#145214")
-        ax.set_title({"x": f"x = {center[0]:g}", "y": f"y = {center[1]:g}",
-                      "z": f"z = {center[2]:g}"}[cut], fontsize=8, color="black")
+        for n, xyz in enumerate(tied, start=2):
+            ax.annotate(str(n), (xyz[h], xyz[v]), xytext=(4, -9), textcoords="offset points",
+                        fontsize=7, fontweight="bold", color="black")
+        # inside the view: zoomed, the sagittal view is taller than the figure and a title
+        # above it was cut off
+        ax.text(0.03, 0.97, {"x": f"x = {center[0]:g}", "y": f"y = {center[1]:g}",
+                             "z": f"z = {center[2]:g}"}[cut], transform=ax.transAxes,
+                ha="left", va="top", fontsize=8, color="black",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
+    _colorbar_label(fig, cbar_label)
+    return to_png(fig)
+
+
+#: colour of the markers of tied peak plateaus (apart from the maps' red/blue)
+PLATEAU_COLOR = "#ffd400"
+
+
+def plateaus_glass_brain(
+    img: ImageLike,
+    plateaus: Sequence[Sequence[float]],
+    vmax: float,
+    threshold: float,
+    cbar_label: str | None = None,
+) -> bytes:
+    """The map on a glass brain with every tied plateau of its extreme value marked and
+    numbered (1, 2, ... as in the caption), so that no tied maximum is hidden."""
+    from nilearn import plotting
+
+    _freeze()
+    fig = new_figure(9.5, 3.5)
+    display = plotting.plot_glass_brain(
+        clean(img), display_mode="ortho", threshold=threshold, vmax=vmax, vmin=-vmax,
+        cmap="RdBu_r", plot_abs=False, colorbar=True, figure=fig, annotate=True,
+        black_bg=False)
+    xyz = np.asarray(plateaus, float).reshape(-1, 3)
+    display.add_markers(xyz, marker_color=PLATEAU_COLOR, marker_size=45, edgecolors="black",
+                        linewidths=0.8)
+    # nilearn's glass-brain views: sagittal (y, z), coronal (x, z), axial (x, y), in mm
+    for cut, (h, v) in (("x", (1, 2)), ("y", (0, 2)), ("z", (0, 1))):
+        ax = display.axes[cut].ax
+        for n, point in enumerate(xyz, start=1):
+            ax.annotate(str(n), (point[h], point[v]), xytext=(4, 3),
+                        textcoords="offset points", fontsize=7.5, fontweight="bold",
+                        color="black", zorder=10)
     _colorbar_label(fig, cbar_label)
     return to_png(fig)
 
@@ -568,7 +622,8 @@ def slices_grid(
         if mask_data.any() else (slice(None), slice(None))
     background_row = _row_mosaic(mask_data.astype(float), ks, box)
     height, width = background_row.shape
-    label_w, bar_h = 2.0, 0.6
+    # room under the slices for their z labels and the colour bar with its tick labels
+    label_w, bar_h = 2.0, 0.85
     row_w = min(1.0 * len(ks), 7.5)
     row_h = row_w * height / width
     fig_w, fig_h = label_w + row_w + 0.1, row_h * len(imgs) + bar_h
@@ -592,11 +647,11 @@ def slices_grid(
         fig.text((label_w + (col + 0.5) * slice_w) / fig_w, (bar_h - 0.05) / fig_h,
                  f"z = {z:g}", ha="center", va="top", fontsize=7)
     if image is not None:
-        cax = fig.add_axes([label_w / fig_w, 0.12 / fig_h, min(3.0, row_w) / fig_w,
+        cax = fig.add_axes([label_w / fig_w, 0.34 / fig_h, min(3.0, row_w) / fig_w,
                             0.1 / fig_h])
         bar = fig.colorbar(image, cax=cax, orientation="horizontal")
         bar.ax.tick_params(labelsize=7)
-        fig.text((label_w - 0.1) / fig_w, 0.17 / fig_h, value_label, ha="right",
+        fig.text((label_w - 0.1) / fig_w, 0.39 / fig_h, value_label, ha="right",
                  va="center", fontsize=8)
     return to_png(fig)
 
@@ -622,3 +677,84 @@ def bars(labels: Sequence[str], values: Sequence[float], xlabel: str,
     ax.axvline(0, color="#444444", linewidth=0.8)
     ax.spines[["top", "right"]].set_visible(False)
     return to_png(fig, tight=True)
+
+
+@dataclass
+class MapPair:
+    """Two maps whose voxel-wise correlation the run computed, for :func:`voxel_scatter`."""
+
+    label: str  # the panel's title, before the r
+    x: ImageLike  # on the analysis grid
+    y: ImageLike  # resampled (linear) onto ``x``'s grid when on another one
+    xlabel: str
+    ylabel: str
+
+
+def paired_values(pair: MapPair, mask: ImageLike | np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The two maps' values at the voxels the run correlates them over: the analysis
+    mask's voxels where both are finite (``y`` resampled linearly onto ``x``'s grid, as
+    the run resamples a map on another grid, e.g. NiMARE's ALE)."""
+    x_img = load(pair.x)
+    y_img = load(pair.y)
+    x = np.asarray(x_img.dataobj, dtype=float)
+    x = x[..., 0] if x.ndim == 4 else x
+    if y_img.shape[:3] != x.shape or not np.allclose(y_img.affine, x_img.affine, atol=1e-3):
+        from nilearn.image import resample_to_img
+
+        y_data = np.asarray(y_img.dataobj, dtype=np.float32)
+        y_img = resample_to_img(
+            nb.Nifti1Image(y_data[..., 0] if y_data.ndim == 4 else y_data, y_img.affine),
+            nb.Nifti1Image(np.zeros(x.shape, np.int8), x_img.affine),
+            interpolation="linear", force_resample=True, copy_header=True, fill_value=np.nan)
+    y = np.asarray(y_img.dataobj, dtype=float)
+    y = y[..., 0] if y.ndim == 4 else y
+    # the engine's stand-ins for an infinite t (a seed with itself) are not values
+    keep = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < _HUGE) & (np.abs(y) < _HUGE)
+    if mask is not None:
+        mask = mask if isinstance(mask, np.ndarray) else np.asarray(load(mask).dataobj) > 0
+        keep &= mask
+    return x[keep], y[keep]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    den = np.sqrt((x @ x) * (y @ y))
+    return float((x @ y) / den) if den > 0 else float("nan")
+
+
+#: a scatter panel draws hexagonal bins when it has more points than this (dense
+#: voxel clouds: a scatter of tens of thousands of dots is a blot and a big PNG)
+HEXBIN_ABOVE = 2000
+
+
+def voxel_scatter(pairs: Sequence[MapPair], mask: ImageLike | None, ncols: int = 4) -> bytes:
+    """Voxel-by-voxel scatter of each pair of maps (hexagonal bins, log counts, when
+    dense), with the Pearson r of the plotted voxels and their number in the title."""
+    n = len(pairs)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig = new_figure(3.1 * ncols + 0.3, 2.9 * nrows)
+    # fixed margins: tight_layout measures every text and costs more than the plots
+    width, height = 3.1 * ncols + 0.3, 2.9 * nrows
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.5 / height,
+                        top=1 - 0.5 / height, wspace=0.45, hspace=0.6)
+    mask_data = np.asarray(load(mask).dataobj) > 0 if mask is not None else None
+    for k, pair in enumerate(pairs):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        x, y = paired_values(pair, mask_data)
+        r = _pearson(x, y) if x.size >= 3 else float("nan")
+        if x.size > HEXBIN_ABOVE:
+            ax.hexbin(x, y, gridsize=36, bins="log", cmap="Blues", mincnt=1, linewidths=0.1)
+        else:
+            ax.scatter(x, y, s=5, color="#1f77b4", alpha=0.5, linewidths=0)
+        if x.size >= 2 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            grid = np.array([x.min(), x.max()])
+            ax.plot(grid, slope * grid + intercept, color="#d62728", linewidth=1.0)
+        ax.set_title(f"{pair.label}\nr = {r:.3f} ({x.size} voxels)", fontsize=8.5)
+        ax.set_xlabel(pair.xlabel, fontsize=8)
+        ax.set_ylabel(pair.ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    return to_png(fig)

@@ -80,6 +80,32 @@ def _run_warnings(index: DerivativesIndex) -> list[str]:
     return list(found)
 
 
+def _read_run_record(ctx: ReportContext) -> None:
+    """The run's warnings and its subjects' BOLD volumes, from ``logs/bids_cnm_run.json``.
+
+    The group run's entry comes first; the participant run's warnings follow (the
+    group run may reuse its maps).
+    """
+    from bids_cnm.io.run_record import read_record
+
+    record = read_record(ctx.index.root) or {}
+    levels = record.get("levels") if isinstance(record.get("levels"), dict) else {}
+    for level in ("group", "participant"):
+        entry = levels.get(level)
+        if not isinstance(entry, dict):
+            continue
+        for w in entry.get("warnings") or []:
+            if isinstance(w, dict) and w.get("message"):
+                ctx.run_warnings.append({**w, "level": level})
+        ctx.run_warnings_dropped += int(entry.get("warnings_dropped") or 0)
+        volumes = entry.get("volumes")
+        if not ctx.volumes and isinstance(volumes, dict):
+            ctx.volumes = {str(k): int(v) for k, v in volumes.items()
+                           if isinstance(v, (int, float))}
+            if isinstance(entry.get("min_volumes"), int):
+                ctx.min_volumes = entry["min_volumes"]
+
+
 def make_context(root: Path, settings: dict | None = None,
                  files: Iterable[str | Path] | None = None) -> ReportContext:
     """Read what every section needs from the output folder ``root``.
@@ -98,6 +124,8 @@ def make_context(root: Path, settings: dict | None = None,
                 ctx.seed_sets[row["id"]] = row.get("set", "primary") or "primary"
                 ctx.seed_variants[row["id"]] = row.get("variant", "main") or "main"
     plan = index.first("plan.json")
+    if plan is None and (index.root / "logs" / "plan.json").is_file():
+        plan = index.root / "logs" / "plan.json"  # where the run keeps it (index skips logs/)
     if plan is not None:
         try:
             ctx.plan = json.loads(plan.read_text())
@@ -115,7 +143,11 @@ def make_context(root: Path, settings: dict | None = None,
         ctx.threshold = min(values) if values else None
     masks = index.get(suffix="mask", desc="analysis", extension=NIFTI)
     ctx.mask = masks[0] if masks else None
+    from bids_cnm.reports.atlas import plan_atlas
+
+    ctx.user_atlas = plan_atlas(ctx.plan)
     ctx.warnings = _run_warnings(index)
+    _read_run_record(ctx)
     return ctx
 
 

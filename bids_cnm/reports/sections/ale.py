@@ -3,12 +3,45 @@ overlap network."""
 
 from __future__ import annotations
 
-from bids_cnm.reports.blocks import Section, Table, note, warning
+from functools import partial
+
+from bids_cnm.reports import figures
+from bids_cnm.reports.blocks import Figure, Section, Table, note, warning
 from bids_cnm.reports.context import NIFTI, KeyNumber, ReportContext
+from bids_cnm.reports.index import DerivFile, threshold_value
 from bids_cnm.reports.sections.common import map_figures, peaks_table
 from bids_cnm.reports.tables import first_row, fmt, formatted, read_tsv
 
 __all__ = ["ale_section"]
+
+
+def _overlap_of(ctx: ReportContext, ale: DerivFile) -> DerivFile | None:
+    """The overlap network the ALE was correlated with: its set's, at the main threshold."""
+    candidates = [f for f in ctx.index.get(suffix="boldmap", desc="overlap", extension=NIFTI,
+                                           set=ale.get("set"), variant=None)]
+    if ctx.threshold is not None:
+        candidates = [f for f in candidates
+                      if threshold_value(f.get("thresh") or "") is not None
+                      and abs(threshold_value(f.get("thresh")) - ctx.threshold) < 1e-6]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _scatter(ctx: ReportContext, ale: list[DerivFile], r: object) -> list:
+    """The voxels behind r_ale_overlap: the unthresholded ALE z (resampled onto the
+    connectome grid) against the overlap network, over the analysis mask."""
+    z = next((f for f in ale if f.get("desc") == "ale" and f.get("stat") == "z"
+              and f.extension in NIFTI), None)
+    overlap = _overlap_of(ctx, z) if z is not None else None
+    if overlap is None:
+        return []
+    pair = figures.MapPair(f"ALE z vs overlap network, set {overlap.get('set')}",
+                           str(overlap.path), str(z.path), "overlap network", "ALE z")
+    return [Figure(partial(figures.voxel_scatter, [pair], ctx.mask_path),
+                   f"The ALE z map (resampled linearly onto the connectome grid) against the "
+                   f"overlap network, voxel by voxel over the analysis mask; the r in the title "
+                   f"is computed from the plotted voxels (the run's r_ale_overlap = {fmt(r)}).",
+                   "voxel scatter of the ALE against the overlap network",
+                   [z.name, overlap.name])]
 
 
 def ale_section(ctx: ReportContext) -> Section | None:
@@ -43,7 +76,9 @@ def ale_section(ctx: ReportContext) -> Section | None:
                                    "FWE correction.")
         blocks += figs or [warning("No ALE cluster survives.")]
     if peaks is not None:
-        blocks += peaks_table(peaks, "ale-clusters", "Surviving clusters: their peaks.")
+        blocks += peaks_table(peaks, "ale-clusters", "Surviving clusters: their peaks.",
+                              user_atlas=ctx.user_atlas)
+    blocks += _scatter(ctx, ale, row.get("r_ale_overlap"))
     if summary is not None:
         blocks.append(Table(formatted(read_tsv(summary)), source=summary.name, compact=True))
     return Section("ale", "ALE meta-analysis of the coordinates", blocks, nav="ALE",

@@ -104,10 +104,18 @@ def map_figures(f: DerivFile, *, what: str, vmax: float | None, threshold: float
         return []
     crossing, z_cuts = cuts(data, figures.load(f.path).affine, threshold, peaks)
     where = ", ".join(f"{c:g}" for c in crossing)
+    tied = 0
+    if peaks is not None and len(peaks) and "value" in peaks.columns:
+        values = peaks["value"].to_numpy(float)
+        top = values[np.argmax(np.abs(values))]
+        tied = int(np.count_nonzero(np.abs(values - top) < 1e-9))
+    # with a tie, "the largest peak" would name one of several equal maxima
+    which = (f"the first of {tied} peaks tied at the maximum" if tied > 1
+             else "the largest peak")
     ortho = Figure(
         partial(figures.stat_map_ortho, str(f.path), crossing, vmax, threshold, symmetric,
                 cmap, None, cbar_label, markers),
-        f"{caption} Slices cross at the largest peak ({where} mm); shown where "
+        f"{caption} Slices cross at {which} ({where} mm); shown where "
         f"{cbar_label} exceeds {threshold:g}{' in absolute value' if symmetric else ''}, "
         f"on the MNI152 template.".strip(),
         f"{what}: orthogonal slices", [f.name])
@@ -120,12 +128,29 @@ def map_figures(f: DerivFile, *, what: str, vmax: float | None, threshold: float
     return [ortho, mosaic]
 
 
-def peaks_table(f: DerivFile, table_id: str | None = None, caption: str = "") -> list:
-    """A peaks/clusters TSV as on disk, with an anatomical label column added."""
+def peaks_table(f: DerivFile, table_id: str | None = None, caption: str = "",
+                user_atlas=None) -> list:
+    """A peaks/clusters TSV as on disk, with an anatomical label column added.
+
+    Parameters
+    ----------
+    f : DerivFile
+        The table (columns x, y, z in MNI mm).
+    table_id : str, optional
+    caption : str
+    user_atlas : bids_cnm.io.templates.Atlas, optional
+        The analysis plan's atlas (:func:`bids_cnm.reports.atlas.plan_atlas`): its
+        region at each peak goes into a column of its own.
+    """
     frame = read_text_tsv(f)
     blocks: list = []
     if {"x", "y", "z"} <= set(frame.columns) and len(frame):
         xyz = frame[["x", "y", "z"]].astype(float).to_numpy()
+        if user_atlas is not None:
+            # the user's own regions, exactly at the peak ("" outside them)
+            frame = frame.assign(plan_atlas=[user_atlas.label_at(p) or "-" for p in xyz])
+            caption = (caption + f" plan_atlas: the region of {user_atlas.source} at the "
+                       "peak (- outside its regions).").strip()
         labels = cortical_labels(xyz)
         if labels is not None:
             # subcortical names from the connectome template's own atlases when the
@@ -139,9 +164,12 @@ def peaks_table(f: DerivFile, table_id: str | None = None, caption: str = "") ->
                     if label == "not cortical" and sub.label_at(xyz[i]):
                         labels[i], named = sub.label_at(xyz[i]), named + 1
             frame = frame.assign(label=labels)
+            space = f.get("space") or "<space>"
             where = (f"; subcortical regions: {sub.source}" if sub is not None else
-                     "; no subcortical atlas is available offline here (TemplateFlow's "
-                     "Harvard-Oxford subcortical atlas is used when installed)")
+                     f"; subcortical peaks are 'not cortical': their names need "
+                     f"TemplateFlow's tpl-{space}_res-02_atlas-HOSPA_desc-th25_dseg.nii.gz, "
+                     f"which is not on disk here (python -m bids_cnm.io.templates fetch "
+                     f"gets it; the container image has it)")
             caption = (caption + f" Labels: {ATLAS_NAME}, the region at the peak (or the "
                        f"nearest within 4 mm){where}.").strip()
         else:

@@ -98,7 +98,8 @@ def _convergent_blocks(ctx: ReportContext) -> list:
                     f"{fmt(row.get('r_convergent_network'))}", section="dbs"))
         if peaks is not None:
             ctx.show(peaks)
-            blocks += peaks_table(peaks, "peaks-convergent", "Peaks of the convergent network.")
+            blocks += peaks_table(peaks, "peaks-convergent", "Peaks of the convergent network.",
+                                  user_atlas=ctx.user_atlas)
     for name, files in sorted(named_files(ctx, "peak").items()):
         if name.lower().startswith("convergent"):
             blocks.append(note(f"Peak in a region: {name}"))

@@ -63,6 +63,52 @@ def _fractions(ctx: ReportContext, f: DerivFile) -> tuple[list, dict]:
     return texts, numbers
 
 
+def tied_plateaus(f: DerivFile, mask: DerivFile | None = None) -> pd.DataFrame:
+    """The plateaus of the map's extreme value (one row each: plateau, x, y, z, value,
+    n_voxels), as the plan's peak analyses find them (:func:`peak_plateaus`).
+
+    The extreme of one sign: the positive maximum unless the negative minimum is larger
+    in magnitude (a network's peak is where most studies agree in one direction; a
+    positive and a negative region at the same |value| are two networks' peaks, not a
+    tie)."""
+    from bids_cnm.analyses.validation import peak_plateaus
+
+    img = figures.clean(f.path)
+    region = np.ones(img.shape[:3], dtype=bool)
+    if mask is not None:
+        m = figures.load(mask.path)
+        if m.shape[:3] == img.shape[:3]:
+            region = np.asarray(m.dataobj) > 0
+    data = np.asarray(img.dataobj)[region]
+    sign = "positive" if data.size == 0 or data.max() >= -data.min() else "negative"
+    return peak_plateaus(img, region, sign=sign)
+
+
+def _plateaus_figure(ctx: ReportContext, f: DerivFile, what: str, threshold: float,
+                     n_studies: object) -> list:
+    """A glass brain marking every tied plateau of the maximum, when there are several."""
+    plateaus = tied_plateaus(f, ctx.mask)
+    if len(plateaus) < 2 or float(plateaus["value"].abs().max()) == 0:
+        return []
+    top = float(plateaus["value"].iloc[0])
+    share = (f" ({round(abs(top) * n_studies)} of {n_studies} studies)"
+             if isinstance(n_studies, int) else "")
+    where = "; ".join(f"{int(r.plateau)}: ({r.x:g}, {r.y:g}, {r.z:g}) mm, {int(r.n_voxels)} "
+                      f"voxel{'s' if r.n_voxels != 1 else ''}"
+                      for r in plateaus.itertuples())
+    ctx.show(f)
+    return [Figure(
+        partial(figures.plateaus_glass_brain, str(f.path),
+                plateaus[["x", "y", "z"]].to_numpy(float).tolist(), 1.0, threshold,
+                "overlap"),
+        f"{what}: the {'maximum' if top > 0 else 'minimum'} overlap {top:g}{share} is "
+        f"tied on {len(plateaus)} "
+        f"separate plateaus (voxels sharing it, connected by faces, edges or corners), each "
+        f"marked and numbered on the glass brain at its voxel nearest its centre — {where}. "
+        f"No single peak stands for the network.",
+        f"{what}: tied plateaus of the maximum", [f.name])]
+
+
 def _main_block(ctx: ReportContext, f: DerivFile) -> list:
     set_name = f.get("set", "?")
     side = f.sidecar
@@ -87,6 +133,9 @@ def _main_block(ctx: ReportContext, f: DerivFile) -> list:
     if not figs:
         blocks.append(warning(f"The overlap map is empty at this threshold ({f.name})."))
     blocks += figs
+    if figs and ctx.set_is_primary(set_name):  # the studies' network (not the controls')
+        blocks += _plateaus_figure(ctx, f, f"Overlap network, set {set_name}", display_thr,
+                                   n_studies)
     texts, numbers = _fractions(ctx, f)
     if texts:
         blocks.append(note("Positive and negative fractions: " + "; ".join(texts) + "."))
@@ -94,13 +143,17 @@ def _main_block(ctx: ReportContext, f: DerivFile) -> list:
         blocks += peaks_table(peaks_file, f"peaks-{slug(set_name)}-{slug(f.get('thresh', ''))}",
                               "Peaks: local maxima of the clusters where |value| is at least "
                               "half the map's maximum (overlap, posoverlap, negoverlap); x, y, "
-                              "z in MNI mm.")
+                              "z in MNI mm.", user_atlas=ctx.user_atlas)
         if peaks is not None and len(peaks) and ctx.set_is_primary(set_name):
-            top = peaks.iloc[np.argmax(np.abs(peaks["value"].to_numpy(float)))]
+            values = peaks["value"].to_numpy(float)
+            top = peaks.iloc[np.argmax(np.abs(values))]
+            # ties of the same sign (as the plateau figure counts them)
+            tied = int(np.count_nonzero(np.abs(values - float(top["value"])) < 1e-9))
             ctx.key_numbers.append(KeyNumber(
                 f"Overlap network, set {set_name}",
                 f"max overlap {fmt(top['value'])} at ({fmt(top['x'])}, {fmt(top['y'])}, "
-                f"{fmt(top['z'])}) mm"
+                f"{fmt(top['z'])}) mm" + (f" and {tied - 1} other tied peak(s)" if tied > 1
+                                          else "")
                 + (f"; up to {numbers['positive']:.0%} positive, "
                    f"{numbers.get('negative', 0):.0%} negative" if numbers else ""),
                 section="network"))
@@ -120,8 +173,7 @@ def _thresholds_block(ctx: ReportContext, files: list[DerivFile], z_cuts: list[f
                 "overlap"),
         "The network at every threshold of the run (rows), on the axial slices of the main "
         "network; grey: the analysis mask outline.",
-        f"overlap at every threshold, set {files[0].get('set')}", [f.name for f in files],
-        css="wide")]
+        f"overlap at every threshold, set {files[0].get('set')}", [f.name for f in files])]
 
 
 def _random_block(ctx: ReportContext, files: list[DerivFile]) -> list:
@@ -236,4 +288,5 @@ def seeds_section(ctx: ReportContext) -> Section | None:
         "colour scale; grey: the analysis mask; green dots: the seed's coordinates; left "
         "hemisphere on the left. Titles are coloured by set.",
         "glass brains of the seed t-maps", ["*_seed-<id>_stat-t_boldmap.nii.gz"], css="wide"))
-    return Section("seeds", "Seed networks of the studies", blocks, nav="Seeds")
+    # not only the studies' seeds: the control, DBS and reference seeds are drawn too
+    return Section("seeds", "Seed networks: one-sample t of the seeds", blocks, nav="Seeds")

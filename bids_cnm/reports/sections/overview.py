@@ -66,6 +66,39 @@ def _connectome(ctx: ReportContext) -> str:
     return text
 
 
+def volume_range(volumes: dict[str, int], min_volumes: int | None = None) -> str:
+    """The range of the subjects' BOLD volumes, e.g. ``"50–100 BOLD volumes per subject
+    (runs together; median 50, 6 subjects); 5 below --min-volumes 60"``.
+
+    Parameters
+    ----------
+    volumes : dict
+        Subject label -> BOLD volumes (all runs together).
+    min_volumes : int, optional
+        The run's ``--min-volumes``: the subjects below it are counted.
+    """
+    if not volumes:
+        return ""
+    counts = np.asarray(list(volumes.values()))
+    text = (f"{counts.min()}–{counts.max()} BOLD volumes per subject (runs together; "
+            f"median {np.median(counts):g}, {len(counts)} subjects)")
+    if min_volumes is not None:
+        short = int(np.count_nonzero(counts < min_volumes))
+        text += f"; {short} below --min-volumes {min_volumes}"
+    return text
+
+
+def _run_warning_items(ctx: ReportContext) -> list[str]:
+    items = []
+    for w in ctx.run_warnings:
+        where = w.get("source") or "unknown source"
+        level = "" if w.get("level") == "group" else f"{w.get('level')} run, "
+        items.append(f"{w['message']} ({level}{where})")
+    if ctx.run_warnings_dropped:
+        items.append(f"… and {ctx.run_warnings_dropped} more (not recorded).")
+    return items
+
+
 def _sets(ctx: ReportContext) -> str:
     if ctx.seeds is None or not ctx.coords:
         return ", ".join(ctx.index.values("set")) or "none"
@@ -76,7 +109,12 @@ def _sets(ctx: ReportContext) -> str:
         if not members:
             continue
         n_coords = sum(len(ctx.coords[s]) for s in members)
-        parts.append(f"{set_name}: {len(members)} studies, {n_coords} coordinates")
+        # only the coordinate sets hold studies; the plan's DBS and reference seeds and the
+        # random relocations are seeds of another kind
+        kind = {"random": "relocated copies", "dbs": "DBS seeds",
+                "reference": "reference seeds"}.get(set_name, "studies")
+        parts.append(f"{set_name}: {len(members)} {kind}"
+                     + (f", {n_coords} coordinates" if n_coords else ""))
     diameter = ctx.settings.get("sphere_diameter")
     if diameter is None and "diameter_mm" in ctx.seeds and len(ctx.seeds):
         diameter = ctx.seeds["diameter_mm"].iloc[0]
@@ -89,6 +127,8 @@ def summary_section(ctx: ReportContext, sections: list[Section]) -> Section:
                          if t is not None})
     items = [
         ("Connectome", _connectome(ctx)),
+        *([("BOLD volumes", volume_range(ctx.volumes, ctx.min_volumes))]
+          if ctx.volumes else []),
         ("Coordinate sets", _sets(ctx)),
         ("Main threshold", f"|t| > {ctx.threshold:g}" if ctx.threshold is not None
          else "not recorded"),
@@ -105,8 +145,11 @@ def summary_section(ctx: ReportContext, sections: list[Section]) -> Section:
         empty = ctx.seeds.loc[ctx.seeds["voxels"].isin(["0", "0.0"]), "id"].tolist()
         if empty:
             warnings.append(f"Seed(s) with no voxel in the analysis mask: {', '.join(empty)}.")
+    logged = _run_warning_items(ctx)
+    if logged:
+        blocks.append(warning("Warnings the run logged (logs/bids_cnm_run.json):", logged))
     if warnings:
-        blocks.append(warning("Warnings of the run:", warnings))
+        blocks.append(warning("Warnings recorded with the outputs:", warnings))
     if ctx.errors:
         blocks.append(error("Errors while building this report: " + " | ".join(ctx.errors)))
     if ctx.key_numbers:

@@ -16,6 +16,28 @@ __all__ = ["sensitivity_section"]
 
 #: at most this many variant maps in the small multiple
 MAX_VARIANT_ROWS = 16
+#: at most this many voxel scatters of a variant against the main network
+MAX_SCATTERS = 8
+
+
+def _scatters(ctx: ReportContext, items: list[tuple[str, float, str]], source: str) -> list:
+    """Voxel scatters of every variant's overlap against the main network's (the pairs
+    behind ``r_with_main``), the least alike first."""
+    main = next((path for name, _, path in items if name == "main"), None)
+    others = [(name, r, path) for name, r, path in items if name != "main"]
+    if main is None or not others:
+        return []
+    others.sort(key=lambda item: item[1] if np.isfinite(item[1]) else -np.inf)
+    pairs = [figures.MapPair(name, main, path, "main network (overlap)",
+                             f"{name} (overlap)") for name, _, path in others[:MAX_SCATTERS]]
+    shown = "" if len(others) <= MAX_SCATTERS else \
+        f" The {MAX_SCATTERS} least alike of {len(others)} variants are drawn."
+    return [Figure(
+        partial(figures.voxel_scatter, pairs, ctx.mask_path),
+        "Each variant's signed overlap against the main network's, voxel by voxel over the "
+        "analysis mask (hexagonal bins, darker: more voxels; red: least-squares line); r in "
+        "each title is computed from the plotted voxels and equals r_with_main." + shown,
+        "voxel scatters of the variants against the main network", [source])]
 
 
 def _heatmap(ctx: ReportContext, f) -> list:
@@ -34,6 +56,7 @@ def _variants(ctx: ReportContext, f) -> list:
     ctx.show(f)
     blocks: list = []
     items = []
+    scatter_items: list[tuple[str, float, str]] = []  # (variant, r with main, path)
     if "file" in frame.columns:
         for _, row in frame.iterrows():
             # the file column is relative to the derivatives folder (older runs: the TSV's)
@@ -43,8 +66,10 @@ def _variants(ctx: ReportContext, f) -> list:
             if not path.is_file():
                 continue
             label = str(row.get("variant", path.name))
-            if "r_with_main" in frame.columns and np.isfinite(row["r_with_main"]):
-                label += f"  (r = {row['r_with_main']:.2f})"
+            r = float(row["r_with_main"]) if "r_with_main" in frame.columns else np.nan
+            scatter_items.append((label, r, str(path)))
+            if np.isfinite(r):
+                label += f"  (r = {r:.2f})"
             items.append((label, str(path)))
             ctx.show(path)
     if items:
@@ -55,9 +80,10 @@ def _variants(ctx: ReportContext, f) -> list:
                     ctx.mask_path, "RdBu_r", "overlap"),
             "The signed overlap map of every variant (rows; r: spatial correlation with the "
             "main network), on the same axial slices; colour scale [-1, 1].",
-            "overlap maps of the variants", [f.name], css="wide"))
+            "overlap maps of the variants", [f.name]))
         if len(items) > MAX_VARIANT_ROWS:
             blocks.append(note(f"{MAX_VARIANT_ROWS} of {len(items)} variants drawn."))
+        blocks += _scatters(ctx, scatter_items, f.name)
     shown = frame.drop(columns=["file"]) if "file" in frame.columns else frame
     blocks.append(Table(formatted(shown), source=f.name, compact=True))
     if "r_with_main" in frame.columns and len(frame) > 1:
@@ -102,8 +128,7 @@ def sensitivity_section(ctx: ReportContext) -> Section | None:
             body.append(Figure(partial(figures.slices_grid, items, z_cuts, 1.0, 1e-6,
                                        ctx.mask_path, "RdBu_r", "overlap"),
                                "Overlap maps of further variants (rows).",
-                               "overlap maps of further variants", [g.name for g in loose[:3]],
-                               css="wide"))
+                               "overlap maps of further variants", [g.name for g in loose[:3]]))
             names += [g.name for g in loose]
         for g in ctx.index.get(suffix="boldmap", extension=NIFTI, set=set_name, variant=True):
             ctx.show(g, sibling(ctx.index, g, "peaks", ".tsv", desc=None))

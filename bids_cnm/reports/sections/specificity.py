@@ -57,7 +57,8 @@ def _comparison(ctx: ReportContext, set_name: str, control: str) -> tuple[list, 
     if clusters_file is not None:
         blocks += peaks_table(clusters_file, f"clusters-{slug(set_name)}-{slug(control)}",
                               "Clusters of significant voxels: their peaks (value: the test "
-                              "statistic; cluster_size_mm3: the cluster's volume).")
+                              "statistic; cluster_size_mm3: the cluster's volume).",
+                              user_atlas=ctx.user_atlas)
     return blocks, names
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from bids_cnm.reports.blocks import (
     subhead,
 )
 from bids_cnm.reports.context import NIFTI, KeyNumber, ReportContext
-from bids_cnm.reports.index import DerivFile
+from bids_cnm.reports.index import DerivFile, threshold_value
 from bids_cnm.reports.sections.common import named_files
 from bids_cnm.reports.tables import first_row, fmt, fmt_p, formatted, read_tsv
 
@@ -92,6 +93,67 @@ def _roi_overlap(ctx: ReportContext, name: str, files: list[DerivFile]) -> list:
     return blocks
 
 
+#: at most this many voxel scatters per spatial-correlation analysis
+MAX_SCATTERS = 6
+
+
+def _network_map(ctx: ReportContext, name: str) -> DerivFile | None:
+    """The output map of a plan's network reference: ``overlap[:set]`` (its kind, at the
+    main threshold; without a set the plan's one primary set) or a DBS map (``dbs``,
+    ``convergent``)."""
+    kind, _, set_name = str(name).partition(":")
+    maps = [f for f in ctx.index.get(suffix="boldmap", desc=kind, extension=NIFTI,
+                                     variant=None)]
+    if set_name:
+        maps = [f for f in maps if f.get("set") == set_name]
+    elif kind.endswith("overlap"):
+        maps = [f for f in maps if ctx.set_is_primary(f.get("set", ""))]
+    if ctx.threshold is not None and len(maps) > 1:
+        maps = [f for f in maps if threshold_value(f.get("thresh") or "") is not None
+                and abs(threshold_value(f.get("thresh")) - ctx.threshold) < 1e-6]
+    return maps[0] if len(maps) == 1 else None
+
+
+def _reference_map(ctx: ReportContext, reference: str) -> str | None:
+    """The reference map: a seed's map written by the run (``seed <id> (<stat>)``) or
+    the user's image (its path, when it is still there)."""
+    seed = re.fullmatch(r"seed (\S+) \((\w+)\)", str(reference))
+    if seed:
+        found = ctx.index.get(suffix="boldmap", seed=seed.group(1), stat=seed.group(2),
+                              extension=NIFTI)
+        return str(found[0].path) if found else None
+    path = Path(str(reference))
+    return str(path) if path.is_file() else None
+
+
+def _spatial_scatters(ctx: ReportContext, name: str, table) -> list:
+    """Voxel scatters of each network against the reference, as the run paired them."""
+    pairs, missing = [], []
+    for _, row in table.head(MAX_SCATTERS).iterrows():
+        network = _network_map(ctx, row["network"])
+        reference = _reference_map(ctx, row.get("reference", ""))
+        if network is None or reference is None or row.get("method", "pearson") != "pearson":
+            missing.append(str(row["network"]))
+            continue
+        pairs.append(figures.MapPair(f"{row['network']} vs {name}", str(network.path),
+                                     reference, f"{row['network']} ({network.get('desc')})",
+                                     f"reference {name}"))
+    blocks: list = []
+    if pairs:
+        blocks.append(Figure(
+            partial(figures.voxel_scatter, pairs, ctx.mask_path, 3),
+            f"{name}: each network against the reference, voxel by voxel over the analysis "
+            "mask (the reference resampled linearly onto the connectome grid when it is on "
+            "another; hexagonal bins, darker: more voxels; red: least-squares line); r in "
+            "each title is computed from the plotted voxels.",
+            f"{name}: voxel scatters", []))
+    if missing:
+        blocks.append(note(f"No scatter for {', '.join(missing)}: the map is not among the "
+                           "outputs, the reference image is no longer at its path, or the "
+                           "correlation is not Pearson's."))
+    return blocks
+
+
 def _spatial(ctx: ReportContext, name: str, files: list[DerivFile]) -> list:
     summary = _pick(files, "summary")
     ctx.show(*files)
@@ -106,6 +168,7 @@ def _spatial(ctx: ReportContext, name: str, files: list[DerivFile]) -> list:
             f"{name}: spatial correlation of each network with the reference "
             f"({table['reference'].iloc[0] if 'reference' in table else 'reference'}).",
             f"{name}: spatial correlations", [summary.name]))
+        blocks += _spatial_scatters(ctx, name, table)
         best = table.iloc[int(np.nanargmax(table["r"].to_numpy(float)))]
         ctx.key_numbers.append(KeyNumber(f"Spatial correlation: {name}",
                                          f"r = {fmt(best['r'])} ({best['network']})",
@@ -192,15 +255,22 @@ def peak_region_blocks(ctx: ReportContext, name: str, files: list[DerivFile]) ->
                            for _, r in refs.iterrows()] if refs is not None else [])
             data = figures.finite_data(network.path)
             vmax = float(np.abs(data).max()) or 1.0
+            # the other plateaus tied with the first (one row each in the table)
+            others = table.iloc[1:] if "plateau" in table.columns else table.iloc[:0]
+            ties = others[["x", "y", "z"]].to_numpy(float).tolist()
+            tie_text = (" The maximum is tied on " + str(len(others) + 1) + " plateaus: the "
+                        "others (yellow, numbered as in the table) at " + "; ".join(
+                            f"({fmt(r['x'])}, {fmt(r['y'])}, {fmt(r['z'])}) mm"
+                            for _, r in others.iterrows()) + "." if len(others) else "")
             blocks.append(Figure(
                 partial(figures.zoomed_slices, str(network.path),
-                        (top["x"], top["y"], top["z"]), references, vmax, vmax * 1e-3),
+                        (top["x"], top["y"], top["z"]), references, vmax, vmax * 1e-3,
+                        ties=ties),
                 f"{name}: the peak at ({fmt(top['x'])}, {fmt(top['y'])}, {fmt(top['z'])}) mm "
                 f"(cross) in {network.get('desc')}, zoomed; green: the reference points. "
                 f"Nearest: {top.get('nearest_reference', '?')} at "
                 f"{fmt(top.get('nearest_distance_mm'))} mm."
-                + (f" {int(top['n_ties'])} voxels share the peak value (a plateau)."
-                   if "n_ties" in table.columns and top.get("n_ties", 1) > 1 else ""),
+                + tie_text,
                 f"{name}: zoomed peak", [peaks.name, network.name]))
             ctx.key_numbers.append(KeyNumber(
                 f"Peak in a region: {name}",
@@ -259,5 +329,7 @@ def validation_section(ctx: ReportContext) -> Section | None:
 
 
 def _words(name: str) -> str:
-    """``ConvergentThalamus`` -> ``Convergent Thalamus`` (acronyms kept)."""
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name)
+    """``ConvergentThalamus`` -> ``Convergent Thalamus``; acronyms and names such as
+    ``EEGfMRI`` are kept whole (a capital starts a word only when a lower-case letter
+    follows it)."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z][a-z])", " ", name)

@@ -1,0 +1,164 @@
+"""Report figures checked on maps made for the purpose: tied peak plateaus, voxel scatters."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from bids_cnm.reports import figures
+from bids_cnm.reports.blocks import iter_figures
+from bids_cnm.reports.report import make_context
+
+#: a 4 mm MNI grid (as the demo's)
+AFFINE = np.array([[4.0, 0, 0, -90], [0, 4.0, 0, -126], [0, 0, 4.0, -72], [0, 0, 0, 1]])
+SHAPE = (46, 55, 46)
+GRID = "task-rest_space-MNI152NLin2009cAsym_res-4"
+
+
+def _ijk(xyz) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.rint(np.linalg.inv(AFFINE) @ [*xyz, 1])[:3])
+
+
+def _write_map(folder: Path, name: str, data: np.ndarray, sidecar: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.nii.gz"
+    nb.Nifti1Image(data.astype(np.float32), AFFINE).to_filename(path)
+    (folder / f"{name}.json").write_text(json.dumps(sidecar))
+    return path
+
+
+def _marker_blobs(png: bytes, color: str) -> int:
+    """Connected groups (>= 12 pixels) of the marker colour in a PNG."""
+    from PIL import Image
+    from scipy import ndimage
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)
+    target = np.array([int(color[k:k + 2], 16) for k in (1, 3, 5)])
+    close = np.abs(rgb - target).sum(axis=2) < 60
+    labels, n = ndimage.label(close)
+    sizes = ndimage.sum(close, labels, range(1, n + 1))
+    return int((np.asarray(sizes) >= 12).sum())
+
+
+def test_every_tied_plateau_of_the_network_is_marked(tmp_path):
+    """An overlap map whose maximum (18 of 21 studies) is reached in the left and the right
+    thalamus (two plateaus of different size) gets a figure marking both, with their
+    coordinates in the caption; a lower bump elsewhere is not marked, nor a negative region
+    of the same magnitude (another network's extreme, not a tie)."""
+    from bids_cnm.reports.sections.network import network_section
+
+    n = 21
+    data = np.zeros(SHAPE)
+    # voxel centres of the grid
+    left, right, lower = (-10.0, -18.0, 8.0), (14.0, -18.0, 8.0), (-42.0, -62.0, 32.0)
+    negative = (30.0, 30.0, 20.0)
+    for centre, half, value in ((left, 1, 18), (right, 0, 18), (lower, 1, 12),
+                                (negative, 1, -18)):
+        i, j, k = _ijk(centre)
+        data[i - half:i + half + 1, j - half:j + half + 1, k - half:k + half + 1] = value / n
+    # a shoulder around the left plateau, below the maximum
+    i, j, k = _ijk(left)
+    shell = np.zeros(SHAPE, bool)
+    shell[i - 2:i + 3, j - 2:j + 3, k - 2:k + 3] = True
+    data[shell & (data == 0)] = 10 / n
+    out = tmp_path / "derivatives"
+    _write_map(out / "network", f"{GRID}_set-primary_thresh-5p1_desc-overlap_boldmap", data,
+               {"NumberOfStudies": n})
+    ctx = make_context(out)
+    section = network_section(ctx)
+    found = [f for f in iter_figures(section.blocks) if "tied plateaus" in f.alt]
+    assert len(found) == 1, [f.alt for f in iter_figures(section.blocks)]
+    figure = found[0]
+    marked = np.asarray(figure.job.args[1])
+    # largest plateau first (27 voxels on the left), then the single voxel on the right
+    np.testing.assert_array_equal(marked, [left, right])
+    assert f"maximum overlap {18 / n:g} (18 of 21 studies) is tied on 2 separate plateaus" \
+        in figure.caption, figure.caption
+    assert "18 of 21 studies" in figure.caption
+    assert "(-10, -18, 8) mm, 27 voxels" in figure.caption
+    assert "(14, -18, 8) mm, 1 voxel" in figure.caption
+    png = figure.job()
+    # both markers in the coronal and in the axial view (the sagittal view overlays them)
+    assert _marker_blobs(png, figures.PLATEAU_COLOR) >= 4
+
+
+def test_a_single_plateau_gets_no_plateau_figure(tmp_path):
+    from bids_cnm.reports.sections.network import network_section
+
+    data = np.zeros(SHAPE)
+    i, j, k = _ijk((-10.0, -18.0, 8.0))
+    data[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 0.5
+    data[i, j, k] = 0.75
+    out = tmp_path / "derivatives"
+    _write_map(out / "network", f"{GRID}_set-primary_thresh-5p1_desc-overlap_boldmap", data,
+               {"NumberOfStudies": 4})
+    section = network_section(make_context(out))
+    alts = [f.alt for f in iter_figures(section.blocks)]
+    assert alts and not any("tied plateaus" in a for a in alts)
+
+
+def test_peaks_are_named_from_the_plans_atlas(tmp_path):
+    """A labelled atlas of the analysis plan (logs/plan.json) names every peak inside one
+    of its regions, in a column of its own; a peak outside them gets '-'."""
+    import pandas as pd
+
+    from bids_cnm.reports.sections.common import peaks_table
+
+    atlas = np.zeros(SHAPE, np.int16)
+    inside = (-10.0, -18.0, 8.0)
+    i, j, k = _ijk(inside)
+    atlas[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 7
+    nb.Nifti1Image(atlas, AFFINE).to_filename(tmp_path / "atlas.nii.gz")
+    pd.DataFrame({"index": [7], "name": ["left thalamus (mine)"]}).to_csv(
+        tmp_path / "atlas.tsv", sep="\t", index=False)
+    out = tmp_path / "derivatives"
+    (out / "logs").mkdir(parents=True)
+    plan = {"validation": {"roi_overlap": [{"name": "Mine", "atlas": {
+        "image": str(tmp_path / "atlas.nii.gz"), "labels": str(tmp_path / "atlas.tsv")}}]}}
+    (out / "logs" / "plan.json").write_text(json.dumps(plan))
+    name = f"{GRID}_set-primary_thresh-5p1_peaks.tsv"
+    pd.DataFrame({"cluster": [1, 2], "sign": [1, 1], "x": [inside[0], 42.0],
+                  "y": [inside[1], -62.0], "z": [inside[2], 32.0], "value": [0.5, 0.5]}
+                 ).to_csv(out / name, sep="\t", index=False)
+    ctx = make_context(out)
+    f = next(x for x in ctx.index.files if x.name == name)
+    table = next(b for b in peaks_table(f, user_atlas=ctx.user_atlas) if hasattr(b, "frame"))
+    assert list(table.frame["plan_atlas"]) == ["left thalamus (mine)", "-"]
+    assert "atlas.nii.gz" in table.caption
+
+
+def test_a_peak_in_a_region_marks_every_tied_plateau(tmp_path):
+    """The plan's peak-in-a-region table lists one row per tied plateau: the zoomed
+    figure marks the others beside the first and the caption gives their coordinates."""
+    import pandas as pd
+
+    from bids_cnm.reports.sections.validation import peak_region_blocks
+
+    data = np.zeros(SHAPE)
+    plateaus = [(-10.0, -18.0, 8.0), (14.0, -18.0, 8.0)]
+    for centre in plateaus:
+        i, j, k = _ijk(centre)
+        data[i, j, k] = 1.0
+    out = tmp_path / "derivatives"
+    ents = f"{GRID}_set-primary_thresh-5p1"
+    _write_map(out / "network", f"{ents}_desc-overlap_boldmap", data, {"NumberOfStudies": 4})
+    (out / "validation").mkdir()
+    pd.DataFrame({"analysis": "Thalamus", "map": "overlap", "plateau": [1, 2],
+                  "x": [p[0] for p in plateaus], "y": [p[1] for p in plateaus],
+                  "z": [p[2] for p in plateaus], "value": 1.0, "n_voxels": 1,
+                  "n_plateaus": 2}).to_csv(
+        out / "validation" / f"{ents}_desc-peakThalamus_peaks.tsv", sep="\t", index=False)
+    ctx = make_context(out)
+    files = [f for f in ctx.index.files if f.get("desc") == "peakThalamus"]
+    figs = [b for b in peak_region_blocks(ctx, "Thalamus", files) if hasattr(b, "job")]
+    assert len(figs) == 1
+    assert figs[0].job.keywords["ties"] == [list(plateaus[1])]
+    assert "tied on 2 plateaus" in figs[0].caption
+    assert "(14, -18, 8) mm" in figs[0].caption
+    png = figs[0].job()
+    # the tied plateau's marker in the coronal and the axial view
+    assert _marker_blobs(png, figures.PLATEAU_COLOR) >= 2
