@@ -173,5 +173,10 @@ def test_single_voxel_ring_integer_and_empty_maps():
     assert (table["cluster_size_mm3"].iloc[0], table["value"].iloc[0]) == (8, 5.0)
     counts = np.round(overlap_map((20, 20, 20), 3) * 7).astype(np.int16)
     assert_same_table(nib.Nifti1Image(counts, AFFINE), fraction=0.3)
+    one_volume = nib.Nifti1Image(data[..., None], AFFINE)
+    pd.testing.assert_frame_equal(find_peaks(one_volume), nilearn_table(one_volume),
+                                  check_exact=True)
+    with pytest.raises(ValueError, match="3-D"):
+        find_peaks(nib.Nifti1Image(np.stack([data, data], axis=-1), AFFINE))
     empty = find_peaks(nib.Nifti1Image(np.zeros((5, 5, 5), np.float32), AFFINE))
     assert empty.empty and list(empty.columns) == PEAK_COLUMNS

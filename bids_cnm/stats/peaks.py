@@ -59,7 +59,7 @@ def find_peaks(
     Parameters
     ----------
     img : Nifti1Image
-        3-D map.
+        3-D map (or 4-D with one volume).
     fraction : float
         Cluster-forming threshold as a fraction of the map's largest |value|.
     min_distance : float
@@ -78,6 +78,8 @@ def find_peaks(
     if min_distance <= 0:
         raise ValueError("'min_distance' must be positive.")
     data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:  # one volume: nilearn takes it as 3-D
+        data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"find_peaks needs a 3-D map, got shape {data.shape}")
     if data.dtype.kind != "f":
