@@ -257,11 +257,13 @@ def index_connectome(
                 "passes --participant-filter."
             )
 
-    subjects = []
-    for label in sorted(selected):
-        bold = sorted(layout.get(subject=label, return_type="filename", **base))
-        masks = sorted(layout.get(subject=label, return_type="filename", **mask_query))
-        subjects.append(SubjectData(label, tuple(bold), tuple(masks)))
+    # two queries for the whole cohort, grouped here: one query per subject made the
+    # indexing grow with the cohort (~30 ms per subject, half a minute at 1000)
+    wanted_subjects = sorted(selected)
+    bold_of = _files_by_subject(layout, wanted_subjects, base)
+    masks_of = _files_by_subject(layout, wanted_subjects, mask_query)
+    subjects = [SubjectData(label, tuple(bold_of.get(label, ())), tuple(masks_of.get(label, ())))
+                for label in wanted_subjects]
     if not subjects:
         raise NoMatchError(f"no subject selected in {root}.")
 
@@ -277,6 +279,16 @@ def index_connectome(
         "x".join(map(str, shape)),
     )
     return Connectome(root, tuple(subjects), task, space, res, shape, affine, support_masks)
+
+
+def _files_by_subject(layout, subjects: list[str], query: dict) -> dict[str, list[str]]:
+    """Paths matching ``query`` for ``subjects``, sorted, by subject label (one query)."""
+    found: dict[str, list[str]] = {}
+    if not subjects:
+        return found
+    for f in layout.get(subject=subjects, return_type="object", **query):
+        found.setdefault(str(f.entities["subject"]), []).append(f.path)
+    return {label: sorted(paths) for label, paths in found.items()}
 
 
 def support_mask(connectome: Connectome) -> np.ndarray | None:
