@@ -148,7 +148,9 @@ def background() -> nb.Nifti1Image:
 
 
 def _stat_kwargs(vmax: float, symmetric: bool) -> dict:
-    common = {"bg_img": background()}
+    # three significant digits on the colour bar: nilearn's two ("%.2g") print a DBS
+    # network's weighted values (hundreds) as 3.5e+02
+    common = {"bg_img": background(), "cbar_tick_format": "%.3g"}
     if symmetric:
         return {"vmax": vmax, "symmetric_cbar": True, **common}
     return {"vmin": 0.0, "vmax": vmax, "symmetric_cbar": False, **common}
