@@ -463,7 +463,7 @@ def heatmap(
     title: str | None = None,
     label: str = "r",
 ) -> bytes:
-    """A correlation matrix: diverging colours, values written when it is small."""
+    """A correlation matrix: diverging colours, values written up to 20 x 20."""
     matrix = np.asarray(matrix, dtype=float)
     finite = matrix[np.isfinite(matrix)]
     bound = 1.0 if finite.size == 0 or np.abs(finite).max() <= 1 else float(np.abs(finite).max())
@@ -477,11 +477,15 @@ def heatmap(
     fontsize = 8 if max(n_rows, n_cols) <= 20 else 6
     ax.set_xticklabels([str(c) for c in col_labels], rotation=60, ha="right", fontsize=fontsize)
     ax.set_yticklabels([str(r) for r in row_labels], fontsize=fontsize)
-    if max(n_rows, n_cols) <= 12:
+    # up to 20 x 20 the cells (>= 0.37 in at the figure's size) hold "-0.95" at 6 pt: a
+    # sensitivity analysis has 13 or more variants, and its r values are the result
+    if max(n_rows, n_cols) <= 20:
+        cell_font = 7 if max(n_rows, n_cols) <= 12 else 6
         for i in range(n_rows):
             for j in range(n_cols):
                 if np.isfinite(matrix[i, j]):
-                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
+                            fontsize=cell_font,
                             color="white" if abs(matrix[i, j]) > 0.6 * bound else "black")
     if title:
         ax.set_title(title, fontsize=10)
