@@ -25,12 +25,7 @@ from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
 from bids_cnm.io.identity import dataset_identity
 from bids_cnm.io.lock import FolderLock
 from bids_cnm.io.run_record import add_facts, begin_run, finish_run
-from bids_cnm.workflows.inputs import (
-    level_settings,
-    read_inputs,
-    resolve_inputs,
-    short_subjects,
-)
+from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -90,9 +85,8 @@ def _run(config: Config, command: tuple[str, ...], recorder: record.WarningRecor
                             config.overwrite)
         recorder.start(config.output_dir, config.analysis_level)  # the run's entry exists
         # BOLD volumes of every subject (runs together), for the report's summary: the
-        # headers' count of --min-volumes' check, with no subject left out
-        add_facts(config.output_dir, config.analysis_level,
-                  volumes=short_subjects(inputs.connectome, min_volumes=sys.maxsize),
+        # counts --min-volumes' check read, with no subject left out
+        add_facts(config.output_dir, config.analysis_level, volumes=inputs.volumes,
                   min_volumes=config.min_volumes)
         if removed:
             LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))

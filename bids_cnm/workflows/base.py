@@ -75,6 +75,8 @@ class RunInputs:
     #: the coordinate table and the plan as read (and checked) once, for the run's record
     coordinates: pd.DataFrame | None = field(default=None, compare=False, repr=False)
     plan: Plan | None = field(default=None, compare=False, repr=False)
+    #: BOLD volumes of every subject (runs together), read from the headers once
+    volumes: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _safe(label: str) -> str:

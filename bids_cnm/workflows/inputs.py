@@ -43,6 +43,7 @@ from bids_cnm.workflows.base import RunInputs
 from bids_cnm.workflows.labels import check_labels, check_seed_ids
 
 __all__ = [
+    "bold_volumes",
     "build_seeds",
     "check_columns",
     "compare_pass",
@@ -51,10 +52,9 @@ __all__ = [
     "data_support",
     "find_participant_maps",
     "level_settings",
-    "short_subjects",
-    "subject_keys",
     "load_seed_ids",
     "resolve_inputs",
+    "subject_keys",
     "with_reuse",
 ]
 
@@ -260,11 +260,10 @@ def subject_keys(
             for s in connectome.subjects}
 
 
-def short_subjects(connectome: Connectome, min_volumes: int) -> dict[str, int]:
-    """Subjects with fewer than ``min_volumes`` BOLD volumes (runs together), from headers."""
-    counts = {s.label: sum(int(nb.load(p).shape[3]) for p in s.bold)
-              for s in connectome.subjects}
-    return {label: n for label, n in counts.items() if n < min_volumes}
+def bold_volumes(connectome: Connectome) -> dict[str, int]:
+    """BOLD volumes of every subject (runs together), from the headers."""
+    return {s.label: sum(int(nb.load(p).shape[3]) for p in s.bold)
+            for s in connectome.subjects}
 
 
 def level_settings(inputs: RunInputs) -> dict:
@@ -368,7 +367,9 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
     runs = [p for c in (connectome, compare.get("compare")) if c is not None
             for s in c.subjects for p in s.bold]
     check_all_readable(list(dict.fromkeys(runs)), config.work_dir / "readable_inputs.json")
-    short = short_subjects(connectome, config.min_volumes)
+    # read once: the warning below and the run record (the report's volume range)
+    volumes = bold_volumes(connectome)
+    short = {label: n for label, n in volumes.items() if n < config.min_volumes}
     if short:
         LOGGER.warning(
             "%d subject(s) have fewer than %d BOLD volumes (--min-volumes) and weigh like the "
@@ -423,4 +424,5 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
         subject_keys=subject_keys(connectome, config.participant_filter),
         coordinates=table,
         plan=plan,
+        volumes=volumes,
     )
