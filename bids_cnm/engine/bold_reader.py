@@ -20,8 +20,8 @@ member's CRC-32 and length only there, so a run that decodes without
 that its files are readable (no separate pass over the data is needed).
 
 Public functions: :func:`read_masked_runs`, :func:`read_concatenated_runs`,
-:func:`valid_voxels` (rows of decoded
-runs), :func:`valid_mask` (3-D, streamed) and :func:`open_decompressed`.
+:func:`valid_voxels` (rows of decoded runs), :func:`valid_mask` (3-D, streamed),
+:func:`open_decompressed` and :func:`is_gzip`.
 """
 
 from __future__ import annotations
@@ -84,6 +84,12 @@ def decoder_name() -> str:
     return "isal" if _igzip is not None else "zlib"
 
 
+def is_gzip(path: str | Path) -> bool:
+    """Whether the file starts with gzip's magic bytes (its name may say otherwise)."""
+    with open(path, "rb") as probe:
+        return probe.read(2) == b"\x1f\x8b"
+
+
 def open_decompressed(path: str | Path) -> io.BufferedIOBase:
     """Open a NIfTI file for sequential reading of its decompressed bytes.
 
@@ -98,9 +104,7 @@ def open_decompressed(path: str | Path) -> io.BufferedIOBase:
         Binary, read-only; supports ``readinto``.
     """
     path = Path(path)
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    if not gzipped:
+    if not is_gzip(path):
         return open(path, "rb")
     if _igzip is not None:
         return _igzip.open(path, "rb")
@@ -285,22 +289,8 @@ def read_masked_run(
 
 
 @njit(nogil=True, cache=True)
-def _update_range(block, n_used, low, high, finite):  # pragma: no cover - numba
-    for b in range(n_used):
-        for s in range(block.shape[1]):
-            x = np.float64(block[b, s])
-            if not np.isfinite(x):
-                finite[s] = False
-            else:
-                if x < low[s]:
-                    low[s] = x
-                if x > high[s]:
-                    high[s] = x
-
-
-@njit(nogil=True, cache=True)
-def _update_range_at(block, n_used, src, low, high, finite):  # pragma: no cover - numba
-    # the range of the voxels at file-order offsets src only (the in-mask ones)
+def _update_range(block, n_used, src, low, high, finite):  # pragma: no cover - numba
+    # the range of the voxels at file-order offsets src (all of them, or the in-mask ones)
     for b in range(n_used):
         for v in range(src.shape[0]):
             x = np.float64(block[b, src[v]])
@@ -343,26 +333,21 @@ def valid_mask(paths: Sequence[str | Path], mask: np.ndarray | None = None) -> n
             blocks._file.close()
             raise InputDataError(f"grid mismatch: {path} has shape {blocks.shape}, "
                                  f"{paths[0]} has {keep_shape}.")
-        if mask is not None and src is None:
-            if tuple(mask.shape) != blocks.shape:
+        if src is None:
+            if mask is not None and tuple(mask.shape) != blocks.shape:
                 blocks._file.close()
                 raise InputDataError(
                     f"{path}: grid {blocks.shape} differs from the mask's {tuple(mask.shape)}.")
-            src = np.flatnonzero(np.asarray(mask, dtype=bool).ravel(order="F")).astype(np.int64)
-        n_tracked = n_vox if src is None else len(src)
-        low = np.full(n_tracked, np.inf)
-        high = np.full(n_tracked, -np.inf)
-        finite = np.ones(n_tracked, dtype=bool)
+            src = (np.arange(n_vox, dtype=np.int64) if mask is None else np.flatnonzero(
+                np.asarray(mask, dtype=bool).ravel(order="F")).astype(np.int64))
+        low = np.full(len(src), np.inf)
+        high = np.full(len(src), -np.inf)
+        finite = np.ones(len(src), dtype=bool)
         for block, n_used, _ in blocks:
-            if src is None:
-                _update_range(block, n_used, low, high, finite)
-            else:
-                _update_range_at(block, n_used, src, low, high, finite)
+            _update_range(block, n_used, src, low, high, finite)
         # scaling is monotonic (slope != 0), so it cannot make a constant voxel vary
-        varies = finite & (high > low) & (blocks.slope != 0)
-        if src is not None:
-            varies, tracked = np.zeros(n_vox, dtype=bool), varies
-            varies[src] = tracked
+        varies = np.zeros(n_vox, dtype=bool)
+        varies[src] = finite & (high > low) & (blocks.slope != 0)
         keep = varies if keep is None else keep & varies
         keep_shape = blocks.shape
     assert keep is not None

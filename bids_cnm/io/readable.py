@@ -39,6 +39,7 @@ from nibabel.filebasedimages import ImageFileError
 from bids_cnm.engine.bold_reader import (
     DECODE_ERRORS,
     UnreadableData,
+    is_gzip,
     open_decompressed,
 )
 from bids_cnm.errors import InputDataError
@@ -64,11 +65,6 @@ def _expected_bytes(path: Path) -> int:
     if offset is None:
         offset = header.get_data_offset()
     return int(offset) + int(np.prod(img.shape)) * int(header.get_data_dtype().itemsize)
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
 
 
 def check_readable(path: str | Path) -> None:
@@ -121,7 +117,7 @@ def screen_readable(path: str | Path) -> bool:
     path = Path(path)
     try:
         expected = _expected_bytes(path)
-        if not _is_gzip(path):
+        if not is_gzip(path):
             size = path.stat().st_size
             if size < expected:
                 raise InputDataError(
