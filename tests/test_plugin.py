@@ -105,3 +105,75 @@ def test_a_failing_node_stops_its_dependents_and_raises(tmp_path):
     crash = list((tmp_path / "crash").glob("crash-*"))
     assert len(crash) == 1 and crash[0].stat().st_mtime >= started - 1
     assert not (tmp_path / "failing" / "after").exists()  # never started
+
+
+def test_a_worker_without_result_becomes_the_nodes_crash():
+    """A future that failed in the pool (nipype's run_node cannot read the result of a
+    node that failed early; a killed worker) is reported as that job's crash, in the
+    main loop, instead of a traceback from the executor's thread and a job pending for
+    ever."""
+    from concurrent.futures import Future
+
+    plugin = EventMultiProcPlugin({"n_procs": 1})
+    future: Future = Future()
+    plugin._task_obj[3] = future
+    future.set_exception(FileNotFoundError("result_node.pklz"))
+    plugin._async_callback(future)  # nipype's callback raises here; ours must not
+    assert plugin._wake.is_set()
+    result = plugin._get_result(3)
+    assert result["result"] is None and result["taskid"] == 3
+    assert "FileNotFoundError: result_node.pklz" in "".join(result["traceback"])
+    pending: Future = Future()
+    plugin._task_obj[4] = pending
+    assert plugin._get_result(4) is None  # still running: no result yet
+
+
+def _interrupt_self(x: int) -> int:
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(2)  # the handler raises here, inside nipype's interface run
+    return x
+
+
+@pytest.mark.parametrize("plugin", ["Linear", "MultiProc"])
+def test_an_interruption_nipype_swallows_still_stops_the_run(tmp_path, plugin):
+    """nipype runs interfaces ignoring every exception, KeyboardInterrupt included: a
+    Ctrl-C landing in a node run by the main process must still end the run at once,
+    without starting the next node (and, with MultiProc, without a crash file: nipype's
+    Linear plugin writes it before it calls the status callback)."""
+    import signal
+
+    from bids_cnm.cli import interrupt
+    from bids_cnm.cli.workflow import _interruptible
+    from bids_cnm.workflows.timing import RunTimer
+
+    workflow = pe.Workflow(name="interrupted", base_dir=str(tmp_path))
+    workflow.config["execution"].update({"poll_sleep_duration": 0,
+                                         "crashdump_dir": str(tmp_path / "crash")})
+    first = pe.Node(niu.Function(input_names=["x"], output_names=["out"],
+                                 function=_interrupt_self), name="first",
+                    run_without_submitting=True)
+    first.inputs.x = 1
+    after = pe.Node(niu.Function(input_names=["x", "delay"], output_names=["out"],
+                                 function=_slow_add), name="after")
+    after.inputs.delay = 0.0
+    workflow.connect(first, "out", after, "x")
+    callback = _interruptible(RunTimer(time.time()))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupt.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if plugin == "Linear":
+                workflow.run(plugin="Linear", plugin_args={"status_callback": callback})
+            else:
+                workflow.run(plugin=EventMultiProcPlugin({"n_procs": 1,
+                                                          "status_callback": callback}))
+    finally:
+        interrupt.acknowledge()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert plugin == "Linear" or not (tmp_path / "crash").exists()
+    assert not (tmp_path / "interrupted" / "after").exists()

@@ -11,7 +11,14 @@ leaves its workers computing for nobody.  Here
 * the main process turns SIGTERM into :class:`Terminated` (a ``KeyboardInterrupt``), and
   :func:`stop_workers` ends the workers before the one-line message.  A signal that lands
   inside an at-fork hook (where CPython drops exceptions) is re-sent until the run has
-  acknowledged it.
+  acknowledged it;
+* nipype runs every interface with ``ignore_exception``, which swallows *any* exception,
+  ``KeyboardInterrupt`` included: an interruption that lands while a node runs in the
+  main process (merge nodes, ``run_without_submitting``) would turn into that node's
+  crash and the run would go on.  Both signals are therefore also recorded, and
+  :func:`raise_if_requested`, called by the run's nipype status callback before each
+  node starts and after each ends, raises the interruption again where nipype lets it
+  through.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import signal
 import sys
 import threading
 
-__all__ = ["Terminated", "acknowledge", "install", "stop_workers"]
+__all__ = ["Terminated", "acknowledge", "install", "raise_if_requested", "stop_workers"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,8 +44,17 @@ class Terminated(KeyboardInterrupt):
 #: re-sends SIGTERM until the main process has handled it (see _raise_terminated)
 _RETRY = {"timer": None}
 
+#: the interruption received and not yet acknowledged (see raise_if_requested)
+_REQUESTED: dict[str, type[KeyboardInterrupt] | None] = {"exception": None}
+
+
+def _raise_interrupted(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    _REQUESTED["exception"] = KeyboardInterrupt
+    raise KeyboardInterrupt()
+
 
 def _raise_terminated(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    _REQUESTED["exception"] = Terminated
     # An exception raised while CPython runs an at-fork hook (nipype forks its workers,
     # logging registers such hooks) is printed and dropped; until acknowledge() says the
     # run saw it, the signal comes again a second later.
@@ -55,8 +71,22 @@ def _resend() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def raise_if_requested() -> None:
+    """Raise the interruption received (SIGINT or SIGTERM) if something swallowed it.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        :class:`Terminated` after SIGTERM.
+    """
+    exception = _REQUESTED["exception"]
+    if exception is not None:
+        raise exception()
+
+
 def acknowledge() -> None:
     """The interruption reached the main code: no more re-sent signals, none handled."""
+    _REQUESTED["exception"] = None
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     timer = _RETRY["timer"]
@@ -103,8 +133,10 @@ def _quiet_unraisable(hook):
 
 
 def install() -> None:
-    """Set up the main process's SIGTERM and every future worker's signals."""
+    """Set up the main process's SIGTERM and SIGINT and every future worker's signals."""
+    _REQUESTED["exception"] = None
     signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, _raise_interrupted)
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     multiprocessing.util.register_after_fork(_HOOK, _HOOK)
 

@@ -10,6 +10,7 @@ import time
 
 from nipype.pipeline import engine as pe
 
+from bids_cnm.cli import interrupt
 from bids_cnm.config import Config
 from bids_cnm.errors import InputDataError, MissingInputError
 from bids_cnm.workflows.base import RunInputs, init_group_wf, init_participant_wf
@@ -62,6 +63,7 @@ def execute(workflow: pe.Workflow, config: Config, started: float) -> RunTimer:
         config.analysis_level, config.nipype_plugin, config.nprocs, config.work_dir,
     )
     timer = RunTimer(started)
+    callback = _interruptible(timer)
     # nipype calls gc.collect() before it submits jobs and after each node it runs in
     # this process (and nilearn in its plotting); on this process's heap (pybids,
     # pandas, scipy: ~200k objects) each takes 0.1-0.3 s.  Frozen objects are skipped
@@ -73,13 +75,13 @@ def execute(workflow: pe.Workflow, config: Config, started: float) -> RunTimer:
     _freeze_at_exit()
     try:
         if config.nipype_plugin == "Linear":
-            workflow.run(plugin="Linear", plugin_args={"status_callback": timer})
+            workflow.run(plugin="Linear", plugin_args={"status_callback": callback})
         elif config.nipype_plugin == "MultiProc":
             # nipype's MultiProc, woken by its workers instead of polling
-            workflow.run(plugin=EventMultiProcPlugin({**plugin_args, "status_callback": timer}))
+            workflow.run(plugin=EventMultiProcPlugin({**plugin_args, "status_callback": callback}))
         else:
             workflow.run(plugin=config.nipype_plugin,
-                         plugin_args={**plugin_args, "status_callback": timer})
+                         plugin_args={**plugin_args, "status_callback": callback})
     except RuntimeError as exc:
         raise error_from_crash(config.work_dir / "crash", started - 1) from exc
     finally:
@@ -88,6 +90,22 @@ def execute(workflow: pe.Workflow, config: Config, started: float) -> RunTimer:
     LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
     LOGGER.debug("slowest steps (s): %s", timer.slowest())
     return timer
+
+
+def _interruptible(timer: RunTimer):
+    """nipype's status callback: time the node, after re-raising a swallowed interruption.
+
+    nipype calls it in this process before it starts each node (in a worker or here)
+    and after each ends or fails, outside the ``except Exception`` blocks around its
+    nodes: an interruption that nipype turned into a node's crash stops the run there,
+    before another node starts (see :mod:`bids_cnm.cli.interrupt`).
+    """
+
+    def callback(node, status: str) -> None:
+        interrupt.raise_if_requested()
+        timer(node, status)
+
+    return callback
 
 
 def _freeze_at_exit() -> None:

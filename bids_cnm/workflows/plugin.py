@@ -23,6 +23,7 @@ callback, ``plugin_args``) is nipype's.
 from __future__ import annotations
 
 import threading
+import traceback
 
 import numpy as np
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin
@@ -55,8 +56,27 @@ class EventMultiProcPlugin(MultiProcPlugin):
 
     def _async_callback(self, args):
         # runs in the executor's thread once the job's result is stored: wake the loop
-        super()._async_callback(args)
-        self._wake.set()
+        try:
+            super()._async_callback(args)
+        except BaseException:  # noqa: BLE001 - reported by _get_result, in the main thread
+            # the worker returned no result: nipype's run_node fails when a node fails
+            # before writing its result file, and a killed worker breaks its future.
+            # Raised here, in the executor's thread, it would print a traceback and
+            # leave the job pending for ever.
+            pass
+        finally:
+            self._wake.set()
+
+    def _get_result(self, taskid):
+        """The job's result, or a crash with the worker's exception when it had none."""
+        result = super()._get_result(taskid)
+        future = self._task_obj.get(taskid)
+        if result is None and future is not None and future.done() and not future.cancelled():
+            error = future.exception()
+            if error is not None:
+                result = {"result": None, "taskid": taskid,
+                          "traceback": traceback.format_exception(error)}
+        return result
 
     def _ready_jobs(self) -> np.ndarray:
         """Jobs not yet started whose dependencies have all finished."""
