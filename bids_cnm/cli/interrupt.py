@@ -48,12 +48,12 @@ _RETRY = {"timer": None}
 _REQUESTED: dict[str, type[KeyboardInterrupt] | None] = {"exception": None}
 
 
-def _raise_interrupted(signum, frame):  # noqa: ARG001 - the signal handler's signature
+def _raise_interrupted(signum, frame):
     _REQUESTED["exception"] = KeyboardInterrupt
     raise KeyboardInterrupt()
 
 
-def _raise_terminated(signum, frame):  # noqa: ARG001 - the signal handler's signature
+def _raise_terminated(signum, frame):
     _REQUESTED["exception"] = Terminated
     # An exception raised while CPython runs an at-fork hook (nipype forks its workers,
     # logging registers such hooks) is printed and dropped; until acknowledge() says the

@@ -22,6 +22,7 @@ callback, ``plugin_args``) is nipype's.
 
 from __future__ import annotations
 
+import logging
 import threading
 import traceback
 
@@ -29,6 +30,8 @@ import numpy as np
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin
 
 __all__ = ["EventMultiProcPlugin"]
+
+LOGGER = logging.getLogger("bids_cnm")
 
 #: longest sleep between two checks (s): a safety net only, every finished job wakes
 #: the loop at once
@@ -58,12 +61,12 @@ class EventMultiProcPlugin(MultiProcPlugin):
         # runs in the executor's thread once the job's result is stored: wake the loop
         try:
             super()._async_callback(args)
-        except BaseException:  # noqa: BLE001 - reported by _get_result, in the main thread
+        except Exception as error:  # noqa: BLE001 - reported by _get_result, in the main thread
             # the worker returned no result: nipype's run_node fails when a node fails
             # before writing its result file, and a killed worker breaks its future.
             # Raised here, in the executor's thread, it would print a traceback and
             # leave the job pending for ever.
-            pass
+            LOGGER.debug("a worker returned no result: %r", error)
         finally:
             self._wake.set()
 
