@@ -138,7 +138,9 @@ def _layout(root: Path, database_path: Path | None):
         )
     kwargs = {"validate": False, "config": ["bids", "derivatives"]}
     if database_path is not None:
-        kwargs["database_path"] = str(database_path)
+        from bids_cnm.io.layout_cache import cached_layout
+
+        return cached_layout(root, database_path, **kwargs)
     return BIDSLayout(str(root), **kwargs)
 
 
@@ -187,7 +189,8 @@ def index_connectome(
     bold_desc : tuple of str
         Accepted ``desc`` values of BOLD files.
     database_path : Path, optional
-        Where pybids may keep its index (never inside ``root``).
+        Folder where pybids' index is saved and reused while the dataset's files are
+        unchanged (see :mod:`bids_cnm.io.layout_cache`; never inside ``root``).
     filters : dict, optional
         More pybids entity filters of the BOLD runs and masks (``--bids-filter-file``'s
         ``bold`` query, e.g. ``{"session": "1"}``).

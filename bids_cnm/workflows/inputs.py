@@ -61,6 +61,11 @@ __all__ = [
 LOGGER = logging.getLogger("bids_cnm")
 
 
+def layout_cache_dir(config: Config) -> Path:
+    """Where pybids' index of the connectome is saved between runs (the work folder)."""
+    return Path(config.work_dir) / "pybids"
+
+
 def check_columns(config: Config, table: pd.DataFrame) -> None:
     """Check that the sets and columns the command line names exist in the coordinate table.
 
@@ -184,6 +189,7 @@ def compare_pass(config: Config, connectome: Connectome) -> dict:
         space=connectome.space,
         res=connectome.res,
         bold_desc=config.bold_desc,
+        database_path=layout_cache_dir(config),
     )
     if other.shape != connectome.shape or not np.allclose(other.affine, connectome.affine,
                                                            atol=1e-4):
@@ -333,6 +339,7 @@ def read_inputs(config: Config) -> tuple[Config, Plan, pd.DataFrame, Connectome]
         res=config.res,
         bold_desc=config.bold_desc,
         filters=config.bids_filters.get("bold"),
+        database_path=layout_cache_dir(config),
     )
     return config, plan, table, connectome
 

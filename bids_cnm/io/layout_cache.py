@@ -1,0 +1,147 @@
+"""pybids' index of a dataset, kept in the work folder while the dataset's files are unchanged.
+
+Indexing a connectome with :class:`bids.BIDSLayout` parses every file name and takes
+1.5-2 s for 30 subjects (minutes for thousands), on every run: a warm run and an
+identical re-run pay it although nothing changed.  pybids can save its index to a
+SQLite database (``database_path``) and load it back in milliseconds, but it does not
+notice files added, removed or rewritten since, so a saved index alone could hide a
+new subject.  Here the index is saved under a key made of
+
+* a fingerprint of the dataset's files: every file's relative path, size and
+  modification time (a stat per file, a few milliseconds for thousands of files;
+  links are followed, so a re-linked or rewritten run counts as a change);
+* the dataset's absolute path, the pybids version and the layout's options;
+
+so any change to the dataset leads to a new key, and a fresh index.
+
+Each index is written into a temporary folder and renamed into place when complete:
+a run killed while indexing, or several jobs indexing the same dataset at once (a
+Slurm array sharing a work folder), never leave a partial index under a key.  The
+newest :data:`KEEP` indexes are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+__all__ = ["KEEP", "cached_layout", "layout_key", "tree_fingerprint"]
+
+LOGGER = logging.getLogger("bids_cnm")
+
+#: indexes kept in the cache folder (the newest; older ones are removed)
+KEEP = 4
+
+#: age (s) after which a partial index is a killed run's leftover
+STALE_SECONDS = 24 * 3600
+
+#: the file pybids writes into ``database_path``
+_DATABASE = "layout_index.sqlite"
+
+
+def tree_fingerprint(root: str | Path) -> str:
+    """Digest of the relative path, size and modification time of every file under root.
+
+    Parameters
+    ----------
+    root : path
+        A folder (walked recursively, links followed; hidden files included, so the
+        fingerprint errs towards re-indexing).
+
+    Returns
+    -------
+    str
+        Hex SHA-1; a file added, removed, resized or touched changes it.
+    """
+    root = Path(root)
+    digest = hashlib.sha1()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders.sort()  # os.walk's order is the file system's: make it stable
+        relative = os.path.relpath(folder, root)
+        for name in sorted(files):
+            try:
+                st = os.stat(os.path.join(folder, name))
+                facts = f"{st.st_size}\0{st.st_mtime_ns}"
+            except OSError:  # a dangling link: its presence still counts
+                facts = "missing"
+            digest.update(f"{relative}/{name}\0{facts}\n".encode())
+    return digest.hexdigest()
+
+
+def layout_key(root: str | Path, options: dict) -> str:
+    """Name of the saved index of ``root`` indexed with ``options`` (see module docs)."""
+    import bids
+
+    identity = {"root": str(Path(root).resolve()), "files": tree_fingerprint(root),
+                "pybids": bids.__version__, "options": options}
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_layout(root: str | Path, cache_dir: str | Path, **options):
+    """A :class:`bids.BIDSLayout` of ``root``, loaded from ``cache_dir`` when still valid.
+
+    Parameters
+    ----------
+    root : path
+        The dataset (never written into).
+    cache_dir : path
+        Folder of the saved indexes (e.g. ``<work_dir>/pybids``); created if needed.
+    **options
+        ``BIDSLayout`` keyword arguments (``validate``, ``config``...); part of the key.
+
+    Returns
+    -------
+    bids.BIDSLayout
+        Equal to ``BIDSLayout(root, **options)`` for the dataset as it is now.
+    """
+    from bids import BIDSLayout
+
+    cache_dir = Path(cache_dir)
+    key = layout_key(root, options)
+    folder = cache_dir / key
+    if (folder / _DATABASE).is_file():
+        LOGGER.debug("pybids index of %s loaded from %s", root, folder)
+        os.utime(folder)  # recently used: kept by _prune
+        return BIDSLayout(str(root), database_path=str(folder), **options)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a read-only work folder: index without saving
+        LOGGER.debug("pybids index not saved (%s)", exc)
+        return BIDSLayout(str(root), **options)
+    building = cache_dir / f".{key}.{os.getpid()}.part"
+    shutil.rmtree(building, ignore_errors=True)
+    layout = BIDSLayout(str(root), database_path=str(building), **options)
+    try:
+        building.rename(folder)
+    except OSError:  # another job saved the same index first: keep theirs
+        shutil.rmtree(building, ignore_errors=True)
+        return BIDSLayout(str(root), database_path=str(folder), **options)
+    finally:
+        _prune(cache_dir)
+    LOGGER.debug("pybids index of %s saved in %s", root, folder)
+    # the layout built above reads its database at the temporary path, now renamed
+    del layout
+    return BIDSLayout(str(root), database_path=str(folder), **options)
+
+
+def _prune(cache_dir: Path) -> None:
+    """Remove all but the :data:`KEEP` most recently used indexes, and stale partial ones."""
+    now = time.time()
+    saved = []
+    for path in cache_dir.iterdir():
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:  # removed meanwhile by another job
+            continue
+        if path.name.endswith(".part"):
+            if age > STALE_SECONDS:  # left by a killed run (a live one finishes in minutes)
+                shutil.rmtree(path, ignore_errors=True)
+        elif path.is_dir():
+            saved.append((age, path))
+    for _, old in sorted(saved)[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""pybids' index saved in the work folder (bids_cnm.io.layout_cache): reused while the
+dataset is unchanged, rebuilt the moment a file is added, removed or rewritten."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from bids import BIDSLayout
+from conftest import write_tiny_connectome
+
+from bids_cnm.io.connectome import index_connectome
+from bids_cnm.io.layout_cache import KEEP, cached_layout, tree_fingerprint
+
+OPTIONS = {"validate": False, "config": ["bids", "derivatives"]}
+
+
+def _files(layout) -> list[str]:
+    return sorted(f.path for f in layout.get())
+
+
+def _saved(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.iterdir() if not p.name.startswith("."))
+
+
+def test_saved_index_is_reused_and_equals_pybids(tmp_path):
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=3)
+    cache = tmp_path / "work" / "pybids"
+    first = cached_layout(root, cache, **OPTIONS)
+    [saved] = _saved(cache)
+    database = saved / "layout_index.sqlite"
+    written = database.stat().st_mtime_ns
+    second = cached_layout(root, cache, **OPTIONS)
+    assert database.stat().st_mtime_ns == written  # loaded, not indexed again
+    assert _files(first) == _files(second) == _files(BIDSLayout(str(root), **OPTIONS))
+    assert not list(root.rglob("*.sqlite"))  # nothing written into the dataset
+
+
+def test_a_changed_dataset_is_indexed_again(tmp_path):
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=3)
+    cache = tmp_path / "work" / "pybids"
+    before = index_connectome(root, database_path=cache)
+    assert before.labels == ["01", "02", "03"]
+    # a subject added after the index was saved must be found
+    shutil.copytree(root / "sub-03", root / "sub-04")
+    for path in (root / "sub-04").rglob("sub-03*"):
+        path.rename(path.with_name(path.name.replace("sub-03", "sub-04")))
+    after = index_connectome(root, database_path=cache)
+    assert after.labels == ["01", "02", "03", "04"]
+    # ... and one removed must be gone
+    shutil.rmtree(root / "sub-02")
+    assert index_connectome(root, database_path=cache).labels == ["01", "03", "04"]
+    assert len(_saved(cache)) == 3
+
+
+def test_fingerprint_sees_touched_rewritten_and_linked_files(tmp_path):
+    root = tmp_path / "d"
+    (root / "sub-01").mkdir(parents=True)
+    run = root / "sub-01" / "run.nii.gz"
+    run.write_bytes(b"abc")
+    start = tree_fingerprint(root)
+    assert tree_fingerprint(root) == start
+    os.utime(run, ns=(1, 1))
+    touched = tree_fingerprint(root)
+    assert touched != start
+    run.write_bytes(b"abcd")
+    os.utime(run, ns=(1, 1))
+    assert tree_fingerprint(root) != touched  # same time, another size
+    target = tmp_path / "elsewhere.nii.gz"
+    target.write_bytes(b"x")
+    (root / "sub-01" / "link.nii.gz").symlink_to(target)
+    linked = tree_fingerprint(root)
+    target.write_bytes(b"xyz")  # the link's target rewritten: a change
+    assert tree_fingerprint(root) != linked
+
+
+def test_only_the_newest_indexes_are_kept(tmp_path):
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=2)
+    cache = tmp_path / "pybids"
+    for i in range(KEEP + 2):
+        (root / f"extra_{i}.txt").write_text("changes the fingerprint")
+        cached_layout(root, cache, **OPTIONS)
+    assert len(_saved(cache)) == KEEP
+    assert not [p for p in cache.iterdir() if p.name.endswith(".part")]
+
+
+def test_read_only_work_folder_indexes_without_saving(tmp_path):
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    layout = cached_layout(root, blocker / "pybids", **OPTIONS)
+    assert _files(layout) == _files(BIDSLayout(str(root), **OPTIONS))
