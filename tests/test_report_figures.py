@@ -213,3 +213,30 @@ def test_glass_grid_draws_every_view_of_every_map(tmp_path):
     for cell in (slice(0, half), slice(half, None)):
         _, n_dots = ndimage.label(green[maps, cell])
         assert n_dots == 3, n_dots
+
+
+def _png_size_and_ink(png: bytes) -> tuple[tuple[int, int], int]:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    dark = (np.asarray(image.convert("L")) < 128).sum()
+    return image.size, int(dark)
+
+
+def test_tight_png_is_cropped_to_the_content_and_keeps_what_overflows():
+    """``tight`` crops a 4 x 3 inch figure to its text (plus 0.1 inch); text reaching
+    beyond the figure's left edge is kept whole (the figure grows), not cut off."""
+    fig = figures.new_figure(4.0, 3.0)
+    fig.text(0.5, 0.5, "middle", ha="center", va="center", fontsize=20)
+    (width, height), ink = _png_size_and_ink(figures.to_png(fig, dpi=90, tight=True))
+    assert 40 < width < 200 and 20 < height < 80 and ink > 50
+    whole = figures.new_figure(4.0, 3.0)
+    whole.text(0.5, 0.5, "middle", ha="center", va="center", fontsize=20)
+    (full_w, full_h), full_ink = _png_size_and_ink(figures.to_png(whole, dpi=90))
+    assert (full_w, full_h) == (360, 270) and abs(full_ink - ink) <= 0.05 * full_ink
+    over = figures.new_figure(4.0, 3.0)
+    over.text(-0.3, 0.5, "a long label reaching out", ha="left", va="center", fontsize=12)
+    over.text(0.9, 0.5, "x", fontsize=12)
+    (width, _), _ = _png_size_and_ink(figures.to_png(over, dpi=90, tight=True))
+    # from the label's start, 0.3 inch left of the figure, to the x: wider than the figure
+    assert width > 360 + 0.2 * 90, width
