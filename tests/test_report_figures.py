@@ -162,3 +162,81 @@ def test_a_peak_in_a_region_marks_every_tied_plateau(tmp_path):
     png = figs[0].job()
     # the tied plateau's marker in the coronal and the axial view
     assert _marker_blobs(png, figures.PLATEAU_COLOR) >= 2
+
+
+def test_signed_projection_keeps_the_largest_magnitude_with_its_sign():
+    data = np.zeros((2, 3, 1))
+    data[0, :, 0] = [1.0, -4.0, 2.0]  # the negative wins
+    data[1, :, 0] = [3.0, -3.0, 0.5]  # a tie: the positive one
+    assert figures._signed_mip(data, 1)[:, 0].tolist() == [-4.0, 3.0]
+
+
+def _colour_pixels(png: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks of red, blue and green pixels of a PNG (rows from the top)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    red = (r > g + 60) & (r > b + 60)
+    blue = (b > r + 60) & (b > g + 20)
+    green = (g > r + 50) & (g > b + 50)
+    return red, blue, green
+
+
+def test_glass_grid_draws_every_view_of_every_map(tmp_path):
+    """Two maps side by side: the first's positive and negative blobs are drawn (red and
+    blue) in its cell, the second (below the threshold) draws no colour; each panel's
+    coordinate inside the mask's box gets a green dot in each of its three views, one
+    outside the box none."""
+    from scipy import ndimage
+
+    mask = np.zeros(SHAPE)
+    mask[8:38, 8:47, 8:38] = 1
+    first = np.zeros(SHAPE)
+    i, j, k = _ijk((-30.0, -20.0, 10.0))
+    first[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 8.0
+    i, j, k = _ijk((30.0, 20.0, 30.0))
+    first[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = -8.0
+    second = np.full(SHAPE, 3.0) * mask
+    folder = tmp_path / "maps"
+    paths = [_write_map(folder, name, data, {})
+             for name, data in (("mask", mask), ("first", first), ("second", second))]
+    panels = [figures.Panel("first", paths[1], np.array([[0.0, -40.0, 20.0]])),
+              figures.Panel("second", paths[2], np.array([[10.0, 10.0, 10.0],
+                                                          [300.0, 300.0, 300.0]]))]
+    png = figures.glass_grid(panels, paths[0], threshold=5.0, ncols=2)
+    red, blue, green = _colour_pixels(png)
+    maps = slice(0, red.shape[0] - 80)  # above the colour bar
+    half = red.shape[1] // 2
+    assert red[maps, :half].sum() > 20 and blue[maps, :half].sum() > 20
+    assert red[maps, half:].sum() == 0 and blue[maps, half:].sum() == 0
+    for cell in (slice(0, half), slice(half, None)):
+        _, n_dots = ndimage.label(green[maps, cell])
+        assert n_dots == 3, n_dots
+
+
+def _png_size_and_ink(png: bytes) -> tuple[tuple[int, int], int]:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    dark = (np.asarray(image.convert("L")) < 128).sum()
+    return image.size, int(dark)
+
+
+def test_tight_png_is_cropped_to_the_content_and_keeps_what_overflows():
+    """``tight`` crops a 4 x 3 inch figure to its text (plus 0.1 inch); text reaching
+    beyond the figure's left edge is kept whole (the figure grows), not cut off."""
+    fig = figures.new_figure(4.0, 3.0)
+    fig.text(0.5, 0.5, "middle", ha="center", va="center", fontsize=20)
+    (width, height), ink = _png_size_and_ink(figures.to_png(fig, dpi=90, tight=True))
+    assert 40 < width < 200 and 20 < height < 80 and ink > 50
+    whole = figures.new_figure(4.0, 3.0)
+    whole.text(0.5, 0.5, "middle", ha="center", va="center", fontsize=20)
+    (full_w, full_h), full_ink = _png_size_and_ink(figures.to_png(whole, dpi=90))
+    assert (full_w, full_h) == (360, 270) and abs(full_ink - ink) <= 0.05 * full_ink
+    over = figures.new_figure(4.0, 3.0)
+    over.text(-0.3, 0.5, "a long label reaching out", ha="left", va="center", fontsize=12)
+    over.text(0.9, 0.5, "x", fontsize=12)
+    (width, _), _ = _png_size_and_ink(figures.to_png(over, dpi=90, tight=True))
+    # from the label's start, 0.3 inch left of the figure, to the x: wider than the figure
+    assert width > 360 + 0.2 * 90, width

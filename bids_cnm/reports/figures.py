@@ -26,19 +26,52 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 __all__ = [
-    "DPI", "fast_gc", "new_figure", "to_png", "load", "clean", "finite_data",
-    "robust_abs_max", "coordinates_glass_brain", "stat_map_ortho", "stat_map_mosaic",
-    "zoomed_slices", "values_glass_brain", "Panel", "glass_grid", "slices_grid", "heatmap",
-    "null_histogram", "group_strip", "scatter_fit", "bars", "SET_COLORS", "MapPair",
-    "paired_values", "voxel_scatter", "plateaus_glass_brain", "PLATEAU_COLOR",
+    "DPI",
+    "NILEARN_FIGURES",
+    "PLATEAU_COLOR",
+    "PNG_COLORS",
+    "SET_COLORS",
+    "MapPair",
+    "Panel",
+    "bars",
+    "clean",
+    "coordinates_glass_brain",
+    "fast_gc",
+    "finite_data",
+    "glass_grid",
+    "group_strip",
+    "heatmap",
+    "load",
+    "new_figure",
+    "null_histogram",
+    "paired_values",
+    "plateaus_glass_brain",
+    "robust_abs_max",
+    "scatter_fit",
+    "slices_grid",
+    "stat_map_mosaic",
+    "stat_map_ortho",
+    "to_png",
+    "values_glass_brain",
+    "voxel_scatter",
+    "zoomed_slices",
 ]
 
 DPI = 90
+#: colours kept in a figure's PNG
+PNG_COLORS = 192
+#: the figure functions that draw (or may resample) with nilearn: drawn in processes
+#: forked once nilearn is imported (:mod:`bids_cnm.reports.drawing`)
+NILEARN_FIGURES = frozenset({
+    "coordinates_glass_brain", "stat_map_ortho", "stat_map_mosaic", "zoomed_slices",
+    "plateaus_glass_brain", "values_glass_brain", "voxel_scatter",
+})
 #: colours of coordinate sets (cycled)
 SET_COLORS = (
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -73,11 +106,42 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def to_png(fig: Figure, dpi: int = DPI, tight: bool = False) -> bytes:
-    """Render a figure to PNG bytes (``tight``: crop to the drawn content)."""
-    buffer = io.BytesIO()
-    extra = {"bbox_inches": "tight", "pad_inches": 0.1} if tight else {}
-    fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor(), **extra)
-    return buffer.getvalue()
+    """Render a figure to a palette PNG (``tight``: crop to the drawn content).
+
+    The pixels are quantized to at most :data:`PNG_COLORS` colours (a palette PNG is
+    2-5 times smaller than RGBA, visually the same for plots) straight from the Agg
+    canvas: ``savefig`` would encode an RGBA PNG only for it to be decoded again.
+    ``tight`` crops the canvas to the drawn content's box (plus 0.1 inch) after one
+    draw; ``savefig``'s ``bbox_inches="tight"`` draws twice, which only content
+    reaching beyond the figure's edges needs.
+    """
+    from PIL import Image
+
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    if tight:
+        width, height = fig.get_size_inches()
+        box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
+        if box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height:
+            rows = slice(int(np.floor((height - box.y1) * dpi)),
+                         int(np.ceil((height - box.y0) * dpi)))
+            cols = slice(int(np.floor(box.x0 * dpi)), int(np.ceil(box.x1 * dpi)))
+            pixels = pixels[rows, cols]
+        else:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor(),
+                        bbox_inches="tight", pad_inches=0.1,
+                        pil_kwargs={"compress_level": 1})  # decoded at once: fast zlib
+            pixels = np.asarray(Image.open(buffer).convert("RGB"))
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    # maximum coverage keeps a small patch of a rare colour (a marker, a blob), which
+    # median cut merged into its neighbours (a plateau's yellow dots vanished, blobs of
+    # the slices changed colour); octree kept them too but banded the colour bars
+    paletted = image.quantize(colors=PNG_COLORS, method=Image.Quantize.MAXCOVERAGE)
+    out = io.BytesIO()
+    paletted.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 ImageLike = nb.spatialimages.SpatialImage | str | os.PathLike
@@ -140,11 +204,23 @@ def coordinates_glass_brain(points: Mapping[str, np.ndarray], colors: Mapping[st
 @lru_cache(maxsize=1)
 def background() -> nb.Nifti1Image:
     """nilearn's MNI152 template at 2 mm, loaded once (before the drawing processes fork,
-    so they share it): the slices' background."""
+    so they share it): the slices' background.
+
+    The 1 mm template averaged over blocks of 2 x 2 x 2 voxels: nilearn's
+    ``load_mni152_template(resolution=2)`` resamples it with splines, ten times
+    slower (0.6 s) for a background drawn at ~2 pixels per millimetre.
+    """
     from nilearn.datasets import load_mni152_template
 
-    template = load_mni152_template(resolution=2)
-    return nb.Nifti1Image(np.asarray(template.dataobj, dtype=np.float32), template.affine)
+    template = load_mni152_template(resolution=1)
+    data = np.asarray(template.dataobj, dtype=np.float32)
+    even = [n - n % 2 for n in data.shape[:3]]
+    data = data[:even[0], :even[1], :even[2]]
+    blocks = data.reshape(even[0] // 2, 2, even[1] // 2, 2, even[2] // 2, 2)
+    # a 2-voxel block's centre is half a voxel past its first voxel's
+    affine = template.affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (template.affine @ [0.5, 0.5, 0.5, 1.0])[:3]
+    return nb.Nifti1Image(blocks.mean(axis=(1, 3, 5), dtype=np.float32), affine)
 
 
 def _stat_kwargs(vmax: float, symmetric: bool) -> dict:
@@ -343,19 +419,37 @@ class Panel:
 
 
 def _signed_mip(data: np.ndarray, axis: int) -> np.ndarray:
-    """Projection keeping, along ``axis``, the value of largest magnitude (with its sign)."""
-    index = np.expand_dims(np.abs(data).argmax(axis=axis), axis)
-    return np.take_along_axis(data, index, axis=axis).squeeze(axis)
+    """Projection keeping, along ``axis``, the value of largest magnitude (with its sign;
+    the positive one of a tie)."""
+    high = data.max(axis=axis)
+    low = data.min(axis=axis)
+    return np.where(-low > high, low, high)
 
 
-def _grid_extent(affine: np.ndarray, shape: Sequence[int]) -> list[tuple[float, float]]:
-    """World (mm) range of each axis of a canonical (RAS) grid, voxel edges included."""
-    out = []
-    for axis in range(3):
-        step = affine[axis, axis]
-        start = affine[axis, 3]
-        out.append((start - step / 2, start + step * (shape[axis] - 0.5)))
+def _window(plane: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """``plane[rows[0]:rows[1], cols[0]:cols[1]]``, zero where the window leaves the plane."""
+    out = np.zeros((rows[1] - rows[0], cols[1] - cols[0]), dtype=plane.dtype)
+    r0, r1 = max(rows[0], 0), min(rows[1], plane.shape[0])
+    c0, c1 = max(cols[0], 0), min(cols[1], plane.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0 - rows[0]:r1 - rows[0], c0 - cols[0]:c1 - cols[0]] = plane[r0:r1, c0:c1]
     return out
+
+
+def _outline(inside: np.ndarray, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """The 0.5 contour of a boolean plane (rows along ``x``, columns along ``y``, voxel
+    centres in mm), as (n, 2) mm polylines: the line ``Axes.contour`` draws."""
+    from contourpy import contour_generator
+
+    # matplotlib's own contour algorithm (rcParams["contour.algorithm"])
+    generator = contour_generator(x=x, y=y, z=inside.T.astype(float), name="mpl2014",
+                                  line_type="SeparateCode")
+    lines, _ = generator.lines(0.5)
+    return [line for line in lines if len(line) > 1]
+
+
+#: the mask's projection under a glass grid's maps (as ``Greys`` at 1/6: a light grey)
+_MASK_GREY = colormaps["Greys"](1 / 6)
 
 
 def glass_grid(
@@ -371,9 +465,12 @@ def glass_grid(
     maximum-intensity projections (sagittal, coronal, axial) where |value| >
     ``threshold``, over the outline of ``mask``, with the panel's coordinates.
 
-    Drawn with numpy and ``imshow`` rather than nilearn (a nilearn glass brain
-    costs ~0.3 s; this ~0.02 s per map), so dozens of maps stay fast.  All maps
-    must share one grid.
+    Drawn with numpy rather than nilearn (a nilearn glass brain costs ~0.3 s), and
+    on a single axes in inches: every view is one RGBA image (the map's colours over
+    the mask's grey) placed at its spot, the mask outlines are one line collection
+    and the coordinates one scatter.  A grid of axes (three per map, each with its
+    ticks and spines built though hidden) cost five times more to build than to
+    draw.  All maps must share one grid.
     """
     canonical = [nb.as_closest_canonical(load(p.img)) for p in panels]
     shown_maps = []
@@ -384,18 +481,21 @@ def glass_grid(
         vmax = robust_abs_max(shown_maps, 95.0, floor=threshold * 1.5 if threshold else 0.0)
     affine = canonical[0].affine
     shape = canonical[0].shape[:3]
-    extent = _grid_extent(affine, shape)
+    steps = [float(affine[axis, axis]) for axis in range(3)]
+    starts = [float(affine[axis, 3]) for axis in range(3)]
     mask_data = None
     if mask is not None:
         mask_c = nb.as_closest_canonical(load(mask))
         if mask_c.shape[:3] == tuple(shape) and np.allclose(mask_c.affine, affine):
             mask_data = np.asarray(mask_c.dataobj) > 0
-    # the views show the mask's bounding box (plus a voxel), not the whole grid
-    bounds = list(extent)
+    # the views show the mask's bounding box plus a voxel (voxel index windows
+    # [lo, hi)), not the whole grid
+    windows = [(0, int(n)) for n in shape]
     if mask_data is not None and mask_data.any():
-        for axis, idx in enumerate(np.nonzero(mask_data)):
-            step, start = affine[axis, axis], affine[axis, 3]
-            bounds[axis] = (start + step * (idx.min() - 1.5), start + step * (idx.max() + 1.5))
+        windows = [(int(idx.min()) - 1, int(idx.max()) + 2) for idx in np.nonzero(mask_data)]
+    bounds = [(starts[a] + steps[a] * (lo - 0.5), starts[a] + steps[a] * (hi - 0.5))
+              for a, (lo, hi) in enumerate(windows)]
+    centres = [starts[a] + steps[a] * np.arange(lo, hi) for a, (lo, hi) in enumerate(windows)]
     # (projection axis, horizontal axis, vertical axis) for sagittal, coronal, axial
     views = ((0, 1, 2), (1, 0, 2), (2, 0, 1))
     widths = [bounds[h][1] - bounds[h][0] for _, h, _ in views]
@@ -409,51 +509,66 @@ def glass_grid(
     row_h = title_h + image_h + row_gap
     fig_h = nrows * row_h + bar_h
     fig = new_figure(fig_w, fig_h)
+    # one axes over the whole figure whose data coordinates are inches
+    ax = fig.add_axes([0.0, 0.0, 1.0, 1.0])
+    ax.set_axis_off()
     norm = Normalize(-vmax, vmax)
-    mask_projection = {}
-    if mask_data is not None:
-        for axis, _, _ in views:
-            mask_projection[axis] = mask_data.any(axis=axis)
-    image = None
+    colormap = colormaps[cmap]
+    # per view, drawn once: the mask's grey projection (the background of every map's
+    # view) and its outline
+    backdrops, outlines = [], []
+    for axis, h, v in views:
+        plane = np.ones((windows[h][1] - windows[h][0], windows[v][1] - windows[v][0], 4))
+        inside = None
+        if mask_data is not None:
+            inside = _window(mask_data.any(axis=axis), windows[h], windows[v])
+            plane[inside] = _MASK_GREY
+        backdrops.append(plane)
+        outlines.append(_outline(inside, centres[h], centres[v]) if inside is not None
+                        and inside.any() else [])
+    segments, points = [], []
     for n, (panel, shown) in enumerate(zip(panels, shown_maps)):
         row, col = divmod(n, ncols)
         top = fig_h - row * row_h  # inches from the bottom
         x0 = col * cell_w + pad
         fig.text(x0 / fig_w, (top - 0.04) / fig_h, panel.label, ha="left", va="top",
                  fontsize=9.5, fontweight="bold", color=panel.color)
-        for v, (axis, h, vert) in enumerate(views):
-            w_in, h_in = widths[v] * scale, heights[v] * scale
+        xyz = (np.asarray(panel.coords, float).reshape(-1, 3) if panel.coords is not None
+               else np.empty((0, 3)))
+        for k, (axis, h, v) in enumerate(views):
+            w_in, h_in = widths[k] * scale, heights[k] * scale
             bottom = top - title_h - image_h + (image_h - h_in) / 2
-            ax = fig.add_axes([x0 / fig_w, bottom / fig_h, w_in / fig_w, h_in / fig_h])
+            projection = _window(_signed_mip(shown, axis), windows[h], windows[v])
+            rgba = backdrops[k].copy()
+            drawn = projection != 0
+            rgba[drawn] = colormap(norm(projection[drawn]))
+            # rows of the transposed plane run along the vertical axis (origin lower)
+            ax.imshow(rgba.transpose(1, 0, 2), origin="lower", interpolation="nearest",
+                      extent=(x0, x0 + w_in, bottom, bottom + h_in), aspect="auto")
+            to_inches = np.array([x0 - bounds[h][0] * scale, bottom - bounds[v][0] * scale])
+            segments += [line * scale + to_inches for line in outlines[k]]
+            inside = ((xyz[:, h] > bounds[h][0]) & (xyz[:, h] < bounds[h][1])
+                      & (xyz[:, v] > bounds[v][0]) & (xyz[:, v] < bounds[v][1]))
+            points.append(xyz[inside][:, [h, v]] * scale + to_inches)
             x0 += w_in + gap
-            ax.set_axis_off()
-            ext = [*extent[h], *extent[vert]]
-            # projecting out `axis` leaves (h, vert) in that order: transpose for imshow
-            if axis in mask_projection:
-                outline = mask_projection[axis]
-                ax.imshow(outline.T, origin="lower", extent=ext, cmap="Greys", vmin=0, vmax=6,
-                          interpolation="nearest")
-                ax.contour(outline.T.astype(float), levels=[0.5], colors="#888888",
-                           linewidths=0.5, extent=ext, origin="lower")
-            projection = _signed_mip(shown, axis)
-            masked = np.ma.masked_equal(projection.T, 0.0)
-            image = ax.imshow(masked, origin="lower", extent=ext, cmap=cmap, norm=norm,
-                              interpolation="nearest")
-            if panel.coords is not None and len(panel.coords):
-                xyz = np.asarray(panel.coords, float)
-                ax.scatter(xyz[:, h], xyz[:, vert], s=9, c="#2ca02c", edgecolors="black",
-                           linewidths=0.4, zorder=3)
-            ax.set_xlim(*bounds[h])
-            ax.set_ylim(*bounds[vert])
-    if image is not None:
+    if segments:
+        ax.add_collection(LineCollection(segments, colors="#888888", linewidths=0.5,
+                                         zorder=2))
+    points = np.concatenate(points) if points else np.empty((0, 2))
+    if len(points):
+        ax.scatter(points[:, 0], points[:, 1], s=9, c="#2ca02c", edgecolors="black",
+                   linewidths=0.4, zorder=3)
+    ax.set_xlim(0.0, fig_w)
+    ax.set_ylim(0.0, fig_h)
+    if panels:
         cax = fig.add_axes([0.3, 0.45 / fig_h, 0.4, 0.13 / fig_h])
-        bar = fig.colorbar(image, cax=cax, orientation="horizontal")
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cax,
+                           orientation="horizontal")
         shown = (f"shown where |{value_label}| > {threshold:g}" if threshold > 1e-5
                  else f"shown where {value_label} ≠ 0")
         bar.set_label(f"{value_label} ({shown})", fontsize=9)
         bar.ax.tick_params(labelsize=8)
-    png = to_png(fig)
-    return png
+    return to_png(fig)
 
 
 def heatmap(

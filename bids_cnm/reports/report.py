@@ -10,7 +10,7 @@ summary with the key numbers first, the inputs, the network at the main
 threshold, the seed networks, sensitivity, specificity, validation, DBS and the
 convergent network, the ALE, further outputs, provenance.  A section appears
 when its files exist.  The figures of all sections are drawn together, in
-parallel processes (:func:`bids_cnm.reports.render.draw_figures`).  A section
+parallel processes (:func:`bids_cnm.reports.drawing.draw_figures`).  A section
 or figure that fails shows its error in place (and the summary lists it); the
 report itself is still written.
 """
@@ -33,13 +33,14 @@ from bids_cnm.io.derivatives import write_text
 from bids_cnm.reports import figures
 from bids_cnm.reports.blocks import Section, error
 from bids_cnm.reports.context import NIFTI, ReportContext, parse_coordinates
+from bids_cnm.reports.drawing import draw_figures
 from bids_cnm.reports.index import DerivativesIndex, threshold_value
-from bids_cnm.reports.render import draw_figures, render_page
+from bids_cnm.reports.render import render_page
 from bids_cnm.reports.sections import BODY, provenance_section, summary_section
 
 LOGGER = logging.getLogger("bids_cnm.reports")
 
-__all__ = ["build_report", "REPORT_NAME", "environment_versions", "make_context"]
+__all__ = ["REPORT_NAME", "build_report", "environment_versions", "make_context"]
 
 REPORT_NAME = "bids_cnm_report.html"
 _VERSION_PACKAGES = ("numpy", "scipy", "nibabel", "nilearn", "nipype", "pybids", "pandas",
@@ -156,7 +157,7 @@ def _body(ctx: ReportContext) -> list[Section]:
     for build in BODY:
         try:
             section = build(ctx)
-        except Exception as exc:  # one section's failure must not cost the report
+        except Exception as exc:  # noqa: BLE001 - one section's failure must not cost the report
             name = build.__name__.replace("_section", "")
             LOGGER.warning("report: the %s section failed: %s", name, exc)
             ctx.errors.append(f"{name} section: {type(exc).__name__}: {exc}")

@@ -1,0 +1,226 @@
+"""Draw the figures of the report's sections, in parallel processes when it pays.
+
+Plotting is CPU-bound and matplotlib is not thread-safe, so the figures are
+drawn in forked worker processes (fork is cheap and the workers inherit the
+imports).  Importing nilearn's plotting module costs about a second of CPU,
+which would keep every core but one idle if it came before the first fork.  So
+there are two pools:
+
+* the *early* pool is forked before nilearn is imported, with one process less
+  than there are cores: it starts on the figures drawn without nilearn
+  (:data:`bids_cnm.reports.figures.NILEARN_FIGURES` lists the others) while
+  this process imports nilearn's plotting module and loads the MNI template;
+* the *late* pool is forked after that, so its processes have both, and draws
+  the nilearn figures, then what is left of the others.
+
+At most as many figures are drawn at a time as there are processes allowed, the
+costliest first (a long figure started last would leave the other processes
+idle at the end: longest-processing-time-first scheduling).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+
+from bids_cnm.reports.blocks import Figure, Section, iter_figures
+
+LOGGER = logging.getLogger("bids_cnm.reports")
+
+__all__ = ["MIN_FIGURES_FOR_POOL", "draw_figures", "uses_nilearn"]
+
+#: fewer figures than this are drawn in this process (a pool costs ~0.3 s to start)
+MIN_FIGURES_FOR_POOL = 6
+
+#: relative drawing cost of the figure functions (CPU time measured on the benchmark's
+#: 20-seed run and the demo); unknown ones count 1
+_COST = {"glass_grid": 4.0, "voxel_scatter": 4.0, "coordinates_glass_brain": 3.0,
+         "plateaus_glass_brain": 3.0, "values_glass_brain": 3.0, "zoomed_slices": 2.0,
+         "slices_grid": 2.0, "stat_map_ortho": 1.5, "stat_map_mosaic": 1.5}
+
+Result = tuple[bytes | None, str | None]
+
+
+def _name(fig: Figure) -> str:
+    return getattr(getattr(fig.job, "func", None), "__name__", "")
+
+
+def uses_nilearn(fig: Figure) -> bool:
+    """Whether the figure's job draws with nilearn."""
+    from bids_cnm.reports.figures import NILEARN_FIGURES
+
+    return _name(fig) in NILEARN_FIGURES
+
+
+def _cost(fig: Figure) -> float:
+    if _name(fig) == "bars":  # one bar, label and value per seed: hundreds of seeds add up
+        args = getattr(fig.job, "args", ())
+        return 1.0 + (len(args[0]) / 50 if args else 0.0)
+    return _COST.get(_name(fig), 1.0)
+
+
+def _draw(job: Callable[[], bytes]) -> Result:
+    """Run one figure's job; a failing figure gives its error, not an exception."""
+    try:
+        return job(), None
+    except Exception as exc:  # noqa: BLE001 - one bad figure must not cost the report
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _pool_size(n_figures: int, n_procs: int | None) -> int:
+    if n_procs is None:
+        n_procs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    if n_figures < MIN_FIGURES_FOR_POOL or sys.platform != "linux":
+        return 1  # fork (cheap, inherits the imports) is only safe to rely on on Linux
+    return max(1, min(n_procs, n_figures))
+
+
+def _prepare_nilearn() -> None:
+    """Import nilearn's plotting module and load the template (inherited by forks)."""
+    import nilearn.plotting  # noqa: F401
+
+    from bids_cnm.reports.figures import background
+
+    background()
+
+
+def _serve(conn: Connection) -> None:
+    """A worker process: draw each job received, send its result back, until ``None``."""
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(_draw(job))
+
+
+class _Worker:
+    """One forked drawing process and its pipe; it draws the figures sent, in order.
+
+    Not a ``ProcessPoolExecutor``: its helper threads would still run in this
+    process when the late pool forks (forking a process with threads can leave a
+    child waiting for ever on a lock a thread held); a pipe per worker needs none.
+    """
+
+    def __init__(self, context: multiprocessing.context.BaseContext,
+                 with_nilearn: bool) -> None:
+        self.with_nilearn = with_nilearn  # forked after nilearn was imported
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.pending: deque[int] = deque()  # figures sent, not yet returned
+
+    def send(self, k: int, figures: Sequence[Figure]) -> None:
+        self.pending.append(k)
+        self.conn.send(figures[k].job)
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+#: cost units (:data:`_COST`) the early pool's processes are given up front: about
+#: what they draw while this process imports nilearn (~0.9 s of CPU)
+_IMPORT_COST = 6.0
+
+
+def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
+    """Every figure's result, drawn by ``size`` processes in the two pools."""
+    order = sorted(range(len(figures)), key=lambda k: -_cost(figures[k]))
+    plain = deque(k for k in order if not uses_nilearn(figures[k]))
+    nilearn = deque(k for k in order if uses_nilearn(figures[k]))
+    context = multiprocessing.get_context("fork")
+    results: list[Result | None] = [None] * len(figures)
+    workers: list[_Worker] = []
+    try:
+        # the early pool: it draws what needs no nilearn while this process imports
+        # it; given its figures up front (this process cannot hand any out meanwhile)
+        early = [_Worker(context, with_nilearn=False)
+                 for _ in range(min(len(plain), max(1, size - 1)))]
+        workers += early
+        given = [0.0] * len(early)
+        while plain and early and (not nilearn or min(given) < _IMPORT_COST):
+            n = given.index(min(given))
+            given[n] += _cost(figures[plain[0]])
+            early[n].send(plain.popleft(), figures)
+        if nilearn:
+            _prepare_nilearn()
+            # the late pool: forked now, with nilearn; `size` processes in all
+            workers += [_Worker(context, with_nilearn=True)
+                        for _ in range(min(size - len(workers), len(nilearn)))]
+        while True:
+            for i, worker in enumerate(workers):
+                if worker.pending:
+                    continue
+                # nilearn figures first where nilearn is; the early pool draws the others
+                if nilearn and worker.with_nilearn:
+                    worker.send(nilearn.popleft(), figures)
+                elif plain:
+                    worker.send(plain.popleft(), figures)
+                elif nilearn:  # an early process with nothing left: one with nilearn instead
+                    worker.stop()
+                    workers[i] = _Worker(context, with_nilearn=True)
+                    workers[i].send(nilearn.popleft(), figures)
+            busy = [w for w in workers if w.pending]
+            if not busy:
+                break
+            for conn in wait([w.conn for w in busy]):
+                worker = next(w for w in busy if w.conn is conn)
+                try:
+                    results[worker.pending[0]] = conn.recv()
+                    worker.pending.popleft()
+                except (EOFError, OSError) as exc:  # the process died (killed, out of memory)
+                    for k in worker.pending:
+                        results[k] = (None, f"drawing process ended: {exc!r}")
+                    worker.pending.clear()
+                    workers.remove(worker)
+    finally:
+        for worker in workers:
+            worker.stop()
+    # figures no process was left to draw (all that could draw them died)
+    return [r if r is not None else (None, "no drawing process left") for r in results]
+
+
+def draw_figures(sections: Sequence[Section], n_procs: int | None = None) -> list[Figure]:
+    """Draw every figure of ``sections`` (sets ``png`` or ``error``); returns the failures.
+
+    Parameters
+    ----------
+    sections : sequence of Section
+    n_procs : int, optional
+        Processes to draw in; default the CPUs this process may use.
+
+    Returns
+    -------
+    list of Figure
+        The figures that could not be drawn (their ``error`` says why).
+    """
+    figures = [f for s in sections for f in iter_figures(s.blocks)]
+    size = _pool_size(len(figures), n_procs)
+    if size > 1:
+        results = _draw_in_pools(figures, size)
+    else:
+        results = [_draw(f.job) for f in figures]
+    failed = []
+    for fig, (png, err) in zip(figures, results):
+        fig.png, fig.error = png, err
+        if err:
+            LOGGER.warning("report: cannot draw %r: %s", fig.alt, err)
+            failed.append(fig)
+    return failed

@@ -1,0 +1,111 @@
+"""Drawing the report's figures in parallel processes gives what drawing them here gives."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from functools import partial
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_cnm.reports import drawing, figures
+from bids_cnm.reports.blocks import Figure, Group, Row, Section, iter_figures
+
+AFFINE = np.array([[4.0, 0, 0, -90], [0, 4.0, 0, -126], [0, 0, 4.0, -72], [0, 0, 0, 1]])
+SHAPE = (46, 55, 46)
+
+
+def _maps(folder: Path) -> tuple[Path, Path]:
+    """A mask and a map with a positive and a negative blob, on the demo's 4 mm grid."""
+    mask = np.zeros(SHAPE, np.float32)
+    mask[8:38, 8:47, 8:38] = 1
+    data = np.zeros(SHAPE, np.float32)
+    data[14:18, 20:24, 20:24] = 7.0
+    data[28:31, 30:34, 24:27] = -6.0
+    paths = (folder / "mask.nii.gz", folder / "map.nii.gz")
+    for path, values in zip(paths, (mask, data)):
+        nb.Nifti1Image(values, AFFINE).to_filename(path)
+    return paths
+
+
+def _sections(folder: Path) -> list[Section]:
+    """Sections holding figures of both kinds (drawn with nilearn and without)."""
+    mask, tmap = _maps(folder)
+    panel = figures.Panel("map", str(tmap), np.array([[-20.0, -40.0, 20.0]]))
+    rng = np.random.default_rng(0)
+    fig = partial(Figure, caption="c")
+    return [
+        Section("one", "One", [
+            fig(partial(figures.glass_grid, [panel, panel], str(mask), 3.0), alt="grid"),
+            fig(partial(figures.bars, ["a", "b", "c"], [1.0, -2.0, 3.0], "x"), alt="bars"),
+            Row([fig(partial(figures.stat_map_ortho, str(tmap), (-20.0, -40.0, 20.0), 7.0,
+                             3.0), alt="ortho"),
+                 fig(partial(figures.stat_map_mosaic, str(tmap), [0.0, 20.0], 7.0, 3.0),
+                     alt="mosaic")]),
+        ]),
+        Section("two", "Two", [Group("g", "G", [
+            fig(partial(figures.heatmap, np.array([[1.0, 0.3], [0.3, 1.0]]), ["a", "b"],
+                        ["a", "b"]), alt="heatmap"),
+            fig(partial(figures.null_histogram, rng.normal(size=200), 1.5, 0.04, "r"),
+                alt="null"),
+            fig(partial(figures.coordinates_glass_brain, {"s": np.array([[0.0, 0.0, 0.0]])},
+                        {"s": "#1f77b4"}), alt="coordinates"),
+        ])]),
+    ]
+
+
+def _die() -> bytes:
+    """A figure job whose process dies (as when the kernel kills it)."""
+    os._exit(3)
+
+
+def test_figures_drawn_in_parallel_equal_those_drawn_here(tmp_path):
+    serial, parallel = _sections(tmp_path), _sections(tmp_path)
+    assert len([f for s in serial for f in iter_figures(s.blocks)]) >= \
+        drawing.MIN_FIGURES_FOR_POOL
+    assert drawing.draw_figures(serial, n_procs=1) == []
+    assert drawing.draw_figures(parallel, n_procs=2) == []
+    drawn = [f for s in serial for f in iter_figures(s.blocks)]
+    redrawn = [f for s in parallel for f in iter_figures(s.blocks)]
+    assert [f.alt for f in drawn] == [f.alt for f in redrawn]
+    kinds = {drawing.uses_nilearn(f) for f in drawn}
+    assert kinds == {True, False}, "both pools are exercised"
+    for a, b in zip(drawn, redrawn):
+        assert a.png and a.png.startswith(b"\x89PNG"), a.alt
+        assert a.png == b.png, f"{a.alt} differs when drawn in parallel"
+
+
+def test_a_dead_drawing_process_costs_only_its_figure(tmp_path):
+    sections = _sections(tmp_path)
+    sections[0].blocks.insert(1, Figure(_die, "c", "dies"))
+    failed = drawing.draw_figures(sections, n_procs=2)
+    assert [f.alt for f in failed] == ["dies"]
+    assert "ended" in failed[0].error or "no drawing process" in failed[0].error
+    for f in (f for s in sections for f in iter_figures(s.blocks)):
+        assert f.alt == "dies" or f.png.startswith(b"\x89PNG"), f.alt
+
+
+def test_a_failing_figure_shows_its_error(tmp_path):
+    sections = _sections(tmp_path)
+    # a 1-D "matrix": the heatmap raises
+    sections[1].blocks.append(Figure(partial(figures.heatmap, np.ones(3), ["a"], ["a"]), "c",
+                                     "broken heatmap"))
+    failed = drawing.draw_figures(sections, n_procs=2)
+    assert [f.alt for f in failed] == ["broken heatmap"]
+    assert failed[0].png is None and failed[0].error
+
+
+@pytest.mark.parametrize("name", sorted(
+    name for name, fn in inspect.getmembers(figures, inspect.isfunction)
+    if fn.__module__ == figures.__name__
+    and inspect.signature(fn).return_annotation == "bytes" and name != "to_png"))
+def test_the_figures_drawn_with_nilearn_are_listed(name):
+    """A nilearn figure drawn by a process forked before nilearn was imported would
+    import it again (a second of CPU): every figure function using it is listed."""
+    source = inspect.getsource(getattr(figures, name))
+    if "from nilearn" in source or "paired_values(" in source:
+        assert name in figures.NILEARN_FIGURES
+    assert figures.NILEARN_FIGURES <= set(dir(figures))
