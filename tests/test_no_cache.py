@@ -137,3 +137,18 @@ def test_participant_no_cache_decodes_once(tiny_connectome, tiny_coordinates, tm
         np.testing.assert_allclose(
             nb.load(outs["stream"] / path.relative_to(outs["cached"])).get_fdata(),
             nb.load(path).get_fdata(), rtol=1e-6, atol=1e-6, err_msg=path.name)
+
+
+def test_no_cache_without_brain_masks_and_a_second_cohort(tiny_coordinates, tmp_path):
+    """Without brain masks (the targets are each batch's first subject's valid voxels, the
+    degree sample is drawn from the first run's non-zero voxels) and with a second pass
+    over a cohort (--compare-participant-filter), the outputs are still the cached run's,
+    the degree map included."""
+    connectome = write_tiny_connectome(tmp_path / "connectome", n_subjects=6, seed=5,
+                                       with_masks=False)
+    extra = ["--compare-participant-filter", "group=IGE"]
+    out = _run(connectome, tiny_coordinates, tmp_path / "stream", "--no-cache", *extra)
+    ref = _run(connectome, tiny_coordinates, tmp_path / "cached", *extra)
+    assert any("connectomeIGE" in name for name in _maps(out))
+    assert list((tmp_path / "stream" / "work").glob("sample_pool_*.nii.gz"))
+    _assert_same_maps(ref, out)
