@@ -152,3 +152,24 @@ def test_no_cache_without_brain_masks_and_a_second_cohort(tiny_coordinates, tmp_
     assert any("connectomeIGE" in name for name in _maps(out))
     assert list((tmp_path / "stream" / "work").glob("sample_pool_*.nii.gz"))
     _assert_same_maps(ref, out)
+
+
+def test_no_cache_with_the_demo_plan(tmp_path, decodes):
+    """The analysis plan's extra seeds and ROI-to-ROI node values (computed per subject in
+    the same pass) are those of the cached run, each run decoded once."""
+    import pandas as pd
+
+    from bids_cnm.demo.data import make_demo_dataset
+    from bids_cnm.demo.plan import make_demo_plan
+
+    demo = make_demo_dataset(tmp_path / "demo", n_subjects=4, n_volumes=40)
+    plan = make_demo_plan(tmp_path / "demo")
+    extra = ["--analysis", str(plan)]
+    out = _run(demo.bids_dir, demo.coordinates, tmp_path / "stream", "--no-cache", *extra)
+    assert dict(decodes) == _volumes(demo.bids_dir)
+    ref = _run(demo.bids_dir, demo.coordinates, tmp_path / "cached", *extra)
+    _assert_same_maps(ref, out)
+    (values,) = ref.glob("validation/*_desc-roitoroi_values.tsv")
+    expected = pd.read_csv(values, sep="\t")
+    found = pd.read_csv(out / values.relative_to(ref), sep="\t")
+    pd.testing.assert_frame_equal(found, expected, rtol=1e-6, atol=1e-6)

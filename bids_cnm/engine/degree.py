@@ -140,7 +140,9 @@ class DegreeSums:
     voxels : ndarray of int64, shape (V,)
         Flat indices of the target voxels (the analysis mask), sorted.
     sample : ndarray of int64, shape (S,)
-        Flat indices of the sample voxels, a subset of ``voxels``.
+        Flat indices of the sample voxels, a subset of ``voxels`` (in a ``--no-cache``
+        batch, drawn before the data were read, it may hold voxels without data in some
+        subject: see :mod:`bids_cnm.engine.streaming`).
     n : int
         Subjects added.
     total : ndarray of float64, shape (V,)

@@ -6,7 +6,8 @@ the source files' paths, sizes and times), so participant and group runs, passes
 over a second connectome and re-runs that share a work directory share them: the
 expensive decoding of the connectome happens once, whatever is analysed
 afterwards, and checking it costs a ``stat`` per file, not a nipype node per
-subject.
+subject.  With ``--no-cache`` nothing is prepared: each batch node decodes its
+subjects once, straight into the connectivity sums (:mod:`bids_cnm.engine.streaming`).
 """
 
 from __future__ import annotations
