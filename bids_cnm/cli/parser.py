@@ -221,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep no prepared copy of the time series in the work directory "
                       "(it takes about 4 bytes per voxel and volume): each subject is decoded "
                       "once from its files, straight into the connectivity sums; for a "
-                      "one-off run on a connectome too large to copy (a re-run decodes it "
-                      "all again)")
+                      "one-off run on a connectome too large to copy (a run with other seeds "
+                      "decodes it all again)")
     perf.add_argument("--nipype-plugin", default="MultiProc",
                       choices=["MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "PBS"],
                       help="nipype execution plugin (cluster plugins submit one job per node)")
