@@ -17,6 +17,7 @@ from conftest import SPACE, TINY_SHAPE, write_tiny_connectome
 
 from bids_cnm.cli.run import main
 from bids_cnm.engine import bold_reader
+from bids_cnm.engine.timeseries import open_prepared, prepare_subject, stream_subject
 
 ENTS = f"task-rest_space-{SPACE}"
 SEEDS = ("StudyA", "StudyB", "StudyC", "CtrlX")
@@ -173,3 +174,16 @@ def test_no_cache_with_the_demo_plan(tmp_path, decodes):
     expected = pd.read_csv(values, sep="\t")
     found = pd.read_csv(out / values.relative_to(ref), sep="\t")
     pd.testing.assert_frame_equal(found, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_stream_subject_holds_the_prepared_copy(tiny_connectome, tmp_path, dtype):
+    """A subject decoded in memory holds exactly the arrays a prepared copy stores."""
+    func = tiny_connectome / "sub-01" / "func"  # two runs
+    bold = sorted(str(p) for p in func.glob("*_bold.nii.gz"))
+    masks = sorted(str(p) for p in func.glob("*_desc-brain_mask.nii.gz"))
+    stored = open_prepared(prepare_subject(bold, masks, tmp_path / "prepared", dtype=dtype))
+    streamed = stream_subject(bold, masks, dtype)
+    for name in ("data", "scale", "norm", "run_norm", "sd", "voxels"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(stored, name), name)
+    assert streamed.runs == stored.runs and streamed.meta["shape"] == stored.meta["shape"]
