@@ -172,6 +172,37 @@ def test_prepared_batches_run_in_the_main_process(inputs, tmp_path):
     workflow = init_group_wf(changed)
     assert workflow.get_node("prepare_batch_0").run_without_submitting
     assert not workflow.get_node("prepare_batch_1").run_without_submitting
-    # --no-cache keeps no copy: the batches always read the files, in workers
-    no_cache = init_group_wf(_with(changed, no_cache=True))
-    assert not no_cache.get_node("prepare_batch_0").run_without_submitting
+
+
+def test_no_cache_batches_read_the_files_once(inputs, tmp_path):
+    """--no-cache keeps no copy: no preparation node; each batch decodes its subjects once
+    and reports their valid voxels, which make the analysis mask, which cuts the batches'
+    sums in the reduce step; the degree sample is drawn before the batches run."""
+    workflow = init_group_wf(_with(inputs, work_dir=tmp_path / "work", no_cache=True))
+    names, edges = _names(workflow), _edges(workflow)
+    assert not [n for n in names if "prepare" in n]
+    batches = sorted(n for n in names if re.fullmatch(r"accumulate_batch_\d+", n))
+    assert len(batches) == 2
+    spread = [s["label"] for n in batches for s in workflow.get_node(n).inputs.subjects]
+    assert spread == SUBJECTS  # every subject in exactly one batch
+    for b, name in enumerate(batches, 1):
+        node = workflow.get_node(name)
+        assert node.inputs.support == str(inputs.support_file)
+        assert not node.run_without_submitting
+        assert {(name, "voxels", "collect_voxels", f"in{b}"),
+                (name, "valid_mask", "collect_valid_masks", f"in{b}"),
+                (name, "stats", "collect_stats", f"in{b}"),
+                ("degree_sample", "sample", name, "degree_sample")} <= edges
+    assert {("collect_valid_masks", "out", "analysis_mask", "masks"),
+            ("collect_voxels", "out", "reduce", "stats_voxels"),
+            ("analysis_mask", "voxels", "reduce", "voxels")} <= edges
+    assert not [e for e in edges if e[2] == "degree_sample"]  # not from the analysis mask
+    assert workflow.get_node("degree_sample").inputs.candidates == str(inputs.support_file)
+
+
+def test_participant_no_cache_decodes_in_the_maps_node(inputs, tmp_path):
+    workflow = init_participant_wf(_with(inputs, analysis_level="participant",
+                                         work_dir=tmp_path / "work", no_cache=True))
+    assert _names(workflow) == {f"zmaps_sub_{s}" for s in SUBJECTS}
+    node = workflow.get_node("zmaps_sub_01")
+    assert node.inputs.subject["label"] == "01" and node.inputs.subject["bold"]

@@ -18,10 +18,10 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that exits with the BIDS-Apps usage code (64), writes its usage
     errors to stderr and suggests the closest option for a misspelt one."""
 
-    _argv: list[str] = []
+    _argv: tuple[str, ...] = ()
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
-        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        self._argv = tuple(str(a) for a in (sys.argv[1:] if args is None else args))
         return super().parse_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -219,9 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=DOCS["cache_dtype"])
     perf.add_argument("--no-cache", action="store_true",
                       help="keep no prepared copy of the time series in the work directory "
-                      "(it takes about 4 bytes per voxel and volume): each subject is read "
-                      "from its files when needed; for a one-off run on a connectome too "
-                      "large to copy")
+                      "(it takes about 4 bytes per voxel and volume): each subject is decoded "
+                      "once from its files, straight into the connectivity sums; for a "
+                      "one-off run on a connectome too large to copy (a run with other seeds "
+                      "decodes it all again)")
     perf.add_argument("--nipype-plugin", default="MultiProc",
                       choices=["MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "PBS"],
                       help="nipype execution plugin (cluster plugins submit one job per node)")

@@ -335,7 +335,7 @@ def _blas_controller():
                 from threadpoolctl import ThreadpoolController
 
                 _BLAS["controller"] = ThreadpoolController().select(user_api="blas")
-            except Exception:  # pragma: no cover - threadpoolctl missing or broken
+            except Exception:  # noqa: BLE001  # pragma: no cover - threadpoolctl missing or broken
                 _BLAS["failed"] = True
         return _BLAS["controller"]
 
@@ -697,7 +697,7 @@ def _for_all_blocks(
                     for q, (c0, c1) in enumerate(runs):
                         np.matmul(x[:, c0:c1], seed_ts_t[c0:c1], out=r[q])
                 consume(r, factor[start:stop], start)
-        except BaseException as exc:  # re-raised in the calling thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             errors.append(exc)
 
     try:
@@ -783,6 +783,12 @@ class RunningStats:
             self.sum_r += other.sum_r
             self.n = n
         return self
+
+    def select(self, rows: np.ndarray | None) -> RunningStats:
+        """The moments of some voxels only (``rows`` of the arrays; ``None``: all, itself)."""
+        if rows is None:
+            return self
+        return RunningStats(self.n, self.sum_r[rows], self.mean_z[rows], self.m2_z[rows])
 
     def save(self, path: str | Path) -> Path:
         """Write the moments to an ``.npz`` file."""

@@ -25,7 +25,6 @@ from numba import njit
 from bids_cnm.engine.connectivity import R_MAX, _atanh, _for_all_blocks, rows_of
 from bids_cnm.engine.timeseries import PreparedSubject
 
-
 # The row sums are reductions: without leave to reassociate them LLVM keeps the
 # additions in order and the loop runs one element at a time (~23 ns per element
 # here).  ``reassoc`` lets it split the sum over SIMD lanes (~4 ns per element, about
@@ -98,6 +97,40 @@ def sample_timeseries(subject: PreparedSubject, sample_rows: np.ndarray,
     return ts.astype(np.float32)
 
 
+def add_degree(
+    total: np.ndarray, subject: PreparedSubject, rows: np.ndarray | None,
+    sample_rows: np.ndarray, self_col: np.ndarray, runs: str = "average",
+) -> None:
+    """Add one subject's mean |z| to the sample to ``total`` (one value per target row).
+
+    Parameters
+    ----------
+    total : ndarray of float64, shape (V,)
+        Sums over subjects, updated in place.
+    subject : PreparedSubject
+    rows : ndarray of int64, optional
+        Rows of the subject's data that are the targets (``None``: all its rows).
+    sample_rows : ndarray of int64, shape (S,)
+        Rows of the subject's data that are the sample voxels (at least 2).
+    self_col : ndarray of int64, shape (V,)
+        For each target, its column among the sample (left out of its own mean), or -1.
+    runs : {'average', 'concatenate'}
+        See :meth:`DegreeSums.add`.
+    """
+    if len(sample_rows) < 2:
+        raise ValueError("the degree sample needs at least 2 voxels with data")
+    spans = subject.runs if runs == "average" and len(subject.runs) > 1 else None
+    seed_ts = sample_timeseries(subject, sample_rows, per_run=spans is not None)
+
+    def consume(r: np.ndarray, factor: np.ndarray, start: int) -> None:
+        if spans is None:
+            _degree_block(r, factor, self_col, total, start)
+        else:
+            _degree_runs_block(r, factor, self_col, total, start)
+
+    _for_all_blocks(subject, seed_ts, rows, consume, spans)
+
+
 @dataclass
 class DegreeSums:
     """Sum over subjects of every target voxel's mean |z| to the sample.
@@ -107,7 +140,9 @@ class DegreeSums:
     voxels : ndarray of int64, shape (V,)
         Flat indices of the target voxels (the analysis mask), sorted.
     sample : ndarray of int64, shape (S,)
-        Flat indices of the sample voxels, a subset of ``voxels``.
+        Flat indices of the sample voxels, a subset of ``voxels`` (in a ``--no-cache``
+        batch, drawn before the data were read, it may hold voxels without data in some
+        subject: see :mod:`bids_cnm.engine.streaming`).
     n : int
         Subjects added.
     total : ndarray of float64, shape (V,)
@@ -147,20 +182,17 @@ class DegreeSums:
             rows = rows_of(subject.voxels, self.voxels)
         target = np.arange(len(self.voxels)) if rows is None else rows
         positions = np.searchsorted(self.voxels, self.sample)  # sample within the targets
-        spans = subject.runs if runs == "average" and len(subject.runs) > 1 else None
-        seed_ts = sample_timeseries(subject, target[positions], per_run=spans is not None)
         self_col = np.full(len(self.voxels), -1, dtype=np.int64)
         self_col[positions] = np.arange(len(self.sample))
-        total = self.total
-
-        def consume(r: np.ndarray, factor: np.ndarray, start: int) -> None:
-            if spans is None:
-                _degree_block(r, factor, self_col, total, start)
-            else:
-                _degree_runs_block(r, factor, self_col, total, start)
-
-        _for_all_blocks(subject, seed_ts, rows, consume, spans)
+        add_degree(self.total, subject, rows, target[positions], self_col, runs)
         self.n += 1
+
+    def restrict(self, voxels: np.ndarray) -> DegreeSums:
+        """The sums over ``voxels`` only (a subset of :attr:`voxels`; itself when equal)."""
+        rows = rows_of(self.voxels, np.asarray(voxels, dtype=np.int64))
+        if rows is None:
+            return self
+        return DegreeSums(self.voxels[rows], self.sample, self.n, self.total[rows])
 
     def merge(self, other: DegreeSums) -> DegreeSums:
         """Add the sums of another batch of subjects (same voxels and sample)."""

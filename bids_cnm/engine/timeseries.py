@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nb
@@ -141,7 +142,7 @@ def _load_standardized(bold_paths, mask_paths):
         # the up-front check's message and exit code (65), naming the damaged run; from
         # None: the crash file then names this error only (its exit code is kept)
         raise InputDataError(exc.message) from None
-    except Exception as exc:  # anything else the reader meets: say which subject
+    except Exception as exc:  # noqa: BLE001 - anything else the reader meets: say which subject
         raise InputDataError(f"{bold_paths[0]}: cannot read the image data ({exc}).") from None
     candidates = np.flatnonzero(np.ones(shape, bool).ravel() if mask is None else mask.ravel())
     bounds = np.cumsum([0] + list(n_volumes)).astype(np.int64)
@@ -330,7 +331,7 @@ def prepared_arrays(
     # norms of the dequantized rows, so that quantization adds noise but no bias to r
     bounds = np.cumsum([0] + list(n_volumes))
     run_norm = np.stack(
-        [_centred_norm(deq[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])], axis=1
+        [_centred_norm(deq[:, a:b]) for a, b in itertools.pairwise(bounds)], axis=1
     )
     return {"data": stored, "scale": scale, "norm": _centred_norm(deq), "run_norm": run_norm}
 
@@ -545,15 +546,12 @@ def open_prepared(path: str | Path) -> PreparedSubject:
                 "is gone; delete this folder (or the work directory) and run again."
             )
     if meta.get("streamed"):
-        data, voxels, _, sd, norms = _load_standardized(meta["bold"], meta.get("masks", []))
-        if not np.array_equal(voxels, np.load(path / "voxels.npy")):
+        subject = stream_subject(meta["bold"], meta.get("masks", []),
+                                 meta.get("dtype", "float32"))
+        if not np.array_equal(subject.voxels, np.load(path / "voxels.npy")):
             raise InputDataError(f"{meta['bold'][0]}: its valid voxels changed since {path} "
                                  "was written; delete that folder and run again.")
-        if meta.get("dtype", "float32") == "float32":
-            arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
-        else:
-            arrays = prepared_arrays(data, meta["n_volumes"], meta["dtype"])
-        return PreparedSubject(path=path, voxels=voxels, sd=sd, meta=meta, **arrays)
+        return replace(subject, path=path, meta=meta)
     if int(meta.get("format_version", 1)) != FORMAT_VERSION:
         prepare_subject(meta["bold"], meta.get("masks", []), path, meta.get("dtype", "float32"))
         meta = json.loads((path / "meta.json").read_text())
@@ -567,6 +565,41 @@ def open_prepared(path: str | Path) -> PreparedSubject:
         voxels=np.load(path / "voxels.npy"),
         meta=meta,
     )
+
+
+def stream_subject(
+    bold_paths: list[str] | tuple[str, ...], mask_paths: list[str] | tuple[str, ...] = (),
+    dtype: str = "float32",
+) -> PreparedSubject:
+    """A subject decoded once from its files into memory, as a prepared copy would read.
+
+    For ``--no-cache``: the same arrays (the same values) as :func:`prepare_subject`
+    followed by :func:`open_prepared`, without writing them anywhere.
+
+    Parameters
+    ----------
+    bold_paths, mask_paths : list of str
+        See :func:`load_subject`.
+    dtype : {'float32', 'int16'}
+        The values a prepared copy of this type would hold (int16: quantized rows).
+
+    Returns
+    -------
+    PreparedSubject
+        In memory; ``path`` is the first BOLD run.
+    """
+    data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths)
+    if dtype == "float32":  # the fused pass computed the norms of the stored rows
+        arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
+    else:
+        arrays = prepared_arrays(data, n_volumes, dtype)
+    img = nb.load(bold_paths[0])  # the header only
+    meta = {"format_version": FORMAT_VERSION, "shape": [int(n) for n in img.shape[:3]],
+            "affine": np.asarray(img.affine).tolist(), "n_volumes": list(n_volumes),
+            "dtype": dtype, "bold": [str(p) for p in bold_paths],
+            "masks": [str(p) for p in mask_paths], "streamed": True}
+    return PreparedSubject(path=Path(bold_paths[0]), voxels=voxels, sd=sd, meta=meta,
+                           **arrays)
 
 
 def prepared_voxels(path: str | Path) -> tuple[np.ndarray, dict]:

@@ -39,6 +39,7 @@ from bids_cnm.engine.timeseries import (
     open_prepared,
     prepare_subject,
     prepared_voxels,
+    stream_subject,
     valid_mask,
 )
 from bids_cnm.io import outputs
@@ -220,6 +221,79 @@ class AccumulateConnectivity(SimpleInterface):
         return runtime
 
 
+class _StreamInputSpec(BaseInterfaceInputSpec):
+    subjects = traits.List(traits.Dict, mandatory=True,
+                           desc="subjects: dicts of label, bold (list), masks (list)")
+    seeds = File(exists=True, mandatory=True, desc="seeds (.npz)")
+    support = File(exists=True, desc="voxels allowed by the brain masks (NIfTI)")
+    dtype = traits.Enum("float32", "int16", usedefault=True, desc=DOCS["cache_dtype"])
+    batch = traits.Str("batch", usedefault=True, desc="name used in progress messages")
+    nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz from save_nodes)")
+    n_threads = traits.Int(0, usedefault=True,
+                           desc="threads of this job (0: all); parallel jobs share the cores")
+    degree_sample = File(exists=True, desc="degree-check sample voxels (.npy; flat indices)")
+    seed_signal = traits.Enum(*connectivity.SEED_SIGNALS, usedefault=True,
+                              desc=DOCS["seed_signal"])
+    run_combination = traits.Enum(*connectivity.RUN_COMBINATIONS, usedefault=True,
+                                  desc=DOCS["run_combination"])
+
+
+class _StreamOutputSpec(_AccumulateOutputSpec):
+    voxels = File(exists=True, desc="voxels of the sums: valid in every subject (.npy)")
+    valid_mask = File(exists=True, desc="the same voxels as a mask (NIfTI)")
+
+
+class StreamConnectivity(SimpleInterface):
+    """``--no-cache``: decode a batch of subjects once each, straight into running moments.
+
+    The sums cover the voxels valid in every subject of the batch; the reduce step
+    keeps those of the analysis mask (see :mod:`bids_cnm.engine.streaming`).
+    """
+
+    input_spec = _StreamInputSpec
+    output_spec = _StreamOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_cnm.engine.streaming import stream_batch
+
+        subjects = list(self.inputs.subjects)
+        grid = nb.load(subjects[0]["bold"][0])  # the header only
+        support = (np.asarray(nb.load(self.inputs.support).dataobj) > 0
+                   if self.inputs.support else None)
+        start = time.perf_counter()
+
+        def progress(i: int, n: int) -> None:
+            elapsed = time.perf_counter() - start
+            LOGGER.info("%s: subject %d/%d read and correlated, %.2f s/subject, about %.0f s "
+                        "left", self.inputs.batch, i, n, elapsed / i, elapsed / i * (n - i))
+
+        with threadpool_limits(self.inputs.n_threads or None):
+            sums = stream_batch(
+                [(s["bold"], s.get("masks", [])) for s in subjects], load_seeds(self.inputs.seeds),
+                support=support, signal=self.inputs.seed_signal,
+                runs=self.inputs.run_combination, dtype=self.inputs.dtype,
+                nodes=load_nodes(self.inputs.nodes)[0] if self.inputs.nodes else None,
+                degree_sample=(np.load(self.inputs.degree_sample)
+                               if self.inputs.degree_sample else None),
+                progress=progress,
+            )
+        cwd = Path(runtime.cwd)
+        self._results["stats"] = str(sums.stats.save(cwd / "stats.npz"))
+        np.save(cwd / "voxels.npy", sums.voxels)
+        self._results["voxels"] = str(cwd / "voxels.npy")
+        mask = np.zeros(int(np.prod(grid.shape[:3])), dtype=np.uint8)
+        mask[sums.voxels] = 1
+        nb.Nifti1Image(mask.reshape(grid.shape[:3]), grid.affine).to_filename(
+            cwd / "valid_mask.nii.gz")
+        self._results["valid_mask"] = str(cwd / "valid_mask.nii.gz")
+        if sums.node_values is not None:
+            np.save(cwd / "node_values.npy", sums.node_values)
+            self._results["node_values"] = str(cwd / "node_values.npy")
+        if sums.degree is not None:
+            self._results["degree"] = str(sums.degree.save(cwd / "degree.npz"))
+        return runtime
+
+
 class _FromMapsInputSpec(BaseInterfaceInputSpec):
     zmaps = InputMultiObject(File(exists=True), mandatory=True,
                              desc="participant z-maps, subject-major, seeds in seeds order")
@@ -273,6 +347,9 @@ class _ReduceInputSpec(BaseInterfaceInputSpec):
     node_values = InputMultiObject(File(exists=True), desc="per-batch node values (.npy)")
     nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz)")
     subjects = traits.List(traits.Str, desc="subject labels in batch order")
+    stats_voxels = InputMultiObject(
+        File(exists=True), desc="voxels of each batch's sums (.npy), when they differ from "
+        "the analysis mask's (--no-cache): each batch is cut to the mask before merging")
 
 
 class _ReduceOutputSpec(TraitedSpec):
@@ -286,9 +363,18 @@ class ReduceConnectivity(SimpleInterface):
     output_spec = _ReduceOutputSpec
 
     def _run_interface(self, runtime):
-        stats = connectivity.RunningStats.load(self.inputs.stats[0])
-        for path in self.inputs.stats[1:]:
-            stats.merge(connectivity.RunningStats.load(path))
+        voxels = np.load(self.inputs.voxels)
+        cover = list(self.inputs.stats_voxels or [None] * len(self.inputs.stats))
+
+        def load(b: int) -> connectivity.RunningStats:
+            batch = connectivity.RunningStats.load(self.inputs.stats[b])
+            if cover[b] is None:
+                return batch
+            return batch.select(connectivity.rows_of(np.load(cover[b]), voxels))
+
+        stats = load(0)
+        for b in range(1, len(self.inputs.stats)):
+            stats.merge(load(b))
         final = stats.finalize()
         if final["undefined"].any():
             LOGGER.info("group level: t undefined (z equal in every subject) at %d voxel(s) "
@@ -296,7 +382,7 @@ class ReduceConnectivity(SimpleInterface):
                         int(final["undefined"].any(axis=0).sum()))
         results = GroupResults(
             seeds=load_seeds(self.inputs.seeds),
-            voxels=np.load(self.inputs.voxels),
+            voxels=voxels,
             r=final["r"].astype(np.float32),
             z=final["z"].astype(np.float32),
             t=final["t"].astype(np.float32),
@@ -489,7 +575,10 @@ class GroupReport(SimpleInterface):
 
 
 class _ParticipantMapsInputSpec(BaseInterfaceInputSpec):
-    prepared = Directory(exists=True, mandatory=True)
+    prepared = Directory(exists=True, xor=["subject"], desc="prepared time series")
+    subject = traits.Dict(xor=["prepared"],
+                          desc="--no-cache: the subject's files (bold, masks), decoded here")
+    dtype = traits.Enum("float32", "int16", usedefault=True, desc=DOCS["cache_dtype"])
     seeds = File(exists=True, mandatory=True)
     label = traits.Str(mandatory=True)
     writer = traits.Dict(mandatory=True)
@@ -509,7 +598,11 @@ class ParticipantMaps(SimpleInterface):
     output_spec = _FilesOutputSpec
 
     def _run_interface(self, runtime):
-        subject = open_prepared(self.inputs.prepared)
+        if self.inputs.prepared:
+            subject = open_prepared(self.inputs.prepared)
+        else:  # --no-cache: decoded once, here
+            spec = self.inputs.subject
+            subject = stream_subject(spec["bold"], spec.get("masks", []), self.inputs.dtype)
         seeds = load_seeds(self.inputs.seeds)
         zmaps = connectivity.subject_zmaps(
             subject, seeds, signal=self.inputs.seed_signal, runs=self.inputs.run_combination
@@ -537,8 +630,12 @@ class ParticipantMaps(SimpleInterface):
 
 
 class _DegreeSampleInputSpec(BaseInterfaceInputSpec):
-    voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
-    mask = File(exists=True, mandatory=True, desc="analysis mask (NIfTI): the grid")
+    voxels = File(exists=True, xor=["candidates"], requires=["mask"],
+                  desc="analysis mask voxels (.npy)")
+    mask = File(exists=True, desc="analysis mask (NIfTI): the grid")
+    candidates = File(exists=True, xor=["voxels"],
+                      desc="--no-cache: voxels to draw from before the data are read, in "
+                      "place of the analysis mask (NIfTI: the brain masks' intersection)")
     n_samples = traits.Int(300, usedefault=True, desc=DOCS["degree_samples"])
     random_seed = traits.Int(0, usedefault=True, desc=DOCS["random_seed"])
     grey_matter = File(exists=True, desc=DOCS["relocation_mask"])
@@ -560,10 +657,15 @@ class DegreeSample(SimpleInterface):
         from bids_cnm.analyses.degree import degree_sample
         from bids_cnm.analyses.grey_matter import grey_matter
 
-        grid = nb.load(self.inputs.mask)
+        if self.inputs.candidates:
+            grid = nb.load(self.inputs.candidates)
+            pool = np.flatnonzero(np.asarray(grid.dataobj).ravel() > 0).astype(np.int64)
+        else:
+            grid = nb.load(self.inputs.mask)
+            pool = np.load(self.inputs.voxels)
         grey, source = grey_matter(grid.shape[:3], grid.affine, self.inputs.grey_matter or None,
                                    space=self.inputs.space or None)
-        sample = degree_sample(np.load(self.inputs.voxels), grid.shape[:3], grid.affine,
+        sample = degree_sample(pool, grid.shape[:3], grid.affine,
                                self.inputs.n_samples, self.inputs.random_seed, grey)
         out = Path(runtime.cwd) / "degree_sample.npy"
         np.save(out, sample)
@@ -595,10 +697,12 @@ class DegreeCheck(SimpleInterface):
         from bids_cnm.analyses.degree import REFERENCE_DOI, degree_check
         from bids_cnm.config import RANDOM_SET
 
-        sums = DegreeSums.load(self.inputs.degree[0])
-        for path in self.inputs.degree[1:]:
-            sums.merge(DegreeSums.load(path))
         results = GroupResults.load(self.inputs.results)
+        # --no-cache batches cover their own subjects' valid voxels: cut to the analysis mask
+        batches = [DegreeSums.load(p).restrict(results.voxels) for p in self.inputs.degree]
+        sums = batches[0]
+        for other in batches[1:]:
+            sums.merge(other)
         if not np.array_equal(sums.voxels, results.voxels):
             raise ValueError("the degree sums and the group results cover different voxels")
         degree = sums.mean()

@@ -78,7 +78,7 @@ class Connectome:
 def strip_sub(label: str) -> str:
     """Return a participant label without the ``sub-`` prefix."""
     label = label.strip()
-    return label[4:] if label.startswith("sub-") else label
+    return label.removeprefix("sub-")
 
 
 def read_participant_filter(
@@ -313,6 +313,16 @@ def support_mask(connectome: Connectome) -> np.ndarray | None:
             )
         support &= np.asarray(img.dataobj) > 0
     return support
+
+
+def data_support(connectome: Connectome) -> np.ndarray:
+    """Voxels whose first BOLD volume is non-zero in the first subject (no brain masks).
+
+    Reads one volume: where seeds may be relocated, and where a ``--no-cache`` run
+    draws the degree sample, before the data are read.
+    """
+    img = nb.load(connectome.reference)
+    return np.asarray(img.dataobj[..., 0]) != 0
 
 
 def check_grid(subjects: list[SubjectData]) -> tuple[tuple[int, int, int], np.ndarray]:

@@ -6,7 +6,8 @@ the source files' paths, sizes and times), so participant and group runs, passes
 over a second connectome and re-runs that share a work directory share them: the
 expensive decoding of the connectome happens once, whatever is analysed
 afterwards, and checking it costs a ``stat`` per file, not a nipype node per
-subject.
+subject.  With ``--no-cache`` nothing is prepared: each batch node decodes its
+subjects once, straight into the connectivity sums (:mod:`bids_cnm.engine.streaming`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nibabel as nb
+import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -39,8 +42,10 @@ from bids_cnm.interfaces.cnm import (
     PrepareTimeseries,
     ReduceConnectivity,
     Specificity,
+    StreamConnectivity,
 )
-from bids_cnm.io.connectome import Connectome, SubjectData
+from bids_cnm.io.connectome import Connectome, SubjectData, data_support
+from bids_cnm.io.derivatives import write_nifti
 
 if TYPE_CHECKING:  # annotations only: no import cost for the workflow builders
     import pandas as pd
@@ -101,6 +106,17 @@ def subject_spec(subject: SubjectData) -> dict:
     return {"label": subject.label, "bold": list(subject.bold), "masks": list(subject.masks)}
 
 
+def streamed_spec(subject: SubjectData, config: Config) -> dict:
+    """A subject as a ``--no-cache`` node decoding it takes it.
+
+    With the files' key (paths, sizes, times: :func:`cache_key`), which enters nipype's
+    hash of the node, so a re-run reuses a finished node's result only while the files
+    are unchanged (the paths alone would not tell).
+    """
+    key = cache_key(subject.bold, subject.masks, config.cache_dtype, store_data=False)
+    return dict(subject_spec(subject), key=key)
+
+
 def cache_dir(config: Config) -> Path:
     """Folder of the prepared subjects, shared by every run using this work directory."""
     return Path(config.work_dir) / "prepared"
@@ -156,8 +172,8 @@ def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
     # the decoded runs and the small per-voxel arrays, plus the interpreter
     mem_gb = round(per_subject * 1.2 / 1e9 + 0.4, 2)
     if config.no_cache:
-        LOGGER.info("--no-cache: no prepared copy is kept; each subject is read from its "
-                    "files when needed (about %.2f GB per subject stays on disk instead)",
+        LOGGER.info("--no-cache: no prepared copy is kept (about %.2f GB per subject); each "
+                    "subject is decoded once, straight into the connectivity sums",
                     per_subject / 1e9)
         return mem_gb
     folder = cache_dir(config)
@@ -220,8 +236,6 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
             workflow.add_nodes([init_prepare_node(members, config, name, mem_gb)])
         return workflow
     for subject in subjects:
-        prepare = init_prepare_node([subject], config, _node_name("prepare", subject.label),
-                                    mem_gb)
         maps = pe.Node(
             ParticipantMaps(
                 seeds=str(inputs.seeds_file),
@@ -235,7 +249,16 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
                 run_combination=config.run_combination,
             ),
             name=_node_name("zmaps", subject.label),
+            # with --no-cache the node decodes the subject: a preparation's memory
+            **({"mem_gb": mem_gb} if config.no_cache else {}),
         )
+        if config.no_cache:  # decoded once, in the maps' node: nothing to prepare
+            maps.inputs.subject = streamed_spec(subject, config)
+            maps.inputs.dtype = config.cache_dtype
+            workflow.add_nodes([maps])
+            continue
+        prepare = init_prepare_node([subject], config, _node_name("prepare", subject.label),
+                                    mem_gb)
         workflow.connect(prepare, ("prepared", _first), maps, "prepared")
     return workflow
 
@@ -299,7 +322,10 @@ def init_connectivity_branch(
     mask = pe.Node(AnalysisMask(), name=f"{prefix}analysis_mask")
     if inputs.support_file is not None:
         mask.inputs.support = str(inputs.support_file)
-    if reuse_maps is None:
+    if reuse_maps is None and config.no_cache:
+        gather, gather_nodes, cover = _streamed_batches(workflow, inputs, subjects, mask, prefix)
+    elif reuse_maps is None:
+        cover = None
         groups = batches(list(range(len(subjects))), config.batch_size, config.nprocs)
         mem_gb = check_preparation(config, subjects)
         # a few batch nodes, not one per subject: a warm run checks the prepared folders
@@ -334,6 +360,7 @@ def init_connectivity_branch(
                 (accumulate, gather, [("stats", f"in{b + 1}")]),
             ])
     else:
+        cover = None
         # the participant level wrote each subject's valid-voxel mask last
         mask.inputs.masks = [reuse_maps[s.label][-1] for s in subjects]
         from bids_cnm.engine.seeds import load_seeds
@@ -358,10 +385,81 @@ def init_connectivity_branch(
         (gather, reduce, [("out", "stats")]),
         (mask, reduce, [("voxels", "voxels")]),
     ])
+    if cover is not None:
+        workflow.connect(cover, "out", reduce, "stats_voxels")
     if inputs.nodes_file is not None:
         reduce.inputs.nodes = str(inputs.nodes_file)
         workflow.connect(gather_nodes, "out", reduce, "node_values")
     return mask, reduce
+
+
+def _streamed_batches(
+    workflow: pe.Workflow, inputs: RunInputs, subjects: list[SubjectData], mask: pe.Node,
+    prefix: str,
+) -> tuple[pe.Node, pe.Node, pe.Node]:
+    """``--no-cache``: batches that decode each subject once and correlate it at once.
+
+    No preparation nodes: every ``accumulate_batch_<b>`` reads its subjects' files
+    (:class:`StreamConnectivity`) and reports the voxels valid in all of them; the
+    analysis mask is their intersection, and the reduce step cuts each batch's sums
+    to it (see :mod:`bids_cnm.engine.streaming`).
+
+    Returns
+    -------
+    gather, gather_nodes, cover : Node
+        Merges of the batches' sums, node values and voxel lists.
+    """
+    config = inputs.config
+    groups = batches(subjects, config.batch_size, config.nprocs)
+    # a decoded subject (as preparing it) and the running sums (as accumulating)
+    mem_gb = check_preparation(config, subjects) + 2.0
+    gather = _merge(len(groups), f"{prefix}collect_stats")
+    gather_nodes = _merge(len(groups), f"{prefix}collect_node_values")
+    cover = _merge(len(groups), f"{prefix}collect_voxels")
+    valid = _merge(len(groups), f"{prefix}collect_valid_masks")
+    for b, members in enumerate(groups):
+        stream = pe.Node(
+            StreamConnectivity(
+                subjects=[streamed_spec(s, config) for s in members],
+                seeds=str(inputs.seeds_file),
+                dtype=config.cache_dtype, batch=f"{prefix}batch {b + 1}/{len(groups)}",
+                # batches run side by side: share the cores instead of oversubscribing
+                n_threads=max(1, (os.cpu_count() or 1) // min(len(groups), config.nprocs)),
+                seed_signal=config.seed_signal, run_combination=config.run_combination,
+            ),
+            name=f"{prefix}accumulate_batch_{b}",
+            mem_gb=mem_gb,
+        )
+        if inputs.support_file is not None:
+            stream.inputs.support = str(inputs.support_file)
+        if inputs.nodes_file is not None:
+            stream.inputs.nodes = str(inputs.nodes_file)
+            workflow.connect(stream, "node_values", gather_nodes, f"in{b + 1}")
+        workflow.connect([
+            (stream, gather, [("stats", f"in{b + 1}")]),
+            (stream, cover, [("voxels", f"in{b + 1}")]),
+            (stream, valid, [("valid_mask", f"in{b + 1}")]),
+        ])
+    workflow.connect(valid, "out", mask, "masks")
+    return gather, gather_nodes, cover
+
+
+def sample_pool(inputs: RunInputs) -> Path:
+    """Where a ``--no-cache`` run draws the degree sample from, as a mask file.
+
+    The brain masks' intersection (the seeds' support), which bounds the analysis
+    mask; without brain masks, the first subject's non-zero voxels (one volume read),
+    written once into the work folder.
+    """
+    if inputs.support_file is not None:
+        return Path(inputs.support_file)
+    connectome = inputs.connectome
+    key = cache_key([connectome.reference], [])  # the file's path, size and time
+    path = Path(inputs.config.work_dir) / f"sample_pool_{key}.nii.gz"
+    if not path.exists():
+        write_nifti(path, nb.Nifti1Image(data_support(connectome).astype(np.uint8),
+                                         connectome.affine))
+    return path
 
 
 def init_degree_check(
@@ -392,8 +490,13 @@ def init_degree_check(
     )
     if config.relocation_mask is not None:
         sample.inputs.grey_matter = str(config.relocation_mask)
-    workflow.connect([(mask, sample, [("voxels", "voxels"), ("mask", "mask")]),
-                      (sample, check, [("grey_matter_source", "grey_matter_source")]),
+    if config.no_cache:
+        # the batches need the sample before any subject is read, so before the analysis
+        # mask exists: draw it from the brain masks' intersection (docs/methods.md)
+        sample.inputs.candidates = str(sample_pool(inputs))
+    else:
+        workflow.connect([(mask, sample, [("voxels", "voxels"), ("mask", "mask")])])
+    workflow.connect([(sample, check, [("grey_matter_source", "grey_matter_source")]),
                       (reduce, check, [("results", "results")])])
     batches = sorted((n for n in workflow.list_node_names()
                       if re.fullmatch(r"accumulate_batch_\d+", n)),

@@ -32,7 +32,12 @@ from bids_cnm.engine.seeds import (
     seeds_digest,
 )
 from bids_cnm.errors import InputDataError, UsageError, found_columns
-from bids_cnm.io.connectome import Connectome, index_connectome, support_mask
+from bids_cnm.io.connectome import (
+    Connectome,
+    data_support,
+    index_connectome,
+    support_mask,
+)
 from bids_cnm.io.coordinates import read_coordinates
 from bids_cnm.io.derivatives import bids_name, write_json, write_nifti
 from bids_cnm.io.identity import dataset_identity, digest, subject_key
@@ -202,12 +207,6 @@ def compare_pass(config: Config, connectome: Connectome) -> dict:
         if config.compare_connectome is None else Path(root).name
     )
     return {"compare": other, "compare_label": label}
-
-
-def data_support(connectome: Connectome) -> np.ndarray:
-    """Voxels whose first BOLD volume is non-zero in the first subject (no brain masks)."""
-    img = nb.load(connectome.reference)
-    return np.asarray(img.dataobj[..., 0]) != 0
 
 
 def connectivity_hash(config: Config, seeds_hash: str) -> str:
