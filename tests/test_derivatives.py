@@ -155,3 +155,23 @@ def test_fortran_volume_holds_the_same_map():
     np.testing.assert_array_equal(volume, results.volume(values))
     with pytest.raises(ValueError, match=r"\(V,\)"):
         results.volume(np.ones((5, 2)), order="F")
+
+
+def test_seed_columns_cover_every_seed_in_order():
+    """The seed maps' values come in blocks of columns: every seed once, its own values."""
+    from bids_cnm.engine.group_results import GroupResults
+    from bids_cnm.engine.seeds import Seeds
+    from bids_cnm.io.outputs import SEED_BLOCK, _seed_columns
+
+    rng = np.random.default_rng(2)
+    k = 2 * SEED_BLOCK + 5  # two full blocks and a partial one
+    r, z, t = (rng.standard_normal((30, k)).astype(np.float32) for _ in range(3))
+    results = GroupResults(seeds=typing.cast(Seeds, SimpleNamespace(shape=(2, 3, 5))),
+                           voxels=np.arange(30), r=r, z=z, t=t, n_subjects=3)
+    seen = []
+    for index, columns in _seed_columns(results):
+        seen.append(index)
+        for stat, values in (("r", r), ("z", z), ("t", t)):
+            assert columns[stat].flags.c_contiguous
+            np.testing.assert_array_equal(columns[stat], values[:, index])
+    assert seen == list(range(k))
