@@ -263,7 +263,7 @@ def store_bytes(path: Path, content: bytes, deflate: bool = False) -> None:
     raw = content
     if deflate:
         content = _gzip(content)
-    if _same_content(path, content) or (deflate and _same_inflated(path, raw)):
+    if _same_content(path, content) or (deflate and _same_inflated(path, raw, len(content))):
         return
     _atomic_write(path, lambda fd, tmp: _write_all(fd, content))
 
@@ -289,14 +289,19 @@ def _same_content(path: Path, content: bytes) -> bool:
         return False
 
 
-def _same_inflated(path: Path, raw: bytes) -> bool:
-    """Whether the gzip file ``path`` inflates to ``raw``.
+def _same_inflated(path: Path, raw: bytes, size: int) -> bool:
+    """Whether the gzip file ``path``, of ``size`` bytes, inflates to ``raw``.
 
     ISA-L's deflate is not always byte-reproducible (about one map in 400 of a run
     deflated again differs in a byte, the data identical), so a re-run that finds other
-    compressed bytes compares the data before rewriting an unchanged map.
+    compressed bytes compares the data before rewriting an unchanged map.  Only a file
+    of the new bytes' size is inflated: a changed map (a run with other settings)
+    almost always deflates to another size, and the varying byte kept the size in every
+    case seen; a rare miss only rewrites a file.
     """
     try:
+        if os.stat(path).st_size != size:
+            return False
         with open(path, "rb") as f:
             return _gunzip(f.read()) == raw
     except _INFLATE_ERRORS:  # absent, unreadable or not gzip: rewrite it
