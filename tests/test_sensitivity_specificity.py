@@ -126,12 +126,12 @@ def test_cli_sensitivity_and_specificity(tiny_connectome, tmp_path):
     for name in (f"network/{prefix}_thresh-4_desc-overlap_boldmap.nii.gz",
                  f"network/{prefix}_thresh-7_desc-overlap_boldmap.nii.gz",
                  f"sensitivity/{prefix}_variant-d9mm_thresh-5p1_desc-overlap_boldmap.nii.gz",
-                 f"sensitivity/{prefix}_variant-percoord_thresh-5p1_desc-overlap_boldmap"
-                 ".nii.gz",
-                 f"sensitivity/{prefix}_variant-modalityPET_thresh-5p1_desc-overlap_boldmap"
-                 ".nii.gz",
-                 f"sensitivity/{prefix}_variant-modalityWithoutPET_thresh-5p1_desc-overlap_boldmap"
-                 ".nii.gz",
+                 (f"sensitivity/{prefix}_variant-percoord_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz"),
+                 (f"sensitivity/{prefix}_variant-modalityPET_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz"),
+                 (f"sensitivity/{prefix}_variant-modalityWithoutPET_thresh-5p1_desc-overlap_boldmap"
+                 ".nii.gz"),
                  f"sensitivity/{prefix}_desc-sensitivity_correlations.tsv",
                  f"sensitivity/{prefix}_desc-sensitivity_variants.tsv"):
         assert (out / name).exists(), name
@@ -214,3 +214,15 @@ def test_parser_rejects_negative_relocations_and_dedupes(tmp_path):
     config = parse_args(["/data", str(tmp_path / "o"), "group", "--coordinates", "c.tsv",
                          "--t-thresholds", "7", "7", "9", "--sphere-diameters", "3", "3"])
     assert config.t_thresholds == (7.0, 9.0) and config.sphere_diameters == (3.0,)
+
+
+@pytest.mark.parametrize("columns", [(0, 1, 2, 3), (2, 3), (3,), (0, 2, 3), (3, 1), ()])
+def test_variant_columns_view_only_consecutive_ones(columns):
+    from bids_cnm.analyses.sensitivity import _columns
+
+    values = np.arange(20.0).reshape(5, 4)
+    picked = _columns(values, columns)
+    np.testing.assert_array_equal(picked, values[:, list(columns)])
+    consecutive = len(columns) > 0 and list(columns) == list(range(columns[0],
+                                                                   columns[0] + len(columns)))
+    assert np.shares_memory(picked, values) == consecutive

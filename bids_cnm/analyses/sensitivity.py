@@ -123,9 +123,16 @@ def enumerate_variants(
 
 def variant_maps(results: GroupResults, variants: list[Variant]) -> dict[str, dict]:
     """Overlap maps (signed, positive, negative) of every variant, over the mask."""
-    return {
-        v.label: overlap_maps(results.t[:, list(v.columns)], v.threshold) for v in variants
-    }
+    return {v.label: overlap_maps(_columns(results.t, v.columns), v.threshold)
+            for v in variants}
+
+
+def _columns(values: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
+    """``values[:, columns]``; a view when the columns are consecutive (the main seeds
+    usually are: no copy of every t-map of the set)."""
+    if len(columns) and tuple(columns) == tuple(range(columns[0], columns[0] + len(columns))):
+        return values[:, columns[0]:columns[0] + len(columns)]
+    return values[:, list(columns)]
 
 
 def correlation_matrix(maps: dict[str, np.ndarray]) -> pd.DataFrame:

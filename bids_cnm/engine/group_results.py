@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +86,29 @@ class GroupResults:
             keep &= (table["variant"] == variant).to_numpy()
         return np.flatnonzero(keep)
 
-    def volume(self, values: np.ndarray) -> np.ndarray:
-        """Put a (V,) or (V, K) array on the 3-D grid."""
-        return unmask(values, self.voxels, self.shape)
+    def volume(self, values: np.ndarray, order: str = "C") -> np.ndarray:
+        """Put a (V,) or (V, K) array on the 3-D grid (float32, zeros off the mask).
+
+        Parameters
+        ----------
+        values : ndarray, shape (V,) or (V, K)
+        order : {"C", "F"}
+            Memory layout of the result.  ``"F"`` (a (V,) array only) is the voxel order
+            of a NIfTI file: the writer then copies the map instead of transposing it.
+        """
+        if order == "C":
+            return unmask(values, self.voxels, self.shape)
+        if order != "F" or np.ndim(values) != 1:
+            raise ValueError("volume(order='F') takes a (V,) array")
+        flat = np.zeros(int(np.prod(self.shape)), dtype=np.float32)
+        flat[self._fortran_voxels] = values
+        return flat.reshape(self.shape, order="F")
+
+    @cached_property
+    def _fortran_voxels(self) -> np.ndarray:
+        """``voxels`` as flat indices in Fortran order (computed once: ~2 ms)."""
+        return np.ravel_multi_index(np.unravel_index(self.voxels, self.shape), self.shape,
+                                    order="F")
 
     def save(self, path: str | Path, seeds_file: str | Path) -> Path:
         """Write to ``.npz`` (the seeds are referenced by their file)."""
@@ -114,7 +135,7 @@ class GroupResults:
                 z=f["z"],
                 t=f["t"],
                 n_subjects=int(f["n_subjects"]),
-                node_values=f["node_values"] if "node_values" in f else None,
+                node_values=f.get("node_values"),
                 node_table=json.loads(str(f["node_table"])) if "node_table" in f else [],
                 subjects=[str(x) for x in f["subjects"]] if "subjects" in f else [],
             )

@@ -21,8 +21,11 @@ import gzip
 import json
 import os
 import re
+import secrets
 import tempfile
+import zlib
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nb
@@ -33,11 +36,17 @@ from bids_cnm import __version__
 from bids_cnm.errors import OutputError
 from bids_cnm.io.columns import column_sidecar
 from bids_cnm.io.layout import LOGS_FOLDER, group_folder, write_bidsignore
+from bids_cnm.io.nifti_bytes import encode_map
 
 try:  # python-isal: the same DEFLATE format, several times faster than zlib
     from isal import igzip as _igzip
+    from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - exercised only without isal installed
-    _igzip = None
+    _igzip = _isal_zlib = None
+
+#: what inflating a damaged or foreign file raises
+_INFLATE_ERRORS = (OSError, EOFError, zlib.error) + (
+    (_isal_zlib.error,) if _isal_zlib is not None else ())
 
 #: order of entities in file names (BIDS order, then ours)
 ENTITY_ORDER = (
@@ -81,39 +90,52 @@ def bids_name(entities: Mapping[str, object], suffix: str, extension: str) -> st
     return "_".join(parts + [suffix]) + extension
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+#: flags of a new temporary: never an existing file (nor through a symbolic link)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-#: permissions of a new file as open() would give it (mkstemp makes files private)
-_FILE_MODE = 0o666 & ~_umask()
+def _create_temporary(path: Path, suffix: str) -> tuple[int, str]:
+    """Create a hidden temporary beside ``path``: its descriptor and name.
+
+    Mode 0o666 less the umask, the permissions open() gives a new file (mkstemp would
+    make it private); the folder is created when missing.  One ``open`` in all: a run
+    creates hundreds of these.
+    """
+    for _ in range(100):  # a name collision needs 8 equal random characters
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
-def _temporary(path: Path, suffix: str) -> str:
-    """A temporary file beside ``path`` with the permissions of an ordinary new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    return tmp
-
-
-#: the temporaries of :func:`_temporary` (mkstemp adds 8 characters of [a-z0-9_])
+#: the temporaries of :func:`_create_temporary` (8 random characters of [a-z0-9_];
+#: older versions named them with mkstemp, also 8 of [a-z0-9_])
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.part|\.nii\.gz|\.nii)$")
 
 #: errors of the output's file system, not of the data
 _NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[int, str], None]) -> None:
+    """Write a temporary with ``write(fd, name)``, then rename it to ``path``.
+
+    The descriptor is closed here; on any failure (an interruption too) the temporary
+    is removed, and the errors of a full or read-only disk become an
+    :class:`~bids_cnm.errors.OutputError` that names the fix.
+    """
     try:
-        tmp = _temporary(path, ".part")
+        fd, tmp = _create_temporary(path, ".part")
     except OSError as exc:
         raise _output_error(path, exc) from exc
     try:
-        write(tmp)
+        try:
+            write(fd, tmp)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
@@ -121,6 +143,18 @@ def _atomic_write_bytes(path: Path, write) -> None:
         if isinstance(exc, OSError) and exc.errno in (*_NO_ROOM, errno.EROFS, errno.EACCES):
             raise _output_error(path, exc) from exc
         raise
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[str], object]) -> None:
+    """Atomic write of a file that ``write(name)`` makes by its name (pandas, text)."""
+    _atomic_write(path, lambda fd, tmp: write(tmp))
+
+
+def _write_all(fd: int, content: bytes) -> None:
+    """``os.write`` until every byte is written (a write may take only part)."""
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
@@ -177,9 +211,7 @@ def writable_folder(path: Path, role: str) -> Path:
 def write_json(path: Path, content: Mapping) -> Path:
     """Write JSON atomically (left untouched when the file already says the same)."""
     text = json.dumps(content, indent=2, sort_keys=False, default=_jsonable) + "\n"
-    encoded = text.encode("utf-8")
-    if not _same_content(Path(path), encoded):
-        _atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_bytes(encoded))
+    store_bytes(Path(path), text.encode("utf-8"))
     return Path(path)
 
 
@@ -204,6 +236,11 @@ def write_tsv(path: Path, table: pd.DataFrame) -> Path:
 NIFTI_COMPRESSLEVEL = 1
 
 
+def _gunzip(data: bytes) -> bytes:
+    """Inflate gzip bytes (ISA-L when installed)."""
+    return (_igzip or gzip).decompress(data)
+
+
 def _gzip(raw: bytes) -> bytes:
     """gzip with ISA-L when installed (zlib otherwise); mtime 0: same data, same bytes."""
     if _igzip is not None:
@@ -211,19 +248,34 @@ def _gzip(raw: bytes) -> bytes:
     return gzip.compress(raw, NIFTI_COMPRESSLEVEL, mtime=0)
 
 
+def store_bytes(path: Path, content: bytes, deflate: bool = False) -> None:
+    """Write ``content`` at ``path`` atomically, unless the file holds it already.
+
+    Parameters
+    ----------
+    path : Path
+    content : bytes
+        The file's bytes (before compression when ``deflate``).
+    deflate : bool
+        gzip ``content`` first (:func:`_gzip`); an existing gzip file is then kept
+        when it inflates to ``content``, even if its compressed bytes differ.
+    """
+    raw = content
+    if deflate:
+        content = _gzip(content)
+    if _same_content(path, content) or (deflate and _same_inflated(path, raw, len(content))):
+        return
+    _atomic_write(path, lambda fd, tmp: _write_all(fd, content))
+
+
 def write_nifti(path: Path, img: nb.Nifti1Image) -> Path:
-    """Write a NIfTI image atomically (the temporary keeps the final extension).
+    """Write a NIfTI image atomically (under a hidden temporary name, then renamed).
 
     ``.nii.gz`` is deflated in memory at :data:`NIFTI_COMPRESSLEVEL`; a file that
-    already holds exactly these bytes (a re-run) is left untouched.
+    already holds this image (a re-run) is left untouched.
     """
     path = Path(path)
-    content = img.to_bytes()
-    if path.name.endswith(".nii.gz"):
-        content = _gzip(content)
-    if _same_content(path, content):
-        return path
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(content))
+    store_bytes(path, img.to_bytes(), deflate=path.name.endswith(".nii.gz"))
     return path
 
 
@@ -234,6 +286,25 @@ def _same_content(path: Path, content: bytes) -> bool:
             return False
         return path.read_bytes() == content
     except OSError:
+        return False
+
+
+def _same_inflated(path: Path, raw: bytes, size: int) -> bool:
+    """Whether the gzip file ``path``, of ``size`` bytes, inflates to ``raw``.
+
+    ISA-L's deflate is not always byte-reproducible (about one map in 400 of a run
+    deflated again differs in a byte, the data identical), so a re-run that finds other
+    compressed bytes compares the data before rewriting an unchanged map.  Only a file
+    of the new bytes' size is inflated: a changed map (a run with other settings)
+    almost always deflates to another size, and the varying byte kept the size in every
+    case seen; a rare miss only rewrites a file.
+    """
+    try:
+        if os.stat(path).st_size != size:
+            return False
+        with open(path, "rb") as f:
+            return _gunzip(f.read()) == raw
+    except _INFLATE_ERRORS:  # absent, unreadable or not gzip: rewrite it
         return False
 
 
@@ -316,7 +387,9 @@ class DerivativesWriter:
         text = str(source)
         if text.startswith("bids:"):
             return text
-        key = (text, os.getcwd())  # a relative path depends on the working folder
+        # a relative path depends on the working folder; an absolute one does not (and
+        # getcwd() for every source of every sidecar costs more than the rest of it)
+        key = (text, "" if os.path.isabs(text) else os.getcwd())
         if key not in self._uris:
             self._uris[key] = self._resolve_uri(Path(text).absolute())
         return self._uris[key]
@@ -391,11 +464,8 @@ class DerivativesWriter:
         """BIDS requires ``Resolution`` in the sidecar of a file with a ``res`` entity."""
         if entities.get("res") in (None, ""):
             return {}
-        text = f"res-{entities['res']}: the grid of the connectome's BOLD runs"
-        if affine is not None:
-            zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-            text += f" ({' x '.join(f'{z:g}' for z in np.round(zooms, 3))} mm voxels)"
-        return {"Resolution": text}
+        grid = None if affine is None else np.asarray(affine, dtype=np.float64).tobytes()
+        return {"Resolution": _resolution_text(str(entities["res"]), grid)}
 
     def write_map(
         self,
@@ -410,14 +480,11 @@ class DerivativesWriter:
     ) -> Path:
         """Write a 3-D map and its sidecar; return the map's path."""
         path = self.path(entities, suffix, ".nii.gz", folder)
-        img = nb.Nifti1Image(np.asarray(data), affine)
-        img.header.set_xyzt_units("mm")
-        write_nifti(path, img)
+        # the bytes nibabel would write (spatial units mm), with the header made once
+        store_bytes(path, encode_map(np.asarray(data), affine), deflate=True)
         extra = {**self._resolution(entities, affine), **extra}
-        write_json(
-            path.with_name(path.name.replace(".nii.gz", ".json")),
-            self.sidecar(description, sources, **extra),
-        )
+        write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
+                   self.sidecar(description, sources, **extra))
         return path
 
     def write_table(
@@ -461,6 +528,17 @@ class DerivativesWriter:
         sidecar.update(column_sidecar(table.columns, columns, fallback))
         write_json(path.with_name(path.name[: -len(".tsv")] + ".json"), sidecar)
         return path
+
+
+@lru_cache(maxsize=16)
+def _resolution_text(res: str, affine: bytes | None) -> str:
+    """The ``Resolution`` of a sidecar (the same for every map of a grid: remembered)."""
+    text = f"res-{res}: the grid of the connectome's BOLD runs"
+    if affine is not None:
+        matrix = np.frombuffer(affine, dtype=np.float64).reshape(4, 4)
+        zooms = np.sqrt((matrix[:3, :3] ** 2).sum(axis=0))
+        text += f" ({' x '.join(f'{z:g}' for z in np.round(zooms, 3))} mm voxels)"
+    return text
 
 
 def unmask(values: np.ndarray, voxels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

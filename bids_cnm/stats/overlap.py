@@ -54,12 +54,18 @@ def overlap_maps(t: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     dict
         ``overlap``, ``posoverlap``, ``negoverlap`` arrays of float32, shape (V,).
     """
-    signs = binarize(t, threshold)
-    n = signs.shape[1]
+    if threshold < 0:
+        raise ValueError("the |t| threshold must be non-negative")
+    t = np.asarray(t)
+    n = t.shape[1]
     if n == 0:
         raise ValueError("an overlap needs at least one study")
-    n_pos = (signs > 0).sum(axis=1)
-    n_neg = (signs < 0).sum(axis=1)
+    # the counts of binarize()'s signs, without its float64 copy of every t-map: a
+    # float64 threshold makes numpy compare in float64 (as binarize does) chunk by
+    # chunk, and NaN compares False (not surviving, as in binarize)
+    bound = np.float64(threshold)
+    n_pos = np.count_nonzero(np.greater(t, bound), axis=1)
+    n_neg = np.count_nonzero(np.less(t, -bound), axis=1)
     return {
         "overlap": ((n_pos - n_neg) / n).astype(np.float32),
         "posoverlap": (n_pos / n).astype(np.float32),
