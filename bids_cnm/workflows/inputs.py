@@ -66,8 +66,13 @@ __all__ = [
 LOGGER = logging.getLogger("bids_cnm")
 
 
-def layout_cache_dir(config: Config) -> Path:
-    """Where pybids' index of the connectome is saved between runs (the work folder)."""
+def layout_cache_dir(config: Config) -> Path | None:
+    """Where pybids' index of the connectome is saved between runs (the work folder).
+
+    ``None`` for ``--boilerplate-only``, which creates no work folder.
+    """
+    if config.boilerplate_only:
+        return None
     return Path(config.work_dir) / "pybids"
 
 
