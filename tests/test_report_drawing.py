@@ -109,3 +109,12 @@ def test_the_figures_drawn_with_nilearn_are_listed(name):
     if "from nilearn" in source or "paired_values(" in source:
         assert name in figures.NILEARN_FIGURES
     assert figures.NILEARN_FIGURES <= set(dir(figures))
+
+
+def test_a_daemonic_process_draws_the_figures_itself(monkeypatch):
+    """A multiprocessing.Pool's worker may not have children: no pool there."""
+    import multiprocessing
+
+    assert drawing._pool_size(10, 2) == 2
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert drawing._pool_size(10, 2) == 1

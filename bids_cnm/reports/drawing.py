@@ -78,6 +78,8 @@ def _pool_size(n_figures: int, n_procs: int | None) -> int:
             os.cpu_count() or 1)
     if n_figures < MIN_FIGURES_FOR_POOL or sys.platform != "linux":
         return 1  # fork (cheap, inherits the imports) is only safe to rely on on Linux
+    if multiprocessing.current_process().daemon:
+        return 1  # a daemonic process (a multiprocessing.Pool's worker) may not fork
     return max(1, min(n_procs, n_figures))
 
 
@@ -124,6 +126,10 @@ class _Worker:
         self.conn.send(figures[k].job)
 
     def stop(self) -> None:
+        """End the process: at once when it is still drawing (the report was
+        interrupted), else when it has read the end of its jobs."""
+        if self.pending:
+            self.process.kill()
         try:
             self.conn.send(None)
         except OSError:
@@ -189,6 +195,7 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
                     for k in worker.pending:
                         results[k] = (None, f"drawing process ended: {exc!r}")
                     worker.pending.clear()
+                    worker.stop()  # reaped
                     workers.remove(worker)
     finally:
         for worker in workers:
