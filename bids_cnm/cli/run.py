@@ -91,6 +91,7 @@ def _full_run(config: Config, command: tuple[str, ...], recorder: record.Warning
     from bids_cnm.io.derivatives import writable_folder
     from bids_cnm.io.identity import dataset_identity
     from bids_cnm.io.run_record import add_facts, begin_run, finish_run
+    from bids_cnm.plan.files import plan_input_files
     from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
 
     nipype_verbosity(config.verbosity)
@@ -104,7 +105,8 @@ def _full_run(config: Config, command: tuple[str, ...], recorder: record.Warning
     record.limit_threads(config.omp_nthreads)
     # taken before any input is read: an input changed while the run reads it is
     # noticed by the next run's check
-    stamps = rerun.input_stamps(config)
+    plan_files = rerun.plan_files(config)
+    stamps = rerun.input_stamps(config, plan_files)
     # participant jobs of one cohort may share the folders (one per subject); a group
     # run owns them
     shared = config.analysis_level == "participant"
@@ -137,8 +139,11 @@ def _full_run(config: Config, command: tuple[str, ...], recorder: record.Warning
         timer = execute(workflow, inputs.config, started)
         record.write_record(*facts)
         finish_run(config.output_dir, config.analysis_level)
-        if config.analysis_level == rerun.LEVEL:
-            rerun.seal(config.output_dir, config, stamps)
+        # the plan the run loaded names the files stamped (a table edited in between
+        # could list others): else the next run takes the full path again
+        if (config.analysis_level == rerun.LEVEL
+                and plan_input_files(inputs.plan) == plan_files):
+            rerun.seal(config.output_dir, config, stamps, plan_files)
     LOGGER.info("%s", timer.summary())  # the log's last line: where the time went
     return 0
 

@@ -11,18 +11,20 @@ record (``logs/bids_cnm_run.json``)::
 
 - ``request``: a digest of every option of the run (paths resolved) and the version;
 - ``inputs``: for each input (the connectome's folder, the coordinate table, the
-  relocation mask, the second connectome, the plugin configuration), a digest of
-  the path, size, modification and change times and inode of each of its files,
-  taken *before* the run read them (so an input changed while it ran is noticed);
+  relocation mask, the second connectome, the plugin configuration, the analysis
+  plan and every file it names, listed in ``plan_files``), a digest of the path,
+  size, modification and change times and inode of each of its files, taken
+  *before* the run read them (so an input changed while it ran is noticed);
 - ``outputs``: the same digest of every file the run wrote (``files`` of the
   entry, ``dataset_description.json`` and the run's ``logs/`` files).
 
 :func:`check` recomputes the three and compares them: all equal means every output
 is what this command would write, and the run stops there without touching any file.
 Anything else (an input touched, an option changed, an output deleted or modified, an
-earlier run that did not finish) takes the full path.  A run with an analysis plan
-(``--analysis``) always takes the full path: the plan names files of its own (ROI
-tables, masks, VAT images listed in tables) that are known only once it is loaded.
+earlier run that did not finish) takes the full path.  The files an analysis plan
+names (ROI tables, masks, VAT images listed in tables) are known once it is loaded:
+the full run lists them (:func:`plan_files`) and the check stats the recorded list
+(the plan file itself is an input too, so a plan naming other files is noticed).
 
 Only the standard library is imported here: the check runs before numpy, pandas,
 pybids or nipype load, which take longer than the check itself.
@@ -40,7 +42,7 @@ from bids_cnm import __version__
 from bids_cnm.config import Config
 from bids_cnm.io.run_record import RECORD, add_facts, read_record
 
-__all__ = ["Verdict", "check", "input_stamps", "request_digest", "seal"]
+__all__ = ["Verdict", "check", "input_stamps", "plan_files", "request_digest", "seal"]
 
 #: the level whose re-runs are checked: participant jobs of one cohort share the
 #: folder and the record's entry (one per subject on a cluster), so an entry says
@@ -122,12 +124,28 @@ def request_digest(config: Config) -> str:
     return _digest([__version__, config.to_dict()])
 
 
-def input_stamps(config: Config) -> dict[str, str]:
+def plan_files(config: Config) -> list[str]:
+    """The files the run's analysis plan names (empty without ``--analysis``).
+
+    Loads the plan (its errors are the run's own); call it before the run reads the
+    files, and compare the list with the one of the plan the run loaded.
+    """
+    if config.analysis_plan is None:
+        return []
+    from bids_cnm.plan import load_plan
+    from bids_cnm.plan.files import plan_input_files
+
+    return plan_input_files(load_plan(config.analysis_plan))
+
+
+def input_stamps(config: Config, plan_files: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """A digest of each input's files (stat only: no file is opened).
 
     Parameters
     ----------
     config : Config
+    plan_files : list of str
+        The files the analysis plan names (:func:`plan_files`).
 
     Returns
     -------
@@ -137,8 +155,12 @@ def input_stamps(config: Config) -> dict[str, str]:
     inputs = {"connectome": config.bids_dir, "coordinates": config.coordinates,
               "relocation mask": config.relocation_mask,
               "second connectome": config.compare_connectome,
-              "plugin configuration": config.plugin_config}
-    return {name: _stamp(path) for name, path in inputs.items() if path is not None}
+              "plugin configuration": config.plugin_config,
+              "analysis plan": config.analysis_plan}
+    stamps = {name: _stamp(path) for name, path in inputs.items() if path is not None}
+    if plan_files:
+        stamps["plan's files"] = _digest([_stamp(Path(p)) for p in plan_files])
+    return stamps
 
 
 def _output_files(output_dir: Path, files: list[str]) -> list[str]:
@@ -156,7 +178,8 @@ def _outputs_digest(output_dir: Path, files: list[str]) -> str:
                     for f in _output_files(output_dir, files)])
 
 
-def seal(output_dir: Path, config: Config, inputs: dict[str, str]) -> None:
+def seal(output_dir: Path, config: Config, inputs: dict[str, str],
+         plan_files: list[str] | tuple[str, ...] = ()) -> None:
     """Record what :func:`check` compares, once the group run has finished.
 
     Parameters
@@ -166,6 +189,8 @@ def seal(output_dir: Path, config: Config, inputs: dict[str, str]) -> None:
         The run's configuration.
     inputs : dict
         :func:`input_stamps` taken when the run started.
+    plan_files : list of str
+        The files of the analysis plan those stamps cover.
     """
     record = read_record(output_dir)
     entry = (record or {}).get("levels", {}).get(LEVEL) or {}
@@ -173,6 +198,7 @@ def seal(output_dir: Path, config: Config, inputs: dict[str, str]) -> None:
         return  # not finished: nothing to seal
     add_facts(output_dir, LEVEL, rerun={
         "request": request_digest(config), "inputs": inputs,
+        "plan_files": list(plan_files),
         "outputs": _outputs_digest(Path(output_dir), entry["files"]),
     })
 
@@ -204,14 +230,12 @@ def check(config: Config) -> Verdict:
     changed = sealed.get("outputs") != _outputs_digest(output_dir, entry["files"])
     if changed:
         return Verdict(False, "an output of the earlier run was removed or modified", True)
-    if config.analysis_plan is not None:
-        return Verdict(False, "an analysis plan names input files of its own")
     if config.clean_workdir:
         return Verdict(False, "--clean-workdir")
     if sealed.get("request") != request_digest(config):
         return Verdict(False, "the options differ from the earlier run's")
     before = sealed.get("inputs") or {}
-    now = input_stamps(config)
+    now = input_stamps(config, sealed.get("plan_files") or [])
     for name in sorted(set(before) | set(now)):
         if before.get(name) != now.get(name):
             return Verdict(False, f"the {name} changed since the earlier run")
