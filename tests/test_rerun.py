@@ -145,3 +145,27 @@ def test_record_without_check_takes_the_full_path(setup, capsys):
     (out / RECORD).write_text(json.dumps(record))
     code, log = rerun(capsys, command)
     assert code == 0 and "recorded no re-run check" in log
+
+
+def test_same_nodes_are_not_rewritten(tmp_path):
+    """The ROI-to-ROI nodes file keeps its time when a run saves the same nodes (nipype
+    hashes it: a rewrite recomputed connectivity on every full run with a plan)."""
+    import numpy as np
+
+    from bids_cnm.engine.nodes import load_nodes, save_nodes
+
+    path = tmp_path / "nodes.npz"
+    voxels = [np.array([1, 2, 3]), np.array([7])]
+    table = [{"name": "a", "x": 1.5}, {"name": "b", "x": 2.0}]
+    save_nodes(path, voxels, table)
+    os.utime(path, ns=(1, 1))
+    save_nodes(path, [v.copy() for v in voxels], [dict(t) for t in table])
+    assert path.stat().st_mtime_ns == 1  # the same nodes: untouched
+    save_nodes(path, [voxels[0], np.array([8])], table)
+    assert path.stat().st_mtime_ns != 1  # other voxels: written
+    assert load_nodes(str(path))[0][1].tolist() == [8]
+    os.utime(path, ns=(1, 1))
+    other = [table[0], {"name": "b", "x": 3.0}]
+    save_nodes(path, [voxels[0], np.array([8])], other)
+    assert path.stat().st_mtime_ns != 1  # another table: written
+    assert load_nodes(str(path))[1] == other
