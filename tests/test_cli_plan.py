@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,15 +16,21 @@ from bids_cnm.demo.plan import make_demo_plan
 
 
 @pytest.fixture(scope="module")
-def plan_run(tmp_path_factory):
+def plan_command(tmp_path_factory):
+    """The command of a group run with the demo plan, run once."""
     root = tmp_path_factory.mktemp("demo")
     demo = make_demo_dataset(root, n_subjects=6, n_volumes=50)
     plan = make_demo_plan(root)
-    out = root / "out"
-    code = main([str(demo.bids_dir), str(out), "group", "--coordinates", str(demo.coordinates),
-                 "-w", str(root / "work"), "--analysis", str(plan), "--nprocs", "2"])
-    assert code == 0
-    return out
+    command = [str(demo.bids_dir), str(root / "out"), "group", "--coordinates",
+               str(demo.coordinates), "-w", str(root / "work"), "--analysis", str(plan),
+               "--nprocs", "2"]
+    assert main(command) == 0
+    return command
+
+
+@pytest.fixture(scope="module")
+def plan_run(plan_command):
+    return Path(plan_command[1])
 
 
 def test_plan_outputs_and_extra_seeds(plan_run):
@@ -49,3 +57,24 @@ def test_roi_to_roi_values_come_from_every_subject(plan_run):
     assert values.shape[0] >= 6
     numeric = values.select_dtypes("number")
     assert np.isfinite(numeric.to_numpy()).all()
+
+
+def test_plan_rerun_verifies_until_a_file_the_plan_names_changes(plan_command, capsys):
+    """The files the plan names, also those only its tables list (the DBS table's VAT
+    images), are inputs of the re-run check (bids_cnm.io.rerun).  Last in this module:
+    it runs the command again."""
+    from bids_cnm.io.run_record import RECORD
+
+    out = Path(plan_command[1])
+    sealed = json.loads((out / RECORD).read_text())["levels"]["group"]["rerun"]
+    vats = [Path(p) for p in sealed["plan_files"] if p.endswith("_vat.nii.gz")]
+    assert vats, sealed["plan_files"]
+    capsys.readouterr()
+    assert main(plan_command) == 0
+    assert "nothing to do: every output is up to date" in capsys.readouterr().err
+    os.utime(vats[0])
+    assert main(plan_command) == 0
+    log = capsys.readouterr().err
+    assert "re-run check: the plan's files changed since the earlier run" in log
+    assert main(plan_command) == 0
+    assert "nothing to do: every output is up to date" in capsys.readouterr().err

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bids_cnm.analyses.roi import sphere_mask
 from bids_cnm.analyses.validation import (
@@ -31,16 +30,16 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     "VAT_MODELS",
-    "vat_radius_mm",
-    "vat_table",
-    "vat_from_contacts",
+    "convergent_network",
+    "leave_one_out_prediction",
+    "leave_one_out_similarity",
     "outcome_weighted_network",
     "rmap",
     "rmap_permutation",
-    "leave_one_out_similarity",
-    "leave_one_out_prediction",
+    "vat_from_contacts",
+    "vat_radius_mm",
+    "vat_table",
     "zscore_map",
-    "convergent_network",
 ]
 
 VAT_MODELS = ("kuncel2008", "maedler2012", "dembek2017")
@@ -542,6 +541,10 @@ def leave_one_out_prediction(
         scipy.stats.pearsonr), ``p_permutation``, ``null`` (n_perm r values),
         ``table`` (DataFrame patient, outcome, similarity).
     """
+    # scipy.stats (about 1 s to import) here only: the run's command line imports this
+    # module through the plan's seeds (bids_cnm.analyses.plan_seeds)
+    from scipy import stats
+
     nets, o, _ = _masked(networks, outcomes, mask)
     gram = _centered_gram(nets)
     if np.any(np.diag(gram) <= 0):

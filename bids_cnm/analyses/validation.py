@@ -19,7 +19,10 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage, special, stats
+
+# scipy.stats (about 1 s to import) in the functions that use it: the run's command line
+# imports this module through the plan's seeds, and needs none of its tests
+from scipy import ndimage, special
 
 from bids_cnm.analyses.roi import same_grid, sphere_offsets, voxel_to_world
 from bids_cnm.errors import InputDataError
@@ -27,22 +30,22 @@ from bids_cnm.errors import InputDataError
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
-    "network_data",
-    "roi_overlap",
-    "region_overlaps",
+    "compare_groups",
+    "distances_mm",
+    "holm",
     "mean_region_overlap",
+    "network_anova",
+    "network_data",
     "null_distribution_random_regions",
     "null_distribution_random_spheres",
-    "network_anova",
-    "permutation_p",
-    "compare_groups",
-    "spatial_correlation",
+    "one_way_anova",
     "peak_in_region",
     "peak_plateaus",
-    "distances_mm",
+    "permutation_p",
+    "region_overlaps",
+    "roi_overlap",
     "roi_to_network_connectivity",
-    "holm",
-    "one_way_anova",
+    "spatial_correlation",
 ]
 
 NetworkLike = nib.spatialimages.SpatialImage | np.ndarray
@@ -495,6 +498,8 @@ def compare_groups(
         cohens_d, hedges_g, n_a, n_b, mean_a, mean_b, sd_a, sd_b`` (SD with
         ddof=1).
     """
+    from scipy import stats
+
     a = np.asarray(values_a, dtype=float).ravel()
     b = np.asarray(values_b, dtype=float).ravel()
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
@@ -561,6 +566,8 @@ def spatial_correlation(
     float
         The correlation; NaN (with a warning) if a map is constant.
     """
+    from scipy import stats
+
     if (
         isinstance(map_a, nib.spatialimages.SpatialImage)
         and isinstance(map_b, nib.spatialimages.SpatialImage)
@@ -833,6 +840,8 @@ def _posthoc(names: list[str], groups: list[np.ndarray], ranking: pd.DataFrame,
     ``welch`` for independent units (nodes), ``paired`` t for subjects
     (repeated measures), ``wilcoxon`` signed-rank for the Friedman test.
     """
+    from scipy import stats
+
     order = [names.index(n) for n in ranking["network"]]
     rows = []
     for ia, ib in itertools.combinations(order, 2):
@@ -866,6 +875,8 @@ def _posthoc(names: list[str], groups: list[np.ndarray], ranking: pd.DataFrame,
 
 
 def _independent_anova(groups: list[np.ndarray], names: list[str], unit: str) -> dict:
+    from scipy import stats
+
     empty = [n for n, g in zip(names, groups) if g.size == 0]
     if empty or sum(g.size for g in groups) <= len(groups):
         raise ValueError(f"network(s) {empty or names} have too few {unit}: the ANOVA needs "
@@ -957,6 +968,8 @@ def network_anova(
         ``partial_eta_squared`` or ``kendall_w``), ``ranking`` (network, mean,
         sd, n over the units) and ``posthoc`` (pairs with Holm-adjusted p).
     """
+    from scipy import stats
+
     if test not in ANOVA_TESTS:
         raise ValueError(f"test must be one of {ANOVA_TESTS}, not {test!r}")
     z = np.asarray(z_values, dtype=float)

@@ -88,7 +88,7 @@ def _value_type(action: argparse.Action) -> type | None:
         return convert
     try:
         hints = typing.get_type_hints(convert)
-    except Exception:  # an un-annotated or unresolvable callable: treat it as text
+    except Exception:  # noqa: BLE001 - an un-annotated or unresolvable callable: text
         return None
     returned = hints.get("return")
     return returned if isinstance(returned, type) else None
@@ -171,8 +171,8 @@ def cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
         usage,
         "```",
         "",
-        "Options may be abbreviated as long as the abbreviation is unique. "
-        "`--version` prints the version and `--help` (`-h`) this reference.",
+        ("Options may be abbreviated as long as the abbreviation is unique. "
+         "`--version` prints the version and `--help` (`-h`) this reference."),
         "",
     ]
     for title, description, actions in _groups(parser):
@@ -184,6 +184,22 @@ def cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
             lines += _action_markdown(action)
         lines.append("")
     lines += [
+        "## Running the same command again",
+        "",
+        _wrap("A run that stopped (killed, interrupted, a step that failed) resumes: finished "
+              "steps are reused from the work directory. A group run that finished is only "
+              "verified: when the run record (`OUTPUT_DIR/logs/bids_cnm_run.json`) shows the "
+              "same options, the same input files (the connectome's folder, the coordinates, "
+              "`--relocation-mask`, `--compare-connectome`, `--plugin-config`, `--analysis` "
+              "and every file the plan names, also in its tables: path, size, modification "
+              "time, inode) and every output unchanged since that run, the run "
+              "logs `nothing to do: every output is up to date` and exits 0 without touching "
+              "any file (0.2-0.5 s for a 30-subject connectome or the demo, measured on 2 busy "
+              "cores; the full path takes 7 s or more). Anything else takes the full path and logs why "
+              "(`re-run check: ...`); an output removed or modified since is written again. "
+              "A run with `--clean-workdir`, and the participant level, always take the full "
+              "path (see docs/guarantees.md)."),
+        "",
         "## Exit codes",
         "",
         "| code | meaning |",
@@ -195,8 +211,8 @@ def cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     lines += [
         "| 130 | interrupted (Ctrl-C); run the same command again to resume |",
         "",
-        "Every error ends with one line, `bids_cnm: error: ...`, that says what is wrong "
-        "and how to fix it.",
+        ("Every error ends with one line, `bids_cnm: error: ...`, that says what is wrong "
+         "and how to fix it."),
         "",
     ]
     lines += connectome_markdown()
@@ -286,7 +302,8 @@ def _markdown_text(text: str) -> str:
 def _wrap(text: str) -> str:
     import textwrap
 
-    return "\n".join(textwrap.wrap(text, width=_WIDTH)) if text else ""
+    # an option is never cut at its hyphens
+    return "\n".join(textwrap.wrap(text, width=_WIDTH, break_on_hyphens=False)) if text else ""
 
 
 def exit_codes() -> list[tuple[int, str, str]]:

@@ -5,6 +5,8 @@
 - :func:`folders_removed_on_error`: a run that fails its checks leaves no empty output
   or work folder behind;
 - :func:`clean_workdir`, :func:`limit_threads`: ``--clean-workdir``, ``--omp-nthreads``;
+- :func:`forget_steps`: outputs of a finished run were removed or modified, so nipype's
+  cache of the steps that wrote them must go;
 - :func:`route_warnings`: Python warnings reach the log as one line each;
 - :class:`WarningRecorder`: the run's warnings (logged or Python warnings) go into the
   run record ``logs/bids_cnm_run.json``, where the report reads them.
@@ -34,7 +36,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 def route_warnings(logger: logging.Logger = LOGGER) -> None:
     """Show every Python warning as one log line (no file name, no source line)."""
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+    def show(message, category, filename, lineno, file=None, line=None):
         kind = "" if category is UserWarning else f" ({category.__name__})"
         # where the warning was raised, not this function, is its source in the record
         origin = f"{Path(filename).name}:{lineno}"
@@ -80,7 +82,8 @@ class WarningRecorder(logging.Handler):
                 self._held.append(item)
             else:
                 self._write(item)
-        except Exception:  # a warning that cannot be recorded must not stop the run
+        # a warning that cannot be recorded must not stop the run
+        except Exception:  # noqa: BLE001
             self.handleError(record)
 
     def _write(self, item: dict) -> None:
@@ -120,6 +123,27 @@ def clean_workdir(config: Config) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+#: nipype's cache of the workflow's steps in the work directory (the workflows' name,
+#: :mod:`bids_cnm.workflows.base`)
+STEP_CACHE = "cnm_wf"
+
+
+def forget_steps(config: Config) -> None:
+    """Remove nipype's cache of the steps, keeping the prepared time series.
+
+    When a file a finished run wrote is gone or was modified, nipype would reuse the
+    cached step that wrote it (its inputs are unchanged) and write nothing (or fail on
+    the missing file): every step after the preparation runs again, and the writers
+    leave files that already hold the right bytes untouched.  The work folder must be
+    this run's alone (a group run's lock).
+    """
+    steps = Path(config.work_dir) / STEP_CACHE
+    if steps.is_dir():
+        LOGGER.info("outputs of the earlier run are missing or modified: every step after "
+                    "the preparation runs again (removed nipype's cache %s)", steps)
+        shutil.rmtree(steps)
 
 
 @contextlib.contextmanager

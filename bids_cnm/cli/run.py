@@ -16,33 +16,29 @@ import time
 # nipype asks the network for its latest version whenever an interface is made: a run
 # reads local files only.  bids_cnm.cli (imported before this module) already set
 # NIPYPE_NO_ET unless the user chose otherwise; see bids_cnm.cli.environment.
+#
+# Only light modules here: an identical re-run stops after the re-run check
+# (bids_cnm.io.rerun), before the modules of the full run (nipype, pybids, pandas,
+# scipy: seconds of start-up) are imported by _full_run.
 from bids_cnm.cli import interrupt, record
 from bids_cnm.cli.parser import parse_args
-from bids_cnm.cli.workflow import build_workflow, execute
 from bids_cnm.config import Config
 from bids_cnm.errors import CNMError
-from bids_cnm.io.derivatives import sweep_temporaries, writable_folder
-from bids_cnm.io.identity import dataset_identity
+from bids_cnm.io import rerun
 from bids_cnm.io.lock import FolderLock
-from bids_cnm.io.run_record import add_facts, begin_run, finish_run
-from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
+from bids_cnm.io.run_record import RECORD
 
 LOGGER = logging.getLogger("bids_cnm")
 
 
 def setup_logging(verbosity: int) -> None:
-    """Progress on stderr; nipype's own chatter only with ``-vv``."""
+    """Progress on stderr (nipype's own chatter: :func:`bids_cnm.cli.workflow.nipype_verbosity`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s [bids_cnm] %(message)s", "%H:%M:%S"))
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     LOGGER.propagate = False
     record.route_warnings(LOGGER)
-    nipype_level = logging.INFO if verbosity >= 2 else logging.WARNING
-    from nipype import logging as nlogging
-
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        nlogging.getLogger(name).setLevel(nipype_level)
 
 
 def run(config: Config, command: tuple[str, ...] = ()) -> int:
@@ -63,6 +59,42 @@ def run(config: Config, command: tuple[str, ...] = ()) -> int:
 
 def _run(config: Config, command: tuple[str, ...], recorder: record.WarningRecorder) -> int:
     started = time.time()
+    verdict = _recheck(config)
+    if verdict.up_to_date:
+        LOGGER.info("nothing to do: every output is up to date (%s)", verdict.reason)
+        LOGGER.info("time: %.1f s = verification %.1f (nothing recomputed)",
+                    time.time() - started, time.time() - started)
+        return 0
+    return _full_run(config, command, recorder, started, verdict)
+
+
+def _recheck(config: Config) -> rerun.Verdict:
+    """The re-run check of a group run (:mod:`bids_cnm.io.rerun`), under OUTPUT_DIR's lock.
+
+    The lock makes the check see no half-finished run: a run holding it makes this
+    one exit 73 here, as the full run would.
+    """
+    if (config.analysis_level != "group" or config.boilerplate_only
+            or not (config.output_dir / RECORD).is_file()):
+        return rerun.Verdict(False, "no earlier group run recorded")
+    with FolderLock(config.output_dir, "OUTPUT_DIR"):
+        verdict = rerun.check(config)
+    if not verdict.up_to_date:
+        LOGGER.info("re-run check: %s; running the workflow", verdict.reason)
+    return verdict
+
+
+def _full_run(config: Config, command: tuple[str, ...], recorder: record.WarningRecorder,
+              started: float, verdict: rerun.Verdict) -> int:
+    """Index the inputs, build the workflow, run it, record the run (the full path)."""
+    from bids_cnm.cli.workflow import build_workflow, execute, nipype_verbosity
+    from bids_cnm.io.derivatives import writable_folder
+    from bids_cnm.io.identity import dataset_identity
+    from bids_cnm.io.run_record import add_facts, begin_run, finish_run
+    from bids_cnm.plan.files import plan_input_files
+    from bids_cnm.workflows.inputs import level_settings, read_inputs, resolve_inputs
+
+    nipype_verbosity(config.verbosity)
     writable_folder(config.output_dir, "OUTPUT_DIR")
     if config.boilerplate_only:  # the methods text only: no work folder, nothing computed
         run_config, plan, table, connectome = read_inputs(config)
@@ -71,6 +103,10 @@ def _run(config: Config, command: tuple[str, ...], recorder: record.WarningRecor
         return 0
     writable_folder(config.work_dir, "--work-dir")
     record.limit_threads(config.omp_nthreads)
+    # taken before any input is read: an input changed while the run reads it is
+    # noticed by the next run's check
+    plan_files = rerun.plan_files(config)
+    stamps = rerun.input_stamps(config, plan_files)
     # participant jobs of one cohort may share the folders (one per subject); a group
     # run owns them
     shared = config.analysis_level == "participant"
@@ -90,6 +126,11 @@ def _run(config: Config, command: tuple[str, ...], recorder: record.WarningRecor
                   min_volumes=config.min_volumes)
         if removed:
             LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))
+        if config.analysis_level == "group" and (verdict.outputs_changed or removed):
+            # outputs of a finished run are gone or modified: nipype would reuse the
+            # cached steps that wrote them (their inputs did not change) and write nothing.
+            # (Never at the participant level: other jobs may be using the work folder.)
+            record.forget_steps(config)
         # before the workflow, so the report shows the methods; again after it, when the
         # ALE's own description (NiMARE) exists
         facts = (inputs.config, inputs.connectome, inputs.coordinates, inputs.plan)
@@ -98,12 +139,19 @@ def _run(config: Config, command: tuple[str, ...], recorder: record.WarningRecor
         timer = execute(workflow, inputs.config, started)
         record.write_record(*facts)
         finish_run(config.output_dir, config.analysis_level)
+        # the plan the run loaded names the files stamped (a table edited in between
+        # could list others): else the next run takes the full path again
+        if (config.analysis_level == rerun.LEVEL
+                and plan_input_files(inputs.plan) == plan_files):
+            rerun.seal(config.output_dir, config, stamps, plan_files)
     LOGGER.info("%s", timer.summary())  # the log's last line: where the time went
     return 0
 
 
 def _sweep(inputs) -> None:
     """Remove the temporaries a killed run of ours left (only where no other job writes)."""
+    from bids_cnm.io.derivatives import sweep_temporaries
+
     config = inputs.config
     if config.analysis_level == "group":
         removed = sweep_temporaries(config.output_dir)

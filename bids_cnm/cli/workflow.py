@@ -19,7 +19,7 @@ from bids_cnm.workflows.inputs import with_reuse
 from bids_cnm.workflows.plugin import EventMultiProcPlugin
 from bids_cnm.workflows.timing import RunTimer
 
-__all__ = ["build_workflow", "execute", "plugin_arguments"]
+__all__ = ["build_workflow", "execute", "nipype_verbosity", "plugin_arguments"]
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -149,3 +149,12 @@ def plugin_arguments(config: Config) -> dict:
             )
         args.update(loaded.get("plugin_args", loaded))
     return args
+
+
+def nipype_verbosity(verbosity: int) -> None:
+    """nipype's own messages only with ``-vv`` (its warnings always)."""
+    from nipype import logging as nlogging
+
+    level = logging.INFO if verbosity >= 2 else logging.WARNING
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nlogging.getLogger(name).setLevel(level)

@@ -63,11 +63,19 @@ def node_zvalues(
 
 
 def save_nodes(path: Path, voxels: list[np.ndarray], table: list[dict]) -> Path:
-    """Write ROI-to-ROI nodes (voxel lists and their table) for the accumulate nodes."""
+    """Write ROI-to-ROI nodes (voxel lists and their table) for the accumulate nodes.
+
+    A file that already holds these nodes is left untouched: nipype's cache of the
+    steps that read it hashes its modification time, so rewriting the same nodes on
+    every run (npz files carry their write time) made each re-run compute
+    connectivity and everything after it again.
+    """
     import json
     import os
     import tempfile
 
+    if _holds(path, voxels, json.loads(json.dumps(table, default=float))):
+        return path
     # atomic: participant jobs of a cluster array may write it at the same time
     fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".nodes.", suffix=".npz")
     os.close(fd)
@@ -79,6 +87,19 @@ def save_nodes(path: Path, voxels: list[np.ndarray], table: list[dict]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _holds(path: Path, voxels: list[np.ndarray], table: list[dict]) -> bool:
+    """Whether ``path`` holds exactly these nodes (absent or unreadable: no)."""
+    import zipfile
+
+    try:
+        old_voxels, old_table = load_nodes(str(path))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+    return old_table == table and len(old_voxels) == len(voxels) and all(
+        a.dtype == np.asarray(b).dtype and np.array_equal(a, b)
+        for a, b in zip(old_voxels, voxels))
 
 
 def load_nodes(path: str) -> tuple[list[np.ndarray], list[dict]]:

@@ -32,11 +32,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bids_cnm.errors import InputDataError, UsageError
-from bids_cnm.io.derivatives import write_json
 from bids_cnm.io.lock import LOCK_NAME
 
-__all__ = ["RECORD", "MAX_WARNINGS", "begin_run", "finish_run", "level_files", "add_warning",
-           "add_facts", "read_record"]
+__all__ = [
+    "MAX_WARNINGS",
+    "RECORD",
+    "add_facts",
+    "add_warning",
+    "begin_run",
+    "finish_run",
+    "level_files",
+    "read_record",
+]
 
 #: the record, relative to OUTPUT_DIR
 RECORD = Path("logs") / "bids_cnm_run.json"
@@ -69,6 +76,14 @@ def level_files(output_dir: Path, level: str) -> list[str]:
         if keep:
             out.append(rel.as_posix())
     return sorted(out)
+
+
+def _write(output_dir: Path, record: dict) -> Path:
+    # imported here: reading the record (the re-run check, bids_cnm.io.rerun) must not
+    # load the derivatives writer's numpy, pandas and nibabel
+    from bids_cnm.io.derivatives import write_json
+
+    return write_json(output_dir / RECORD, record)
 
 
 def _read(output_dir: Path) -> dict | None:
@@ -228,7 +243,7 @@ def _begin(output_dir: Path, level: str, dataset: dict, settings: dict,
         "files": None,
         "foreign": sorted(foreign),
     }
-    write_json(output_dir / RECORD, record)
+    _write(output_dir, record)
     return removed
 
 
@@ -256,7 +271,7 @@ def finish_run(output_dir: Path, level: str) -> Path:
         entry = record["levels"][level]
         foreign = set(entry.get("foreign", []))
         entry["files"] = [f for f in level_files(output_dir, level) if f not in foreign]
-        return write_json(output_dir / RECORD, record)
+        return _write(output_dir, record)
 
 
 def _update_entry(output_dir: Path, level: str, change) -> None:
@@ -267,7 +282,7 @@ def _update_entry(output_dir: Path, level: str, change) -> None:
         if record is None or level not in record["levels"]:
             return  # no run recorded here (begin_run not called): nothing to add to
         change(record["levels"][level])
-        write_json(output_dir / RECORD, record)
+        _write(output_dir, record)
 
 
 def add_warning(output_dir: Path, level: str, warning: dict) -> None:

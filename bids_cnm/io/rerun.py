@@ -1,0 +1,246 @@
+"""The re-run check: is a group run's output folder already what this command asks for?
+
+Running the same command again is the usual way to resume a run; once the run has
+finished, the same command only needs to verify.  Indexing the connectome with
+pybids and building the nipype workflow to find that nothing is left to do takes
+seconds; comparing what the finished run recorded with this command takes a few
+``stat`` calls.  When a group run finishes, :func:`seal` adds to its entry of the run
+record (``logs/bids_cnm_run.json``)::
+
+    "rerun": {"request": ..., "inputs": {...}, "outputs": ...}
+
+- ``request``: a digest of every option of the run (paths resolved) and the version;
+- ``inputs``: for each input (the connectome's folder, the coordinate table, the
+  relocation mask, the second connectome, the plugin configuration, the analysis
+  plan and every file it names, listed in ``plan_files``), a digest of the path,
+  size, modification and change times and inode of each of its files, taken
+  *before* the run read them (so an input changed while it ran is noticed);
+- ``outputs``: the same digest of every file the run wrote (``files`` of the
+  entry, ``dataset_description.json`` and the run's ``logs/`` files).
+
+:func:`check` recomputes the three and compares them: all equal means every output
+is what this command would write, and the run stops there without touching any file.
+Anything else (an input touched, an option changed, an output deleted or modified, an
+earlier run that did not finish) takes the full path.  The files an analysis plan
+names (ROI tables, masks, VAT images listed in tables) are known once it is loaded:
+the full run lists them (:func:`plan_files`) and the check stats the recorded list
+(the plan file itself is an input too, so a plan naming other files is noticed).
+
+Only the standard library is imported here: the check runs before numpy, pandas,
+pybids or nipype load, which take longer than the check itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bids_cnm import __version__
+from bids_cnm.config import Config
+from bids_cnm.io.run_record import RECORD, add_facts, read_record
+
+__all__ = ["Verdict", "check", "input_stamps", "plan_files", "request_digest", "seal"]
+
+#: the level whose re-runs are checked: participant jobs of one cohort share the
+#: folder and the record's entry (one per subject on a cluster), so an entry says
+#: little about one job's own request
+LEVEL = "group"
+
+#: files of ``logs/`` that are not outputs of a run: the record itself (each run
+#: renews it) and the lock serializing its updates
+_NOT_OUTPUTS = frozenset({RECORD.name, ".bids_cnm_run.lock"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of :func:`check`.
+
+    Attributes
+    ----------
+    up_to_date : bool
+        Every output is what this command asks for: nothing to do.
+    reason : str
+        Why not (or what was verified), for the log.
+    outputs_changed : bool
+        A file the earlier finished run wrote is missing or was modified since:
+        nipype's cache of the steps that wrote it would not write it again.
+    """
+
+    up_to_date: bool
+    reason: str
+    outputs_changed: bool = False
+
+
+def _digest(content: object) -> str:
+    blob = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _stat_row(path: str, name: str) -> list:
+    """What tells a file's version: size, modification and change times, inode.
+
+    A rewrite changes the modification time; an atomic replacement the inode; a
+    modification time set back by hand still changes the change time.  ``stat``
+    follows symbolic links (a connectome imported as links to its source), and the
+    link's own target is kept too.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [name, None]
+    target = os.readlink(path) if os.path.islink(path) else None
+    return [name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, target]
+
+
+def _walk(root: Path) -> list:
+    """Stat rows of every file under ``root`` (symbolic links followed, each folder once)."""
+    rows = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            rows.append(_stat_row(os.path.join(folder, name),
+                                  os.path.relpath(os.path.join(folder, name), root)))
+    return rows
+
+
+def _stamp(path: Path) -> str:
+    """Digest of a file's or a folder's stat rows."""
+    path = Path(path)
+    rows = _walk(path) if path.is_dir() else [_stat_row(str(path), path.name)]
+    return _digest([str(path), rows])
+
+
+def request_digest(config: Config) -> str:
+    """Digest of every option of the run (paths resolved, as parsed) and the version."""
+    return _digest([__version__, config.to_dict()])
+
+
+def plan_files(config: Config) -> list[str]:
+    """The files the run's analysis plan names (empty without ``--analysis``).
+
+    Loads the plan (its errors are the run's own); call it before the run reads the
+    files, and compare the list with the one of the plan the run loaded.
+    """
+    if config.analysis_plan is None:
+        return []
+    from bids_cnm.plan import load_plan
+    from bids_cnm.plan.files import plan_input_files
+
+    return plan_input_files(load_plan(config.analysis_plan))
+
+
+def input_stamps(config: Config, plan_files: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """A digest of each input's files (stat only: no file is opened).
+
+    Parameters
+    ----------
+    config : Config
+    plan_files : list of str
+        The files the analysis plan names (:func:`plan_files`).
+
+    Returns
+    -------
+    dict
+        Input name -> digest, for the inputs this run has.
+    """
+    inputs = {"connectome": config.bids_dir, "coordinates": config.coordinates,
+              "relocation mask": config.relocation_mask,
+              "second connectome": config.compare_connectome,
+              "plugin configuration": config.plugin_config,
+              "analysis plan": config.analysis_plan}
+    stamps = {name: _stamp(path) for name, path in inputs.items() if path is not None}
+    if plan_files:
+        stamps["plan's files"] = _digest([_stamp(Path(p)) for p in plan_files])
+    return stamps
+
+
+def _output_files(output_dir: Path, files: list[str]) -> list[str]:
+    """The level's files, ``dataset_description.json`` and the run's ``logs/`` files."""
+    shared = ["dataset_description.json"]
+    logs = output_dir / RECORD.parent
+    if logs.is_dir():
+        shared += [f"{RECORD.parent.as_posix()}/{p.name}" for p in logs.iterdir()
+                   if p.name not in _NOT_OUTPUTS and not p.name.startswith(".")]
+    return sorted(set(files) | set(shared))
+
+
+def _outputs_digest(output_dir: Path, files: list[str]) -> str:
+    return _digest([_stat_row(str(output_dir / f), f)
+                    for f in _output_files(output_dir, files)])
+
+
+def seal(output_dir: Path, config: Config, inputs: dict[str, str],
+         plan_files: list[str] | tuple[str, ...] = ()) -> None:
+    """Record what :func:`check` compares, once the group run has finished.
+
+    Parameters
+    ----------
+    output_dir : Path
+    config : Config
+        The run's configuration.
+    inputs : dict
+        :func:`input_stamps` taken when the run started.
+    plan_files : list of str
+        The files of the analysis plan those stamps cover.
+    """
+    record = read_record(output_dir)
+    entry = (record or {}).get("levels", {}).get(LEVEL) or {}
+    if entry.get("files") is None:
+        return  # not finished: nothing to seal
+    add_facts(output_dir, LEVEL, rerun={
+        "request": request_digest(config), "inputs": inputs,
+        "plan_files": list(plan_files),
+        "outputs": _outputs_digest(Path(output_dir), entry["files"]),
+    })
+
+
+def check(config: Config) -> Verdict:
+    """Compare the output folder's record of its last group run with this command.
+
+    Parameters
+    ----------
+    config : Config
+        This run's configuration.
+
+    Returns
+    -------
+    Verdict
+    """
+    output_dir = Path(config.output_dir)
+    record = read_record(output_dir)
+    if record is None:
+        return Verdict(False, "no earlier run recorded")
+    entry = record.get("levels", {}).get(LEVEL)
+    if not isinstance(entry, dict):
+        return Verdict(False, "no earlier group run recorded")
+    if entry.get("files") is None:
+        return Verdict(False, "the earlier run did not finish")
+    sealed = entry.get("rerun")
+    if not isinstance(sealed, dict):
+        return Verdict(False, "the earlier run recorded no re-run check")
+    changed = sealed.get("outputs") != _outputs_digest(output_dir, entry["files"])
+    if changed:
+        return Verdict(False, "an output of the earlier run was removed or modified", True)
+    if config.clean_workdir:
+        return Verdict(False, "--clean-workdir")
+    if sealed.get("request") != request_digest(config):
+        return Verdict(False, "the options differ from the earlier run's")
+    before = sealed.get("inputs") or {}
+    now = input_stamps(config, sealed.get("plan_files") or [])
+    for name in sorted(set(before) | set(now)):
+        if before.get(name) != now.get(name):
+            return Verdict(False, f"the {name} changed since the earlier run")
+    reason = f"same options, inputs and outputs as the run of {entry.get('started', '?')}"
+    warnings = len(entry.get("warnings") or []) + int(entry.get("warnings_dropped", 0))
+    if warnings:  # not logged again: the user may not have seen them the first time
+        reason += f"; its {warnings} warning(s) are in bids_cnm_report.html and {RECORD}"
+    return Verdict(True, reason)
