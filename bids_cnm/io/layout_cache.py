@@ -7,9 +7,10 @@ SQLite database (``database_path``) and load it back in milliseconds, but it doe
 notice files added, removed or rewritten since, so a saved index alone could hide a
 new subject.  Here the index is saved under a key made of
 
-* a fingerprint of the dataset's files: every file's relative path, size and
-  modification time (a stat per file, a few milliseconds for thousands of files;
-  links are followed, so a re-linked or rewritten run counts as a change);
+* a fingerprint of the dataset's files: every file's relative path, size,
+  modification and change times and inode (:func:`bids_cnm.io.stamps.stamp`, the
+  re-run check's: a stat per file, a few milliseconds for thousands of files; links
+  are followed, so a re-linked or rewritten run counts as a change);
 * the dataset's absolute path, the pybids version and the layout's options;
 
 so any change to the dataset leads to a new key, and a fresh index.
@@ -30,6 +31,8 @@ import shutil
 import time
 from pathlib import Path
 
+from bids_cnm.io.stamps import stamp
+
 __all__ = ["KEEP", "cached_layout", "layout_key", "tree_fingerprint"]
 
 LOGGER = logging.getLogger("bids_cnm")
@@ -45,7 +48,7 @@ _DATABASE = "layout_index.sqlite"
 
 
 def tree_fingerprint(root: str | Path) -> str:
-    """Digest of the relative path, size and modification time of every file under root.
+    """Digest of the ``stat`` rows of every file under root (see :mod:`bids_cnm.io.stamps`).
 
     Parameters
     ----------
@@ -56,21 +59,9 @@ def tree_fingerprint(root: str | Path) -> str:
     Returns
     -------
     str
-        Hex SHA-1; a file added, removed, resized or touched changes it.
+        A file added, removed, resized, rewritten or touched changes it.
     """
-    root = Path(root)
-    digest = hashlib.sha1()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        subfolders.sort()  # os.walk's order is the file system's: make it stable
-        relative = os.path.relpath(folder, root)
-        for name in sorted(files):
-            try:
-                st = os.stat(os.path.join(folder, name))
-                facts = f"{st.st_size}\0{st.st_mtime_ns}"
-            except OSError:  # a dangling link: its presence still counts
-                facts = "missing"
-            digest.update(f"{relative}/{name}\0{facts}\n".encode())
-    return digest.hexdigest()
+    return stamp(Path(root))
 
 
 def layout_key(root: str | Path, options: dict) -> str:

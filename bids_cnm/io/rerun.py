@@ -32,15 +32,13 @@ pybids or nipype load, which take longer than the check itself.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from bids_cnm import __version__
 from bids_cnm.config import Config
 from bids_cnm.io.run_record import RECORD, add_facts, read_record
+from bids_cnm.io.stamps import digest, stamp, stat_row
 
 __all__ = ["Verdict", "check", "input_stamps", "plan_files", "request_digest", "seal"]
 
@@ -74,54 +72,9 @@ class Verdict:
     outputs_changed: bool = False
 
 
-def _digest(content: object) -> str:
-    blob = json.dumps(content, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _stat_row(path: str, name: str) -> list:
-    """What tells a file's version: size, modification and change times, inode.
-
-    A rewrite changes the modification time; an atomic replacement the inode; a
-    modification time set back by hand still changes the change time.  ``stat``
-    follows symbolic links (a connectome imported as links to its source), and the
-    link's own target is kept too.
-    """
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [name, None]
-    target = os.readlink(path) if os.path.islink(path) else None
-    return [name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, target]
-
-
-def _walk(root: Path) -> list:
-    """Stat rows of every file under ``root`` (symbolic links followed, each folder once)."""
-    rows = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a link back up the tree
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        for name in sorted(files):
-            rows.append(_stat_row(os.path.join(folder, name),
-                                  os.path.relpath(os.path.join(folder, name), root)))
-    return rows
-
-
-def _stamp(path: Path) -> str:
-    """Digest of a file's or a folder's stat rows."""
-    path = Path(path)
-    rows = _walk(path) if path.is_dir() else [_stat_row(str(path), path.name)]
-    return _digest([str(path), rows])
-
-
 def request_digest(config: Config) -> str:
     """Digest of every option of the run (paths resolved, as parsed) and the version."""
-    return _digest([__version__, config.to_dict()])
+    return digest([__version__, config.to_dict()])
 
 
 def plan_files(config: Config) -> list[str]:
@@ -157,9 +110,9 @@ def input_stamps(config: Config, plan_files: list[str] | tuple[str, ...] = ()) -
               "second connectome": config.compare_connectome,
               "plugin configuration": config.plugin_config,
               "analysis plan": config.analysis_plan}
-    stamps = {name: _stamp(path) for name, path in inputs.items() if path is not None}
+    stamps = {name: stamp(path) for name, path in inputs.items() if path is not None}
     if plan_files:
-        stamps["plan's files"] = _digest([_stamp(Path(p)) for p in plan_files])
+        stamps["plan's files"] = digest([stamp(Path(p)) for p in plan_files])
     return stamps
 
 
@@ -174,7 +127,7 @@ def _output_files(output_dir: Path, files: list[str]) -> list[str]:
 
 
 def _outputs_digest(output_dir: Path, files: list[str]) -> str:
-    return _digest([_stat_row(str(output_dir / f), f)
+    return digest([stat_row(str(output_dir / f), f)
                     for f in _output_files(output_dir, files)])
 
 
