@@ -121,6 +121,23 @@ def test_changed_output_is_restored(setup, capsys, change):
     assert code == 0 and FAST in log
 
 
+def test_deleted_output_folder_is_written_again(setup, capsys):
+    """The output folder removed, the same command with the same work folder: nipype's
+    cache still holds the steps that wrote into the deleted folder; the run must write
+    everything again, not fail on a missing file."""
+    import shutil
+
+    command, _, _, out = setup
+    expected = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.tsv")}
+    shutil.rmtree(out)
+    code, log = rerun(capsys, command)
+    assert code == 0, log[-2000:]
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.tsv")} == expected
+    assert "re-run check: no earlier run recorded" in log
+    code, log = rerun(capsys, command)
+    assert code == 0 and FAST in log
+
+
 def test_interrupted_run_is_never_verified(setup, capsys):
     """An earlier run that did not finish (``files`` null, as while it runs) is resumed,
     even when its entry still holds what a finished run recorded.  (Not named after

@@ -74,9 +74,14 @@ def _recheck(config: Config) -> rerun.Verdict:
     The lock makes the check see no half-finished run: a run holding it makes this
     one exit 73 here, as the full run would.
     """
-    if (config.analysis_level != "group" or config.boilerplate_only
-            or not (config.output_dir / RECORD).is_file()):
+    if config.analysis_level != "group" or config.boilerplate_only:
         return rerun.Verdict(False, "no earlier group run recorded")
+    if not (config.output_dir / RECORD).is_file():
+        # a new output folder, or one deleted since a run with the same work folder:
+        # nipype's cached steps may name outputs that are gone
+        verdict = rerun.Verdict(False, "no earlier run recorded", outputs_changed=True)
+        LOGGER.info("re-run check: %s; running the workflow", verdict.reason)
+        return verdict
     with FolderLock(config.output_dir, "OUTPUT_DIR"):
         verdict = rerun.check(config)
     if not verdict.up_to_date:

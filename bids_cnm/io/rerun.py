@@ -63,8 +63,9 @@ class Verdict:
     reason : str
         Why not (or what was verified), for the log.
     outputs_changed : bool
-        A file the earlier finished run wrote is missing or was modified since:
-        nipype's cache of the steps that wrote it would not write it again.
+        A file the earlier finished run wrote is missing or was modified since, or the
+        output folder holds no record (new, or deleted): nipype's cache of the steps
+        that wrote into it would not write them again.
     """
 
     up_to_date: bool
@@ -171,7 +172,10 @@ def check(config: Config) -> Verdict:
     output_dir = Path(config.output_dir)
     record = read_record(output_dir)
     if record is None:
-        return Verdict(False, "no earlier run recorded")
+        # a new output folder, or one deleted since a run with the same work folder:
+        # nipype's cached steps may name outputs that are gone (a cached step is not
+        # run again, and the next one fails on the missing file)
+        return Verdict(False, "no earlier run recorded", True)
     entry = record.get("levels", {}).get(LEVEL)
     if not isinstance(entry, dict):
         return Verdict(False, "no earlier group run recorded")
