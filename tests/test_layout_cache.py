@@ -21,7 +21,8 @@ def _files(layout) -> list[str]:
 
 
 def _saved(cache: Path) -> list[Path]:
-    return sorted(p for p in cache.iterdir() if not p.name.startswith("."))
+    """The saved pybids indexes (not the saved query results, in ``queries/``)."""
+    return sorted(p for p in cache.iterdir() if not p.name.startswith(".") and p.name != "queries")
 
 
 def test_saved_index_is_reused_and_equals_pybids(tmp_path):
@@ -91,3 +92,41 @@ def test_read_only_work_folder_indexes_without_saving(tmp_path):
     blocker.write_text("not a folder")
     layout = cached_layout(root, blocker / "pybids", **OPTIONS)
     assert _files(layout) == _files(BIDSLayout(str(root), **OPTIONS))
+
+
+def test_saved_query_answers_without_pybids(tmp_path):
+    """The same query on the unchanged dataset is answered from the saved result, in a
+    process that never imports pybids; a changed dataset is indexed again."""
+    import subprocess
+    import sys
+
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=3)
+    cache = tmp_path / "work" / "pybids"
+    first = index_connectome(root, database_path=cache, participant_label=("01", "03"))
+    fresh = index_connectome(root, participant_label=("01", "03"))  # pybids, no cache
+    code = ("import sys; from pathlib import Path; "
+            "from bids_cnm.io.connectome import index_connectome; "
+            f"c = index_connectome({str(root)!r}, database_path=Path({str(cache)!r}), "
+            "participant_label=('01', '03')); "
+            "print(c.labels, c.shape, c.affine.tolist(), 'bids' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-1] == "False"  # answered without importing pybids
+    assert first.labels == fresh.labels == ["01", "03"]
+    again = index_connectome(root, database_path=cache, participant_label=("01", "03"))
+    assert again.subjects == fresh.subjects and again.support_masks == fresh.support_masks
+    assert (again.affine == fresh.affine).all() and again.affine.dtype == fresh.affine.dtype
+    assert again.shape == fresh.shape and again.root == fresh.root
+    assert (again.task, again.space, again.res) == (fresh.task, fresh.space, fresh.res)
+    # another query is not answered by the saved one
+    assert index_connectome(root, database_path=cache).labels == ["01", "02", "03"]
+    # nor is the same query once the dataset changed
+    shutil.rmtree(root / "sub-03")
+    assert index_connectome(root, database_path=cache, participant_label=("01",)).labels == [
+        "01"]
+    import pytest
+
+    from bids_cnm.errors import NoMatchError
+
+    with pytest.raises(NoMatchError):
+        index_connectome(root, database_path=cache, participant_label=("01", "03"))

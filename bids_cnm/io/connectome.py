@@ -28,6 +28,9 @@ LOGGER = logging.getLogger("bids_cnm")
 
 _AFFINE_TOL = 1e-4
 
+#: how the connectome is indexed with pybids (BIDS and derivatives entities, no validation)
+LAYOUT_OPTIONS = {"validate": False, "config": ["bids", "derivatives"]}
+
 
 @dataclass(frozen=True)
 class SubjectData:
@@ -136,12 +139,11 @@ def _layout(root: Path, database_path: Path | None):
             f"{root} has no dataset_description.json: BIDS_DIR must be a BIDS "
             "(derivatives) dataset, e.g. fMRIPrep or XCP-D outputs."
         )
-    kwargs = {"validate": False, "config": ["bids", "derivatives"]}
     if database_path is not None:
         from bids_cnm.io.layout_cache import cached_layout
 
-        return cached_layout(root, database_path, **kwargs)
-    return BIDSLayout(str(root), **kwargs)
+        return cached_layout(root, database_path, **LAYOUT_OPTIONS)
+    return BIDSLayout(str(root), **LAYOUT_OPTIONS)
 
 
 def _single(layout, entity: str, requested: str | None, query: dict, flag: str) -> str | None:
@@ -198,8 +200,71 @@ def index_connectome(
     Returns
     -------
     Connectome
+
+    Notes
+    -----
+    With ``database_path``, the result is also saved there, keyed by the dataset's
+    files and this query (:func:`bids_cnm.io.layout_cache.query_key`): the same query
+    on an unchanged dataset is answered without importing pybids.
     """
     root = Path(root).resolve()
+    query = {"participant_label": participant_label, "participant_filter": participant_filter,
+             "task": task, "space": space, "res": res, "bold_desc": bold_desc,
+             "filters": filters}
+    if database_path is not None:
+        from bids_cnm.io.layout_cache import load_query, query_key, save_query
+
+        key = query_key(root, LAYOUT_OPTIONS, query)
+        saved = load_query(database_path, key)
+        if saved is not None:
+            connectome = _from_record(saved)
+            _log_connectome(connectome)
+            return connectome
+    connectome = _index(root, database_path, **query)
+    if database_path is not None:
+        save_query(database_path, key, _to_record(connectome))
+    return connectome
+
+
+def _to_record(connectome: Connectome) -> dict:
+    """The connectome as JSON-able values (paths as text, the affine as nested lists)."""
+    return {"root": str(connectome.root),
+            "subjects": [[s.label, list(s.bold), list(s.masks)] for s in connectome.subjects],
+            "task": connectome.task, "space": connectome.space, "res": connectome.res,
+            "shape": list(connectome.shape), "affine": connectome.affine.tolist(),
+            "support_masks": list(connectome.support_masks)}
+
+
+def _from_record(record: dict) -> Connectome:
+    """Inverse of :func:`_to_record` (floats round-trip exactly through JSON)."""
+    return Connectome(
+        Path(record["root"]),
+        tuple(SubjectData(label, tuple(bold), tuple(masks))
+              for label, bold, masks in record["subjects"]),
+        record["task"], record["space"], record["res"], tuple(record["shape"]),
+        np.asarray(record["affine"], dtype=float), tuple(record["support_masks"]),
+    )
+
+
+def _log_connectome(connectome: Connectome) -> None:
+    subjects = connectome.subjects
+    LOGGER.info(
+        "connectome %s: %d subject(s) (%s), %d run(s), space-%s%s, grid %s",
+        connectome.root,
+        len(subjects),
+        ", ".join(s.label for s in subjects[:8]) + (" …" if len(subjects) > 8 else ""),
+        sum(len(s.bold) for s in subjects),
+        connectome.space,
+        f" res-{connectome.res}" if connectome.res else "",
+        "x".join(map(str, connectome.shape)),
+    )
+
+
+def _index(
+    root: Path, database_path: Path | None, *, participant_label, participant_filter, task,
+    space, res, bold_desc, filters,
+) -> Connectome:
+    """:func:`index_connectome`'s indexing with pybids (arguments as there)."""
     layout = _layout(root, database_path)
     base = {"suffix": "bold", "extension": [".nii", ".nii.gz"], "desc": list(bold_desc)}
     if not layout.get(**base):
@@ -271,17 +336,10 @@ def index_connectome(
         raise NoMatchError(f"no subject selected in {root}.")
 
     shape, affine = check_grid(subjects)
-    LOGGER.info(
-        "connectome %s: %d subject(s) (%s), %d run(s), space-%s%s, grid %s",
-        root,
-        len(subjects),
-        ", ".join(s.label for s in subjects[:8]) + (" …" if len(subjects) > 8 else ""),
-        sum(len(s.bold) for s in subjects),
-        space,
-        f" res-{res}" if res else "",
-        "x".join(map(str, shape)),
-    )
-    return Connectome(root, tuple(subjects), task, space, res, shape, affine, support_masks)
+    connectome = Connectome(root, tuple(subjects), task, space, res, shape, affine,
+                            support_masks)
+    _log_connectome(connectome)
+    return connectome
 
 
 def _files_by_subject(layout, subjects: list[str], query: dict) -> dict[str, list[str]]:

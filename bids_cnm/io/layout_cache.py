@@ -19,6 +19,12 @@ Each index is written into a temporary folder and renamed into place when comple
 a run killed while indexing, or several jobs indexing the same dataset at once (a
 Slurm array sharing a work folder), never leave a partial index under a key.  The
 newest :data:`KEEP` indexes are kept.
+
+The result of a whole query (the subjects, runs, masks and grid that
+:func:`bids_cnm.io.connectome.index_connectome` finds) is saved too, under the index's
+key and the query's arguments (:func:`save_query`, in ``queries/``): the same query on
+the unchanged dataset is then answered from a small JSON file without importing pybids
+(about a second of start-up) or reading the NIfTI headers again.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ import logging
 import os
 import shutil
 import time
+from importlib import metadata
 from pathlib import Path
 
 from bids_cnm.io.stamps import stamp
 
-__all__ = ["KEEP", "cached_layout", "layout_key", "tree_fingerprint"]
+__all__ = ["KEEP", "cached_layout", "layout_key", "load_query", "query_key", "save_query",
+           "tree_fingerprint"]
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -66,10 +74,9 @@ def tree_fingerprint(root: str | Path) -> str:
 
 def layout_key(root: str | Path, options: dict) -> str:
     """Name of the saved index of ``root`` indexed with ``options`` (see module docs)."""
-    import bids
-
+    # the installed distribution's version, read without importing pybids (~1 s)
     identity = {"root": str(Path(root).resolve()), "files": tree_fingerprint(root),
-                "pybids": bids.__version__, "options": options}
+                "pybids": metadata.version("pybids"), "options": options}
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -132,7 +139,50 @@ def _prune(cache_dir: Path) -> None:
         if path.name.endswith(".part"):
             if age > STALE_SECONDS:  # left by a killed run (a live one finishes in minutes)
                 shutil.rmtree(path, ignore_errors=True)
-        elif path.is_dir():
+        elif path.is_dir() and path.name != "queries":  # queries: see save_query
             saved.append((age, path))
     for _, old in sorted(saved)[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def query_key(root: str | Path, options: dict, query: dict) -> str:
+    """Name of a saved query result: the dataset's index key and the query's arguments."""
+    blob = json.dumps([layout_key(root, options), query], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def _queries(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "queries"
+
+
+def load_query(cache_dir: str | Path, key: str) -> dict | None:
+    """A result saved by :func:`save_query` under ``key``, or ``None``."""
+    path = _queries(cache_dir) / f"{key}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # never saved, or unreadable: index again
+        return None
+    os.utime(path)  # recently used: kept by the pruning
+    LOGGER.debug("connectome's index read from %s", path)
+    return record
+
+
+def save_query(cache_dir: str | Path, key: str, record: dict) -> None:
+    """Save a query's result (JSON, written atomically); the newest 16 are kept."""
+    folder = _queries(cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{key}.{os.getpid()}.part"
+        partial.write_text(json.dumps(record))
+        os.replace(partial, folder / f"{key}.json")
+    except OSError as exc:  # e.g. a read-only work folder: nothing saved
+        LOGGER.debug("connectome's index not saved (%s)", exc)
+        return
+    ages = []
+    for path in folder.glob("*.json"):
+        try:
+            ages.append((-path.stat().st_mtime, path))
+        except OSError:  # removed meanwhile by another job
+            continue
+    for _, stale in sorted(ages)[4 * KEEP:]:
+        stale.unlink(missing_ok=True)
