@@ -29,6 +29,7 @@ the unchanged dataset is then answered from a small JSON file without importing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -104,7 +105,8 @@ def cached_layout(root: str | Path, cache_dir: str | Path, **options):
     folder = cache_dir / key
     if (folder / _DATABASE).is_file():
         LOGGER.debug("pybids index of %s loaded from %s", root, folder)
-        os.utime(folder)  # recently used: kept by _prune
+        with contextlib.suppress(OSError):  # recently used: kept by _prune
+            os.utime(folder)
         return BIDSLayout(str(root), database_path=str(folder), **options)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,8 @@ def load_query(cache_dir: str | Path, key: str) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):  # never saved, or unreadable: index again
         return None
-    os.utime(path)  # recently used: kept by the pruning
+    with contextlib.suppress(OSError):  # recently used: kept by the pruning
+        os.utime(path)
     LOGGER.debug("connectome's index read from %s", path)
     return record
 
