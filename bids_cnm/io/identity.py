@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_cnm.io.stamps import digest
+
 __all__ = ["dataset_identity", "digest", "file_fingerprint", "subject_key"]
 
 #: bytes read per block, and blocks per file (first, last and evenly between)
@@ -59,12 +61,6 @@ def dataset_identity(root: str | os.PathLike) -> dict:
         description = {}
     return {"path": str(root), "Name": description.get("Name"),
             "DatasetDOI": description.get("DatasetDOI")}
-
-
-def digest(content: object) -> str:
-    """12 hex digits of the JSON of ``content`` (keys sorted)."""
-    blob = json.dumps(content, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def subject_key(

@@ -30,7 +30,6 @@ the unchanged dataset is then answered from a small JSON file without importing 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from bids_cnm.io.stamps import stamp
+from bids_cnm.io.stamps import digest, stamp
 
 __all__ = ["KEEP", "cached_layout", "layout_key", "load_query", "query_key", "save_query",
            "tree_fingerprint"]
@@ -78,7 +77,7 @@ def layout_key(root: str | Path, options: dict) -> str:
     # the installed distribution's version, read without importing pybids (~1 s)
     identity = {"root": str(Path(root).resolve()), "files": tree_fingerprint(root),
                 "pybids": metadata.version("pybids"), "options": options}
-    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return digest(identity, 20)
 
 
 def cached_layout(root: str | Path, cache_dir: str | Path, **options):
@@ -149,8 +148,7 @@ def _prune(cache_dir: Path) -> None:
 
 def query_key(root: str | Path, options: dict, query: dict) -> str:
     """Name of a saved query result: the dataset's index key and the query's arguments."""
-    blob = json.dumps([layout_key(root, options), query], sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+    return digest([layout_key(root, options), query], 20)
 
 
 def _queries(cache_dir: str | Path) -> Path:

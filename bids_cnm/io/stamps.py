@@ -16,9 +16,11 @@ from pathlib import Path
 __all__ = ["digest", "stamp", "stat_row", "walk_rows"]
 
 
-def digest(content: object) -> str:
+def digest(content: object, length: int = 12) -> str:
+    """``length`` hex digits of the SHA-256 of ``content``'s JSON (keys sorted; other
+    objects, such as paths, as their text)."""
     blob = json.dumps(content, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 def stat_row(path: str, name: str) -> list:
