@@ -157,10 +157,10 @@ class AnalysisMask(SimpleInterface):
         return runtime
 
 
-class _AccumulateInputSpec(BaseInterfaceInputSpec):
-    prepared = InputMultiObject(Directory(exists=True), mandatory=True)
+class _BatchInputSpec(BaseInterfaceInputSpec):
+    """What every batch of the connectivity pass takes, however its subjects are read."""
+
     seeds = File(exists=True, mandatory=True, desc="seeds (.npz)")
-    voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
     batch = traits.Str("batch", usedefault=True, desc="name used in progress messages")
     nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz from save_nodes)")
     n_threads = traits.Int(0, usedefault=True,
@@ -170,6 +170,11 @@ class _AccumulateInputSpec(BaseInterfaceInputSpec):
                               desc=DOCS["seed_signal"])
     run_combination = traits.Enum(*connectivity.RUN_COMBINATIONS, usedefault=True,
                                   desc=DOCS["run_combination"])
+
+
+class _AccumulateInputSpec(_BatchInputSpec):
+    prepared = InputMultiObject(Directory(exists=True), mandatory=True)
+    voxels = File(exists=True, mandatory=True, desc="analysis mask voxels (.npy)")
 
 
 class _AccumulateOutputSpec(TraitedSpec):
@@ -221,21 +226,11 @@ class AccumulateConnectivity(SimpleInterface):
         return runtime
 
 
-class _StreamInputSpec(BaseInterfaceInputSpec):
+class _StreamInputSpec(_BatchInputSpec):
     subjects = traits.List(traits.Dict, mandatory=True,
                            desc="subjects: dicts of label, bold (list), masks (list)")
-    seeds = File(exists=True, mandatory=True, desc="seeds (.npz)")
     support = File(exists=True, desc="voxels allowed by the brain masks (NIfTI)")
     dtype = traits.Enum("float32", "int16", usedefault=True, desc=DOCS["cache_dtype"])
-    batch = traits.Str("batch", usedefault=True, desc="name used in progress messages")
-    nodes = File(exists=True, desc="ROI-to-ROI nodes (.npz from save_nodes)")
-    n_threads = traits.Int(0, usedefault=True,
-                           desc="threads of this job (0: all); parallel jobs share the cores")
-    degree_sample = File(exists=True, desc="degree-check sample voxels (.npy; flat indices)")
-    seed_signal = traits.Enum(*connectivity.SEED_SIGNALS, usedefault=True,
-                              desc=DOCS["seed_signal"])
-    run_combination = traits.Enum(*connectivity.RUN_COMBINATIONS, usedefault=True,
-                                  desc=DOCS["run_combination"])
 
 
 class _StreamOutputSpec(_AccumulateOutputSpec):
