@@ -129,7 +129,7 @@ def read_participant_filter(
     return {strip_sub(p) for p in table.loc[keep, "participant_id"]}
 
 
-def _layout(root: Path, database_path: Path | None):
+def _layout(root: Path, database_path: Path | None, index_key: str | None):
     from bids import BIDSLayout
 
     if not root.is_dir():
@@ -142,7 +142,7 @@ def _layout(root: Path, database_path: Path | None):
     if database_path is not None:
         from bids_cnm.io.layout_cache import cached_layout
 
-        return cached_layout(root, database_path, **LAYOUT_OPTIONS)
+        return cached_layout(root, database_path, key=index_key, **LAYOUT_OPTIONS)
     return BIDSLayout(str(root), **LAYOUT_OPTIONS)
 
 
@@ -211,16 +211,24 @@ def index_connectome(
     query = {"participant_label": participant_label, "participant_filter": participant_filter,
              "task": task, "space": space, "res": res, "bold_desc": bold_desc,
              "filters": filters}
+    index_key = None
     if database_path is not None:
-        from bids_cnm.io.layout_cache import load_query, query_key, save_query
+        from bids_cnm.io.layout_cache import (
+            layout_key,
+            load_query,
+            query_key,
+            save_query,
+        )
 
-        key = query_key(root, LAYOUT_OPTIONS, query)
+        # one stat walk of the dataset keys both the saved query and the saved index
+        index_key = layout_key(root, LAYOUT_OPTIONS)
+        key = query_key(index_key, query)
         saved = load_query(database_path, key)
         if saved is not None:
             connectome = _from_record(saved)
             _log_connectome(connectome)
             return connectome
-    connectome = _index(root, database_path, **query)
+    connectome = _index(root, database_path, index_key, **query)
     if database_path is not None:
         save_query(database_path, key, _to_record(connectome))
     return connectome
@@ -261,11 +269,12 @@ def _log_connectome(connectome: Connectome) -> None:
 
 
 def _index(
-    root: Path, database_path: Path | None, *, participant_label, participant_filter, task,
-    space, res, bold_desc, filters,
+    root: Path, database_path: Path | None, index_key: str | None, *, participant_label,
+    participant_filter, task, space, res, bold_desc, filters,
 ) -> Connectome:
-    """:func:`index_connectome`'s indexing with pybids (arguments as there)."""
-    layout = _layout(root, database_path)
+    """:func:`index_connectome`'s indexing with pybids (arguments as there; ``index_key``:
+    the saved index's :func:`~bids_cnm.io.layout_cache.layout_key`)."""
+    layout = _layout(root, database_path, index_key)
     base = {"suffix": "bold", "extension": [".nii", ".nii.gz"], "desc": list(bold_desc)}
     if not layout.get(**base):
         raise NoMatchError(

@@ -80,7 +80,8 @@ def layout_key(root: str | Path, options: dict) -> str:
     return digest(identity, 20)
 
 
-def cached_layout(root: str | Path, cache_dir: str | Path, **options):
+def cached_layout(root: str | Path, cache_dir: str | Path, key: str | None = None,
+                  **options):
     """A :class:`bids.BIDSLayout` of ``root``, loaded from ``cache_dir`` when still valid.
 
     Parameters
@@ -89,6 +90,8 @@ def cached_layout(root: str | Path, cache_dir: str | Path, **options):
         The dataset (never written into).
     cache_dir : path
         Folder of the saved indexes (e.g. ``<work_dir>/pybids``); created if needed.
+    key : str, optional
+        ``layout_key(root, options)`` when the caller has it (it stats every file).
     **options
         ``BIDSLayout`` keyword arguments (``validate``, ``config``...); part of the key.
 
@@ -100,7 +103,7 @@ def cached_layout(root: str | Path, cache_dir: str | Path, **options):
     from bids import BIDSLayout
 
     cache_dir = Path(cache_dir)
-    key = layout_key(root, options)
+    key = key or layout_key(root, options)
     folder = cache_dir / key
     if (folder / _DATABASE).is_file():
         LOGGER.debug("pybids index of %s loaded from %s", root, folder)
@@ -146,9 +149,10 @@ def _prune(cache_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def query_key(root: str | Path, options: dict, query: dict) -> str:
-    """Name of a saved query result: the dataset's index key and the query's arguments."""
-    return digest([layout_key(root, options), query], 20)
+def query_key(index_key: str, query: dict) -> str:
+    """Name of a saved query result: the dataset's :func:`layout_key` and the query's
+    arguments."""
+    return digest([index_key, query], 20)
 
 
 def _queries(cache_dir: str | Path) -> Path:
