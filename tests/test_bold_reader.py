@@ -97,6 +97,57 @@ def test_errors(files, tmp_path):
         read_masked_runs([flat])
 
 
+def test_one_scratch_for_several_subjects(files, tmp_path):
+    """A larger then a smaller subject through one Scratch: each as if read alone.
+
+    The second subject fits in the first one's buffers, so stale values from the
+    first would show if the reader left any part of its array unwritten.
+    """
+    from bids_cnm.engine.timeseries import open_prepared, prepare_subject
+
+    paths, _ = files
+    scratch = bold_reader.Scratch()
+    small = np.random.default_rng(3).random(SHAPE) > 0.6
+    subjects = [([paths["float32.nii.gz"], paths["int16.nii"]], None),
+                ([paths["bigendian.nii.gz"]], small)]
+    for bold, mask in subjects:
+        data, n_volumes = bold_reader.read_concatenated_runs(bold, mask, scratch)
+        want = np.concatenate(read_masked_runs(bold, mask), axis=1)
+        np.testing.assert_array_equal(data, want)
+        assert n_volumes == [N_VOLUMES] * len(bold)
+    # preparation through a used scratch writes what it writes without one
+    mask_path = tmp_path / "mask.nii.gz"
+    nb.Nifti1Image(small.astype(np.uint8), AFFINE).to_filename(mask_path)
+    bold = [str(paths["float32.nii"]), str(paths["int16.nii.gz"])]
+    with_scratch = open_prepared(prepare_subject(bold, [str(mask_path)], tmp_path / "a",
+                                                 scratch=scratch))
+    alone = open_prepared(prepare_subject(bold, [str(mask_path)], tmp_path / "b"))
+    for name in ("data", "norm", "run_norm", "sd", "voxels"):
+        np.testing.assert_array_equal(getattr(with_scratch, name), getattr(alone, name))
+
+
+def test_decode_thread_ends_with_the_reader(files):
+    """A caller that stops after one block, or fails, leaves no decode thread behind."""
+    import threading
+
+    paths, _ = files
+
+    def decoding() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("decode ")]
+
+    blocks = iter(bold_reader._Blocks(paths["float32.nii.gz"]))
+    block, n_used, t0 = next(blocks)
+    assert (n_used, t0) == (bold_reader.BLOCK_VOLUMES, 0) and decoding()
+    blocks.close()  # what a for loop left by an exception does
+    assert decoding() == []
+    # blocks come in order, each valid until the next one is asked for
+    full = np.asarray(nb.load(paths["float32.nii.gz"]).dataobj, dtype=np.float32)
+    for block, n_used, t0 in bold_reader._Blocks(paths["float32.nii.gz"]):
+        want = full[..., t0:t0 + n_used].reshape(-1, n_used, order="F").T
+        np.testing.assert_array_equal(block[:n_used], want)
+    assert decoding() == []
+
+
 # --------------------------------------------------------------------------------------
 # Damaged files: the reader proves a run readable to its end (issue 10: one decode)
 

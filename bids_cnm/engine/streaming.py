@@ -35,6 +35,7 @@ from bids_cnm.engine import connectivity
 from bids_cnm.engine.degree import DegreeSums, add_degree
 from bids_cnm.engine.nodes import node_zvalues
 from bids_cnm.engine.seeds import Seeds
+from bids_cnm.engine.bold_reader import Scratch
 from bids_cnm.engine.timeseries import PreparedSubject, stream_subject
 
 LOGGER = logging.getLogger("bids_cnm")
@@ -139,8 +140,9 @@ def stream_batch(
     values = []
     n_degree = 0
     short: list[str] = []  # subjects without data at some sample voxels
+    scratch = Scratch()  # one subject at a time: its data are done with before the next
     for i, (bold, masks) in enumerate(subjects, 1):
-        subject = stream_subject(list(bold), list(masks), dtype)
+        subject = stream_subject(list(bold), list(masks), dtype, scratch)
         if targets is None:
             targets = subject.voxels
             if support is not None:

@@ -51,7 +51,7 @@ import nibabel as nb
 import numpy as np
 from numba import njit
 
-from bids_cnm.engine.bold_reader import UnreadableData, read_concatenated_runs
+from bids_cnm.engine.bold_reader import Scratch, UnreadableData, read_concatenated_runs
 from bids_cnm.engine.bold_reader import valid_mask as bold_valid_mask
 from bids_cnm.errors import InputDataError, MissingInputError, ReadError
 
@@ -118,12 +118,13 @@ def load_subject(
     return data, voxels, n_volumes, sd
 
 
-def _load_standardized(bold_paths, mask_paths):
+def _load_standardized(bold_paths, mask_paths, scratch: Scratch | None = None):
     """:func:`load_subject` plus the centred norms of the rows (whole and per run).
 
     One decode of every run straight into a shared ``(V, T)`` array, then one fused
     pass per row (see :func:`_standardize_valid_rows`) that drops the invalid rows in
-    place: the subject's data exist once in memory and are read twice at most.
+    place: the subject's data exist once in memory and are read twice at most.  With
+    a ``scratch``, that array is the scratch's (valid until its next use).
     """
     shape = tuple(int(n) for n in nb.load(bold_paths[0]).shape[:3])
     mask = None
@@ -135,7 +136,7 @@ def _load_standardized(bold_paths, mask_paths):
             )
         mask = inside if mask is None else mask & inside
     try:
-        raw, n_volumes = read_concatenated_runs(list(bold_paths), mask)
+        raw, n_volumes = read_concatenated_runs(list(bold_paths), mask, scratch)
     except InputDataError:
         raise
     except UnreadableData as exc:
@@ -163,7 +164,9 @@ def _load_standardized(bold_paths, mask_paths):
             norms)
 
 
-@njit(nogil=True, cache=True)
+# reassoc lets the float64 sums use SIMD lanes (0.33 -> 0.28 s for a GSP1000-shaped
+# subject); only the order of float64 additions changes, not the float32 arithmetic
+@njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm):  # pragma: no cover - numba
     """Standardize every run of the rows that are finite and vary in every run.
 
@@ -371,6 +374,7 @@ def prepare_subject(
     out_dir: str | Path,
     dtype: str = "float32",
     store_data: bool = True,
+    scratch: Scratch | None = None,
 ) -> Path:
     """Write a subject's prepared time series to ``out_dir`` (atomically).
 
@@ -388,6 +392,9 @@ def prepare_subject(
         :func:`open_prepared` then decodes the runs again into memory (a one-off run
         that keeps no copy of the data on disk).  The valid voxels are found by
         streaming the runs in constant memory.
+    scratch : Scratch, optional
+        Decode into its buffers (a batch of subjects in one process then touches
+        new memory once, not once per subject).
 
     Returns
     -------
@@ -412,7 +419,8 @@ def prepare_subject(
         "masks": [str(p) for p in mask_paths],
     }
     if store_data:
-        data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths)
+        data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths,
+                                                                 scratch)
         if dtype == "float32":  # the fused pass computed the norms of the stored rows
             arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
         else:
@@ -569,7 +577,7 @@ def open_prepared(path: str | Path) -> PreparedSubject:
 
 def stream_subject(
     bold_paths: list[str] | tuple[str, ...], mask_paths: list[str] | tuple[str, ...] = (),
-    dtype: str = "float32",
+    dtype: str = "float32", scratch: Scratch | None = None,
 ) -> PreparedSubject:
     """A subject decoded once from its files into memory, as a prepared copy would read.
 
@@ -582,13 +590,16 @@ def stream_subject(
         See :func:`load_subject`.
     dtype : {'float32', 'int16'}
         The values a prepared copy of this type would hold (int16: quantized rows).
+    scratch : Scratch, optional
+        Decode into its buffers: the subject's float32 data are then valid only until
+        the scratch's next use (one subject at a time, as a streaming pass reads them).
 
     Returns
     -------
     PreparedSubject
         In memory; ``path`` is the first BOLD run.
     """
-    data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths)
+    data, voxels, n_volumes, sd, norms = _load_standardized(bold_paths, mask_paths, scratch)
     if dtype == "float32":  # the fused pass computed the norms of the stored rows
         arrays = dict(data=data, scale=np.ones(len(data), dtype=np.float32), **norms)
     else:

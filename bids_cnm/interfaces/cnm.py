@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from bids_cnm.config import DOCS
 from bids_cnm.engine import connectivity
+from bids_cnm.engine.bold_reader import Scratch
 from bids_cnm.engine.degree import DegreeSums
 from bids_cnm.engine.group_results import GroupResults
 from bids_cnm.engine.nodes import load_nodes, node_zvalues
@@ -91,13 +92,14 @@ class PrepareTimeseries(SimpleInterface):
     def _run_interface(self, runtime):
         cache = Path(self.inputs.cache_dir)
         prepared, made, start = [], 0, time.perf_counter()
+        scratch = Scratch()  # the batch's subjects decode into the same memory
         for subject in self.inputs.subjects:
             bold, masks = list(subject["bold"]), list(subject.get("masks", []))
             out = cache / cache_key(bold, masks, self.inputs.dtype, self.inputs.store_data)
             if not is_prepared(out):
                 began = time.perf_counter()
                 prepare_subject(bold, masks, out, dtype=self.inputs.dtype,
-                                store_data=self.inputs.store_data)
+                                store_data=self.inputs.store_data, scratch=scratch)
                 made += 1
                 LOGGER.info("prepared sub-%s (%d run(s)) in %.1f s", subject["label"],
                             len(bold), time.perf_counter() - began)
