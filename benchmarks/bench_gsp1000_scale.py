@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import AFFINE, SHAPE, brain_mask, make_subject, time_decoder  # noqa: E402
 
 from bids_cnm.engine import connectivity  # noqa: E402
-from bids_cnm.engine.seeds import make_seeds  # noqa: E402
 from bids_cnm.engine.bold_reader import Scratch  # noqa: E402
+from bids_cnm.engine.seeds import make_seeds  # noqa: E402
 from bids_cnm.engine.timeseries import open_prepared, prepare_subject  # noqa: E402
 
 

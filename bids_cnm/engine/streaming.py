@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_cnm.engine import connectivity
+from bids_cnm.engine.bold_reader import Scratch
 from bids_cnm.engine.degree import DegreeSums, add_degree
 from bids_cnm.engine.nodes import node_zvalues
 from bids_cnm.engine.seeds import Seeds
-from bids_cnm.engine.bold_reader import Scratch
 from bids_cnm.engine.timeseries import PreparedSubject, stream_subject
 
 LOGGER = logging.getLogger("bids_cnm")

@@ -26,6 +26,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_cnm.config import Config
+from bids_cnm.engine.bold_reader import BLOCK_VOLUMES
 from bids_cnm.engine.timeseries import cache_bytes, cache_key, is_prepared
 from bids_cnm.errors import OutputError
 from bids_cnm.interfaces.cnm import (
@@ -169,8 +170,12 @@ def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
     first = subjects[0]
     per_subject = cache_bytes(first.bold, first.masks, config.cache_dtype)
     per_run = per_subject / len(first.bold)
-    # the decoded runs and the small per-voxel arrays, plus the interpreter
-    mem_gb = round(per_subject * 1.2 / 1e9 + 0.4, 2)
+    # the decoded runs and the small per-voxel arrays, the reader's two blocks of the
+    # whole grid (one decoding while the other is copied), plus the interpreter
+    header = nb.load(first.bold[0])
+    grid = int(np.prod(header.shape[:3]))
+    blocks = 2 * BLOCK_VOLUMES * grid * header.get_data_dtype().itemsize
+    mem_gb = round((per_subject * 1.2 + blocks) / 1e9 + 0.4, 2)
     if config.no_cache:
         LOGGER.info("--no-cache: no prepared copy is kept (about %.2f GB per subject); each "
                     "subject is decoded once, straight into the connectivity sums",
