@@ -213,6 +213,12 @@ def test_usage_errors(tiny_connectome, tiny_coordinates, tmp_path, capsys):
     code, err = error_of(capsys, tiny_connectome, tmp_path / "o", "group", "--coordinates",
                          tiny_coordinates, "--participant-filter", "group")
     assert code == EX_USAGE and "COLUMN=VALUE" in err
+    # preparing only, and keeping nothing prepared: the run would decode for nothing
+    code, err = error_of(capsys, tiny_connectome, tmp_path / "o", "participant",
+                         "--coordinates", tiny_coordinates, "-w", tmp_path / "w",
+                         "--skip-participant-maps", "--no-cache")
+    assert code == EX_USAGE and "nothing to do" in err and "drop --no-cache" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
 
 
 def test_missing_inputs(tiny_connectome, tiny_coordinates, tmp_path, capsys):

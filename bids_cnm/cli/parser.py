@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "and never reaches the network (nipype's version check is off, "
                       "NIPYPE_NO_ET=1)")
     perf.add_argument("--skip-participant-maps", action="store_true",
-                      help="participant level: prepare the time series only, write no maps")
+                      help="participant level: prepare the time series only, write no maps "
+                      "(not with --no-cache, which keeps no prepared copy)")
     perf.add_argument("-v", "--verbose", action="count", default=0, dest="verbosity",
                       help="more messages (-vv for nipype's own)")
 
@@ -282,7 +283,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ------
     UsageError
         When the paths are inconsistent (OUTPUT_DIR or the work folder equal to or
-        inside an input dataset: BIDS_DIR or --compare-connectome).
+        inside an input dataset: BIDS_DIR or --compare-connectome), or the options ask
+        for nothing (participant ``--skip-participant-maps --no-cache``).
     """
     parser = build_parser()
     # --config-file first: its options become defaults, so the command line still wins
@@ -305,6 +307,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
         bids_filters = load_bids_filters(args.bids_filter_file.expanduser().resolve())
     mem_gb = args.mem_gb if args.mem_mb is None else args.mem_mb / 1024
+    if args.analysis_level == "participant" and args.skip_participant_maps and args.no_cache:
+        # the step would decode every subject and keep nothing a later run could use
+        raise UsageError(
+            "participant --skip-participant-maps --no-cache has nothing to do: "
+            "--skip-participant-maps only prepares the time series, and --no-cache keeps no "
+            "prepared copy; drop --no-cache to prepare for a later group run, or run "
+            "'group --no-cache' directly."
+        )
     bids_dir = args.bids_dir.expanduser().resolve()
     output_dir = args.output_dir.expanduser().resolve()
     work_dir = (args.work_dir or _default_work_dir(output_dir)).expanduser().resolve()
