@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -162,6 +163,30 @@ def test_a_peak_in_a_region_marks_every_tied_plateau(tmp_path):
     png = figs[0].job()
     # the tied plateau's marker in the coronal and the axial view
     assert _marker_blobs(png, figures.PLATEAU_COLOR) >= 2
+
+
+def test_zoomed_views_are_equal_squares_inside_the_figure(tmp_path):
+    """The peak's zoomed slices: three views of the same +-28 mm window, drawn as equal
+    squares that the figure holds whole (the sagittal view used to be sized for the whole
+    brain's extent, taller than the figure, and lost its top and bottom)."""
+    data = np.zeros(SHAPE, np.float32)
+    data[_ijk((12.0, -18.0, 8.0))] = 1.0
+    path = tmp_path / "map.nii.gz"
+    nb.Nifti1Image(data, AFFINE).to_filename(path)
+    fig = figures.zoomed_figure(str(path), [12.0, -18.0, 8.0], [("VPL", [15.0, -20.0, 6.0])],
+                                vmax=1.0, threshold=0.1, cbar_label="overlap")
+    fig.canvas.draw()  # nilearn places its views when the figure is drawn
+    views = [ax for ax in fig.axes  # the views show the window: 56 mm wide and high
+             if np.allclose([np.diff(ax.get_xlim()), np.diff(ax.get_ylim())], 56)]
+    assert len(views) == 3
+    page = fig.bbox
+    boxes = [ax.get_window_extent() for ax in views]
+    for box in boxes:
+        assert page.x0 - 0.5 <= box.x0 and box.x1 <= page.x1 + 0.5
+        assert page.y0 - 0.5 <= box.y0 and box.y1 <= page.y1 + 0.5
+        assert abs(box.width - box.height) < 1.0  # pixels
+    assert max(b.width for b in boxes) - min(b.width for b in boxes) < 1.0
+    assert all(a.x1 <= b.x0 + 0.5 for a, b in itertools.pairwise(boxes))  # side by side
 
 
 def test_signed_projection_keeps_the_largest_magnitude_with_its_sign():

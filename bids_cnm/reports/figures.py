@@ -294,7 +294,12 @@ def stat_map_mosaic(
     return to_png(fig)
 
 
-def zoomed_slices(
+def zoomed_slices(img: ImageLike, center: Sequence[float], *args, **kwargs) -> bytes:
+    """:func:`zoomed_figure` rendered to PNG (the same parameters)."""
+    return to_png(zoomed_figure(img, center, *args, **kwargs))
+
+
+def zoomed_figure(
     img: ImageLike,
     center: Sequence[float],
     references: Sequence[tuple[str, Sequence[float]]],
@@ -305,7 +310,7 @@ def zoomed_slices(
     cmap: str = "RdBu_r",
     cbar_label: str | None = None,
     ties: Sequence[Sequence[float]] = (),
-) -> bytes:
+) -> Figure:
     """Orthogonal slices through ``center`` zoomed to +-``radius`` mm, with the peak
     (a cross), labelled reference points (green dots) and the other plateaus tied with
     the peak (``ties``: yellow dots numbered 2, 3, ...)."""
@@ -327,9 +332,18 @@ def zoomed_slices(
     if len(tied):
         display.add_markers(tied, marker_color=PLATEAU_COLOR, marker_size=40,
                             edgecolors="black", linewidths=0.8)
+    # nilearn sizes its three views by the whole brain's extent in each (the sagittal one
+    # widest) and places them again at every draw; zoomed to the same square window,
+    # they become three equal squares side by side, left of the colour bar (before, the
+    # sagittal view was taller than the figure and lost its top and bottom)
+    width, height = fig.get_size_inches()
+    side = min(0.92 * height, 0.86 * width / 3)  # inches
+    bottom = (1 - side / height) / 2
     # (cut, horizontal axis, vertical axis) of nilearn's ortho views
-    for cut, h, v in (("x", 1, 2), ("y", 0, 2), ("z", 0, 1)):
+    for i, (cut, h, v) in enumerate((("x", 1, 2), ("y", 0, 2), ("z", 0, 1))):
         ax = display.axes[cut].ax
+        ax.set_axes_locator(None)
+        ax.set_position([0.005 + i * (side + 0.04) / width, bottom, side / width, side / height])
         ax.set_xlim(center[h] - radius, center[h] + radius)
         ax.set_ylim(center[v] - radius, center[v] + radius)
         for (label, _), xyz in zip(references, refs):
@@ -347,7 +361,7 @@ def zoomed_slices(
                 ha="left", va="top", fontsize=8, color="black",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
     _colorbar_label(fig, cbar_label)
-    return to_png(fig)
+    return fig
 
 
 #: colour of the markers of tied peak plateaus (apart from the maps' red/blue)
