@@ -11,7 +11,13 @@ import warnings
 import pytest
 
 from bids_cnm.cli import record
-from bids_cnm.io.run_record import MAX_WARNINGS, RECORD, begin_run, finish_run
+from bids_cnm.io.run_record import (
+    MAX_WARNINGS,
+    RECORD,
+    add_facts,
+    begin_run,
+    finish_run,
+)
 
 
 def _warn_in_child(message: str) -> None:
@@ -78,3 +84,25 @@ def test_a_repeated_warning_is_kept_once_and_the_record_is_capped(tmp_path, reco
     assert len(entry["warnings"]) == MAX_WARNINGS
     assert [w["message"] for w in entry["warnings"]].count("same") == 1
     assert entry["warnings_dropped"] == 6
+
+
+def test_participant_jobs_sharing_a_folder_keep_each_others_warnings(tmp_path, recorder):
+    """Participant jobs of other subjects (a cluster array) write into one folder with the
+    same settings: a job's start keeps the warnings and volumes of the jobs before it."""
+    logger = logging.getLogger("bids_cnm.workflows.inputs")
+    begin_run(tmp_path, "participant", {"path": "x"}, {"a": 1})
+    recorder.start(tmp_path, "participant")
+    logger.warning("sub-01 has 40 volumes")
+    add_facts(tmp_path, "participant", volumes={"01": 40}, min_volumes=50)
+    finish_run(tmp_path, "participant")
+    begin_run(tmp_path, "participant", {"path": "x"}, {"a": 1})  # the next job
+    logger.warning("sub-02 has 45 volumes")
+    add_facts(tmp_path, "participant", volumes={"02": 45}, min_volumes=50)
+    entry = json.loads((tmp_path / RECORD).read_text())["levels"]["participant"]
+    assert [w["message"] for w in entry["warnings"]] == [
+        "sub-01 has 40 volumes", "sub-02 has 45 volumes"]
+    assert entry["volumes"] == {"01": 40, "02": 45} and entry["min_volumes"] == 50
+    # other settings start afresh (their outputs are refused or removed too)
+    begin_run(tmp_path, "participant", {"path": "x"}, {"a": 2}, overwrite=True)
+    entry = json.loads((tmp_path / RECORD).read_text())["levels"]["participant"]
+    assert "warnings" not in entry and "volumes" not in entry

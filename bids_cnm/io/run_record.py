@@ -236,13 +236,21 @@ def _begin(output_dir: Path, level: str, dataset: dict, settings: dict,
     ours = set(_earlier_files(output_dir, level, entry)) if same else set()
     foreign = set(entry.get("foreign", [])) if same else set()
     foreign |= set(level_files(output_dir, level)) - ours
-    record["levels"][level] = {
+    new_entry = {
         "settings": settings,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "start_time": time.time(),
         "files": None,
         "foreign": sorted(foreign),
     }
+    if same and level == "participant":
+        # participant jobs of other subjects share the folder (an array on a cluster):
+        # their outputs stay, and so do their warnings and subjects' volumes (a group run
+        # rewrites its outputs and starts its entry afresh)
+        for key in ("warnings", "warnings_dropped", "volumes"):
+            if key in entry:
+                new_entry[key] = entry[key]
+    record["levels"][level] = new_entry
     _write(output_dir, record)
     return removed
 
@@ -315,9 +323,21 @@ def add_warning(output_dir: Path, level: str, warning: dict) -> None:
 
 
 def add_facts(output_dir: Path, level: str, **facts: object) -> None:
-    """Record facts about the running level's inputs (e.g. ``volumes``) in its entry."""
+    """Record facts about the running level's inputs (e.g. ``volumes``) in its entry.
+
+    ``volumes`` (per subject) is merged into the recorded one, which holds those of
+    the earlier participant jobs sharing the folder; any other fact replaces its value.
+    """
     facts = json.loads(json.dumps(facts, default=str))
-    _update_entry(output_dir, level, lambda entry: entry.update(facts))
+
+    def change(entry: dict) -> None:
+        for key, value in facts.items():
+            if key == "volumes" and isinstance(entry.get(key), dict):
+                entry[key] = {**entry[key], **value}
+            else:
+                entry[key] = value
+
+    _update_entry(output_dir, level, change)
 
 
 def read_record(output_dir: Path) -> dict | None:
