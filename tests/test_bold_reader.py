@@ -252,3 +252,34 @@ def test_screen_streams_only_what_its_length_cannot_vouch_for(files, tmp_path, m
     assert streamed == ["multi.nii.gz"] and len(screened) == 4
     readable.check_all_readable([*intact, multi], cache)
     assert streamed == ["multi.nii.gz"] and len(screened) == 4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_preparation_memory_is_bounded_by_its_estimate(tmp_path, dtype):
+    """The memory a preparation step is scheduled with (:func:`preparation_bytes`) covers
+    the arrays it holds: traced at their peak while a subject is prepared.  With int16 the
+    estimate once counted the smaller cache, while the step also held the float32 decode,
+    the quantized copy and its dequantization (4.6x too little on a GSP1000 subject)."""
+    import tracemalloc
+
+    from bids_cnm.engine.timeseries import preparation_bytes, prepare_subject
+
+    shape, n_volumes = (30, 36, 30), 100
+    rng = np.random.default_rng(4)
+    mask = np.zeros(shape, bool)
+    mask[4:26, 5:31, 4:26] = True
+    bold = tmp_path / "bold.nii.gz"
+    data = rng.normal(500, 20, shape + (n_volumes,)).astype(np.float32) * mask[..., None]
+    nb.Nifti1Image(data, AFFINE).to_filename(bold)
+    mask_path = tmp_path / "mask.nii.gz"
+    nb.Nifti1Image(mask.astype(np.uint8), AFFINE).to_filename(mask_path)
+    prepare_subject([str(bold)], [str(mask_path)], tmp_path / "warm", dtype=dtype)  # kernels
+    tracemalloc.start()
+    try:
+        prepare_subject([str(bold)], [str(mask_path)], tmp_path / "p", dtype=dtype)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    raw = int(mask.sum()) * n_volumes * 4
+    assert peak > raw  # the decoded runs were traced
+    assert preparation_bytes([str(bold)], [str(mask_path)], dtype) >= peak

@@ -26,8 +26,12 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_cnm.config import Config
-from bids_cnm.engine.bold_reader import BLOCK_VOLUMES
-from bids_cnm.engine.timeseries import cache_bytes, cache_key, is_prepared
+from bids_cnm.engine.timeseries import (
+    cache_bytes,
+    cache_key,
+    is_prepared,
+    preparation_bytes,
+)
 from bids_cnm.errors import OutputError
 from bids_cnm.interfaces.cnm import (
     AccumulateConnectivity,
@@ -170,12 +174,9 @@ def check_preparation(config: Config, subjects: list[SubjectData]) -> float:
     first = subjects[0]
     per_subject = cache_bytes(first.bold, first.masks, config.cache_dtype)
     per_run = per_subject / len(first.bold)
-    # the decoded runs and the small per-voxel arrays, the reader's two blocks of the
-    # whole grid (one decoding while the other is copied), plus the interpreter
-    header = nb.load(first.bold[0])
-    grid = int(np.prod(header.shape[:3]))
-    blocks = 2 * BLOCK_VOLUMES * grid * header.get_data_dtype().itemsize
-    mem_gb = round((per_subject * 1.2 + blocks) / 1e9 + 0.4, 2)
+    # the step's arrays, plus the interpreter and the compiled kernels
+    mem_gb = round(preparation_bytes(first.bold, first.masks, config.cache_dtype) / 1e9
+                   + 0.4, 2)
     if config.no_cache:
         LOGGER.info("--no-cache: no prepared copy is kept (about %.2f GB per subject); each "
                     "subject is decoded once, straight into the connectivity sums",
