@@ -258,8 +258,8 @@ def test_screen_streams_only_what_its_length_cannot_vouch_for(files, tmp_path, m
 def test_preparation_memory_is_bounded_by_its_estimate(tmp_path, dtype):
     """The memory a preparation step is scheduled with (:func:`preparation_bytes`) covers
     the arrays it holds: traced at their peak while a subject is prepared.  With int16 the
-    estimate once counted the smaller cache, while the step also held the float32 decode,
-    the quantized copy and its dequantization (5.6x too little on a GSP1000 subject)."""
+    estimate once counted the smaller cache, while the step held the float32 decode, the
+    quantized copy and its dequantization (5.6x too little on a GSP1000 subject)."""
     import tracemalloc
 
     from bids_cnm.engine.timeseries import preparation_bytes, prepare_subject
