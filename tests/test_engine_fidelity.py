@@ -298,22 +298,30 @@ def test_a_seed_without_data_in_a_subject_names_the_subject(tmp_path):
     assert str(paths[0]) in str(info.value) and "--participant-label" in str(info.value)
 
 
-def test_int16_copy_is_numpys_quantization():
-    """The int16 prepared copy, quantized row by row in one pass, holds what numpy's
-    definition gives (:func:`quantize`: one scale per row, ``max|row| / 32767``, round half
-    to even): the same integers and scales; the norms are those of the dequantized rows,
-    centred in float64 (numpy's float32 mean differs by at most a float32 ulp or two)."""
-    from bids_cnm.engine.timeseries import _stored_arrays, prepared_arrays, quantize
+def test_int16_copy_is_the_documented_quantization():
+    """The int16 prepared copy, quantized row by row in one pass, holds docs/methods.md's
+    quantization written with numpy: one scale per row, ``max|row| / 32767`` in float32,
+    ``rint(x / scale)`` (round half to even); the norms are those of the dequantized rows
+    centred in float64 (the stored arrays are compared exactly, the norms to float32
+    rounding: the kernel sums in another order)."""
+    from bids_cnm.engine.timeseries import _stored_arrays
 
     rng = np.random.default_rng(7)
     rows = rng.standard_normal((500, 70)).astype(np.float32)
     rows[3] = 0.0  # a zero row gets scale 1
     n_volumes = [30, 40]
     fused = _stored_arrays(rows, n_volumes, "int16", {})
-    q, scale = quantize(rows)
+    scale = np.abs(rows).max(axis=1) / np.float32(32767)
+    scale[scale == 0] = 1
+    q = np.rint(rows / scale[:, None]).astype(np.int16)
     np.testing.assert_array_equal(fused["data"], q)
     np.testing.assert_array_equal(fused["scale"], scale)
     assert fused["data"].dtype == np.int16 and fused["scale"][3] == 1.0
-    reference = prepared_arrays(rows, n_volumes, "int16")
-    np.testing.assert_allclose(fused["norm"], reference["norm"], rtol=3e-7)
-    np.testing.assert_allclose(fused["run_norm"], reference["run_norm"], rtol=3e-7)
+    deq = q.astype(np.float64) * scale[:, None].astype(np.float64)
+
+    def centred_norm(x):
+        return np.sqrt(((x - x.mean(axis=1, keepdims=True)) ** 2).sum(axis=1))
+
+    np.testing.assert_allclose(fused["norm"], centred_norm(deq), rtol=3e-7)
+    np.testing.assert_allclose(fused["run_norm"], np.stack(
+        [centred_norm(deq[:, :30]), centred_norm(deq[:, 30:])], axis=1), rtol=3e-7)

@@ -118,3 +118,38 @@ def test_a_daemonic_process_draws_the_figures_itself(monkeypatch):
     assert drawing._pool_size(10, 2) == 2
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
     assert drawing._pool_size(10, 2) == 1
+
+
+def test_a_drawing_worker_ends_with_its_killed_parent():
+    """A report interrupted by SIGKILL (a cluster's time limit) leaves no drawing process
+    behind: the worker watches its parent, whose death does not close the worker's pipe."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import multiprocessing, time\n"
+              "from bids_cnm.reports import drawing\n"
+              "worker = drawing._Worker(multiprocessing.get_context('fork'), False)\n"
+              "print(worker.process.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True)
+    pid = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def running() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = running()
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive

@@ -109,9 +109,11 @@ def _full_run(config: Config, command: tuple[str, ...], recorder: record.Warning
     writable_folder(config.work_dir, "--work-dir")
     record.limit_threads(config.omp_nthreads)
     # taken before any input is read: an input changed while the run reads it is
-    # noticed by the next run's check
-    plan_files = rerun.plan_files(config)
-    stamps = rerun.input_stamps(config, plan_files)
+    # noticed by the next run's check (a group run's only: the seal is group-level, so a
+    # participant job does not walk the connectome for it)
+    sealing = config.analysis_level == rerun.LEVEL
+    plan_files = rerun.plan_files(config) if sealing else None
+    stamps = rerun.input_stamps(config, plan_files) if sealing else None
     # participant jobs of one cohort may share the folders (one per subject); a group
     # run owns them
     shared = config.analysis_level == "participant"
@@ -146,8 +148,7 @@ def _full_run(config: Config, command: tuple[str, ...], recorder: record.Warning
         finish_run(config.output_dir, config.analysis_level)
         # the plan the run loaded names the files stamped (a table edited in between
         # could list others): else the next run takes the full path again
-        if (config.analysis_level == rerun.LEVEL
-                and plan_input_files(inputs.plan) == plan_files):
+        if sealing and plan_input_files(inputs.plan) == plan_files:
             rerun.seal(config.output_dir, config, stamps, plan_files)
     LOGGER.info("%s", timer.summary())  # the log's last line: where the time went
     return 0

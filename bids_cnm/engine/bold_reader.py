@@ -283,35 +283,30 @@ class _Blocks:
         """
         per_volume = int(np.prod(self.shape)) * self.dtype.itemsize
         expected = self.offset + self.n_volumes * per_volume
+        item: BaseException | None = None  # what ends the stream: None when intact
         try:
             with self._file as f:
                 for t0 in range(0, self.n_volumes, size):
                     block = free.get()
-                    if block is None:  # the caller stopped
+                    if block is None:  # the caller stopped: nobody reads on
                         return
                     n_used = min(size, self.n_volumes - t0)
                     flat = memoryview(block.reshape(-1).view(np.uint8))
-                    try:
-                        done = _read_exact(f, flat[: n_used * per_volume])
-                    except DECODE_ERRORS as exc:
-                        decoded.put(UnreadableData(self.path, type(exc).__name__))
-                        return
+                    done = _read_exact(f, flat[: n_used * per_volume])
                     if done < n_used * per_volume:
                         held = self.offset + t0 * per_volume + done
-                        decoded.put(UnreadableData(
-                            self.path, f"it holds {held} of {expected} bytes"))
-                        return
+                        raise UnreadableData(self.path, f"it holds {held} of {expected} bytes")
                     decoded.put((block, n_used, t0))
-                try:  # bytes after the data (rare) are allowed; the trailer must check out
-                    while f.read(1 << 16):
-                        pass
-                except DECODE_ERRORS as exc:
-                    decoded.put(UnreadableData(self.path, type(exc).__name__))
-                    return
+                # bytes after the data (rare) are allowed; the trailer must check out
+                while f.read(1 << 16):
+                    pass
+        except UnreadableData as exc:
+            item = exc
+        except DECODE_ERRORS as exc:
+            item = UnreadableData(self.path, type(exc).__name__)
         except BaseException as exc:  # noqa: BLE001 - anything else reaches the caller too
-            decoded.put(exc)
-            return
-        decoded.put(None)
+            item = exc
+        decoded.put(item)
 
 
 def read_masked_run(

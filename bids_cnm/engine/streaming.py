@@ -161,7 +161,6 @@ def stream_batch(
             n_degree += 1
             if len(sample_rows) < len(degree_sample):
                 short.append(f"{bold[0]} ({len(degree_sample) - len(sample_rows)})")
-        del subject  # the next subject's decode needs the memory
         if progress is not None:
             progress(i, len(subjects))
     if targets is None:

@@ -243,10 +243,10 @@ def _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm):  # pragma: 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _quantize_rows(data, bounds, stored, scale, run_norm, norm):  # pragma: no cover - numba
-    """:func:`quantize` of every row, and the centred norms of the dequantized rows.
+    """Quantize every row to int16, and the centred norms of the dequantized rows.
 
-    The same float32 arithmetic as :func:`quantize` (one scale per row, ``max|row| /
-    32767``, round half to even); the norms are those of ``stored * scale``, centred in
+    One scale per row, ``max|row| / 32767`` in float32, and ``rint(x / scale)`` (round
+    half to even; docs/methods.md); the norms are those of ``stored * scale``, centred in
     float64 as :func:`_standardize_valid_rows` centres the float32 rows.  One pass per
     row while it is in L1, instead of numpy's passes over the whole array and a float32
     copy of the dequantized values.
@@ -305,23 +305,6 @@ def _stored_arrays(data: np.ndarray, n_volumes: list[int], dtype: str, norms: di
     bounds = np.cumsum([0] + list(n_volumes)).astype(np.int64)
     _quantize_rows(data, bounds, stored, scale, run_norm, norm)
     return {"data": stored, "scale": scale, "norm": norm, "run_norm": run_norm}
-
-
-def quantize(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize standardized rows to int16 with one scale per row.
-
-    Returns
-    -------
-    q : ndarray of int16
-    scale : ndarray of float32
-        ``q * scale[:, None]`` approximates ``data``; the error is at most half a
-        step, ``max|row| / 65534``.
-    """
-    peak = np.abs(data).max(axis=1)
-    scale = (peak / _INT16_MAX).astype(np.float32)
-    scale[scale == 0] = 1.0
-    q = np.rint(data / scale[:, None]).astype(np.int16)
-    return q, scale
 
 
 @dataclass(frozen=True)
@@ -395,19 +378,14 @@ def prepared_arrays(
     dict
         ``data``, ``scale``, ``norm`` and ``run_norm`` as stored in the cache.
     """
-    if dtype == "int16":
-        stored, scale = quantize(data)
-        deq = stored.astype(np.float32) * scale[:, None]
-    elif dtype == "float32":
-        stored, scale, deq = data, np.ones(len(data), dtype=np.float32), data
-    else:
-        raise ValueError(f"unknown cache dtype {dtype!r}; use 'int16' or 'float32'")
-    # norms of the dequantized rows, so that quantization adds noise but no bias to r
+    if dtype == "int16":  # what preparation stores
+        return _stored_arrays(data, n_volumes, dtype, {})
     bounds = np.cumsum([0] + list(n_volumes))
     run_norm = np.stack(
-        [_centred_norm(deq[:, a:b]) for a, b in itertools.pairwise(bounds)], axis=1
+        [_centred_norm(data[:, a:b]) for a, b in itertools.pairwise(bounds)], axis=1
     )
-    return {"data": stored, "scale": scale, "norm": _centred_norm(deq), "run_norm": run_norm}
+    norms = {"norm": _centred_norm(data), "run_norm": run_norm}
+    return _stored_arrays(data, n_volumes, dtype, norms)
 
 
 def in_memory_subject(

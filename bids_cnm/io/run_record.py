@@ -13,8 +13,10 @@ run of that level has finished, ``null`` while one runs (or after it was killed)
 (e.g. the user's README): never listed as the run's, never removed.  A level's
 entry may also hold ``warnings`` (what its run logged as warnings, each
 ``{"message", "source", "time"}``, :func:`add_warning`) and facts about its inputs
-such as ``volumes`` (BOLD volumes per subject, :func:`add_facts`); a new run of the
-level starts a new entry, so they always describe the latest run.
+such as ``volumes`` (BOLD volumes per subject, :func:`add_facts`); a new group run
+starts a new entry, so they describe the latest run, while a participant job of the
+same settings keeps the warnings and volumes of the earlier jobs that share the folder
+(one job per subject on a cluster) and adds its own.
 A run whose connectome or level settings differ from the record is refused
 (:class:`~bids_cnm.errors.UsageError`, exit 64: the command line contradicts the
 folder) unless ``overwrite`` is given, which removes the earlier run's files of
@@ -50,7 +52,7 @@ RECORD = Path("logs") / "bids_cnm_run.json"
 
 _LEVELS = ("participant", "group")
 
-#: warnings kept per level and run (a warning repeated in a loop must not grow the
+#: warnings kept per level entry (a warning repeated in a loop must not grow the
 #: record without bound); the others are counted in ``warnings_dropped``
 MAX_WARNINGS = 100
 

@@ -93,8 +93,17 @@ def _prepare_nilearn() -> None:
 
 
 def _serve(conn: Connection) -> None:
-    """A worker process: draw each job received, send its result back, until ``None``."""
+    """A worker process: draw each job received, send its result back, until ``None``.
+
+    It also ends when its parent does (killed, say, by a job's time limit): the forked
+    worker holds a copy of the parent's end of its own pipe (and of the pipes made before
+    it), so the parent's death alone never ends ``recv``.
+    """
+    parent = multiprocessing.parent_process()
+    watched = [conn] if parent is None else [conn, parent.sentinel]
     while True:
+        if conn not in wait(watched):  # only the parent's sentinel: it is gone
+            return
         try:
             job = conn.recv()
         except (EOFError, OSError):

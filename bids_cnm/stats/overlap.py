@@ -60,12 +60,13 @@ def overlap_maps(t: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     n = t.shape[1]
     if n == 0:
         raise ValueError("an overlap needs at least one study")
-    # the counts of binarize()'s signs, without its float64 copy of every t-map: a
-    # float64 threshold makes numpy compare in float64 (as binarize does) chunk by
-    # chunk, and NaN compares False (not surviving, as in binarize)
-    bound = np.float64(threshold)
-    n_pos = np.count_nonzero(np.greater(t, bound), axis=1)
-    n_neg = np.count_nonzero(np.less(t, -bound), axis=1)
+    # the counts of binarize()'s signs, without its float64 copy of every t-map: the
+    # float64 loop compares in float64 (as binarize does), casting chunk by chunk, on
+    # numpy 1 too (whose value-based casting would compare a float32 map in float32);
+    # NaN compares False (not surviving, as in binarize)
+    in_float64 = (np.float64, np.float64, np.bool_)
+    n_pos = np.count_nonzero(np.greater(t, threshold, signature=in_float64), axis=1)
+    n_neg = np.count_nonzero(np.less(t, -threshold, signature=in_float64), axis=1)
     return {
         "overlap": ((n_pos - n_neg) / n).astype(np.float32),
         "posoverlap": (n_pos / n).astype(np.float32),
