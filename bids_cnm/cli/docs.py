@@ -192,10 +192,10 @@ def cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
               "same options, the same input files (the connectome's folder, the coordinates, "
               "`--relocation-mask`, `--compare-connectome`, `--plugin-config`, `--analysis` "
               "and every file the plan names, also in its tables: path, size, modification "
-              "time, inode) and every output unchanged since that run, the run "
+              "and change time, inode, a link's target) and every output unchanged since that run, the run "
               "logs `nothing to do: every output is up to date` and exits 0 without touching "
               "any file (0.2-0.5 s for a 30-subject connectome or the demo, measured on 2 busy "
-              "cores; the full path takes 7 s or more). Anything else takes the full path and logs why "
+              "cores; the full path takes about 7 s on a 30-subject connectome). Anything else takes the full path and logs why "
               "(`re-run check: ...`); an output removed or modified since is written again. "
               "A run with `--clean-workdir`, and the participant level, always take the full "
               "path (see docs/guarantees.md)."),
