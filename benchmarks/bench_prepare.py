@@ -15,8 +15,10 @@ a cache folder, then times on the same files:
   preparation read the data before);
 * **prepare**: :func:`bids_cnm.engine.timeseries.prepare_subject` (decode into one
   ``(V, T)`` array, one fused pass of valid voxels + per-run standardization + SD and
-  norms, writing the float32 copy) with the same Scratch: what preparation does per
-  subject,
+  norms on two threads (one per half of the voxels), writing the float32 copy) with the
+  same Scratch: what preparation does per subject; its copy replaces the previous
+  repeat's, so the page cache reuses memory the VM has just touched (a new subject's
+  copy does not: ``bench_gsp1000_scale.py`` pays that),
 
 * **up-front check**: what a run does before its workflow for every BOLD file not seen
   before: :func:`bids_cnm.io.readable.screen_readable` (header and gzip trailer; the

@@ -325,3 +325,48 @@ def test_int16_copy_is_the_documented_quantization():
     np.testing.assert_allclose(fused["norm"], centred_norm(deq), rtol=3e-7)
     np.testing.assert_allclose(fused["run_norm"], np.stack(
         [centred_norm(deq[:, :30]), centred_norm(deq[:, 30:])], axis=1), rtol=3e-7)
+
+
+@pytest.mark.parametrize("dropped", ["both halves", "second half only", "none"])
+def test_prepared_copy_is_each_run_zscored_with_invalid_voxels_dropped(tmp_path, dropped):
+    """The float32 copy holds, for every voxel finite and varying in every run, each
+    run z-scored (population SD) and the runs concatenated, in grid order; the others
+    are dropped.  Preparation standardizes the two halves of the voxels on two threads
+    and closes the gap between them, so voxels are dropped in either half, or none."""
+    rng = np.random.default_rng(11)
+    shape, lengths = (6, 5, 4), (17, 23)
+    n_vox = int(np.prod(shape))
+    runs = [raw_subject(rng, n_vox, n) for n in lengths]
+    bad = {"both halves": [3, 40, 70, 101], "second half only": [65, 100], "none": []}[dropped]
+    for k, v in enumerate(bad):  # a NaN, an infinity, a constant run, a constant run
+        if k % 4 == 0:
+            runs[0][v, 5] = np.nan
+        elif k % 4 == 1:
+            runs[1][v, 2] = np.inf
+        else:
+            runs[k % 2][v] = 42.0
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(str(tmp_path / f"run{i}.nii.gz"))
+        nb.Nifti1Image(run.reshape(shape + (-1,)).astype(np.float32),
+                       np.eye(4)).to_filename(paths[-1])
+    subject = open_prepared(prepare_subject(paths, [], tmp_path / "prep"))
+
+    as_stored = [run.astype(np.float32).astype(np.float64) for run in runs]
+    valid = np.ones(n_vox, bool)
+    valid[bad] = False
+    np.testing.assert_array_equal(subject.voxels, np.flatnonzero(valid))
+    want = np.concatenate([stats.zscore(run[valid], axis=1) for run in as_stored], axis=1)
+    # float32 arithmetic (docs/methods.md): the mean is rounded to float32 before it is
+    # subtracted, an error of half its spacing, divided by the SD, in every value
+    slack = np.concatenate([np.broadcast_to(
+        (np.spacing(np.abs(run[valid].mean(axis=1)).astype(np.float32)) / 2
+         / run[valid].std(axis=1))[:, None], (valid.sum(), n))
+        for run, n in zip(as_stored, lengths)], axis=1)
+    assert (np.abs(subject.data - want) <= slack + 1e-6 * (1 + np.abs(want))).all()
+    np.testing.assert_allclose(subject.sd, np.stack([run[valid].std(axis=1)
+                                                     for run in as_stored], axis=1),
+                               rtol=1e-6)
+    np.testing.assert_allclose(subject.norm, np.sqrt(lengths[0] + lengths[1]), rtol=1e-6)
+    np.testing.assert_allclose(subject.run_norm, np.sqrt(np.broadcast_to(lengths, (
+        valid.sum(), 2))), rtol=1e-6)

@@ -153,3 +153,76 @@ def test_a_drawing_worker_ends_with_its_killed_parent():
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive
+
+
+def _pid(_: int) -> bytes:
+    return str(os.getpid()).encode()
+
+
+def test_figures_without_nilearn_use_every_process():
+    """With no figure drawn by nilearn there is nothing to import first: every process
+    draws from the start (before, one process drew them all and the other core idled)."""
+    figs = [Figure(partial(_pid, k), "c", f"f{k}") for k in range(8)]
+    assert drawing.draw_figures([Section("s", "S", figs)], n_procs=2) == []
+    assert len({f.png for f in figs}) == 2
+    assert str(os.getpid()).encode() not in {f.png for f in figs}
+
+
+_DEADLOCK_SCRIPT = """
+import sys
+from functools import partial
+import numpy as np
+from bids_cnm.reports import drawing, figures
+from bids_cnm.reports.blocks import Figure, Section
+
+def echo(payload):
+    return payload.tobytes()  # a result as large as the job
+
+# 4 MB arrays each way: far more than a pipe holds
+figs = [Figure(partial(echo, np.full(1 << 20, k, np.float32)), "c", f"big{k}")
+        for k in range(6)]
+# one nilearn figure: the other figures are handed to the early process up front
+figs.append(Figure(partial(figures.coordinates_glass_brain, {"s": np.zeros((1, 3))},
+                           {"s": "#1f77b4"}), "c", "glass"))
+failed = drawing.draw_figures([Section("s", "S", figs)], n_procs=2)
+assert not failed, [f.error for f in failed]
+assert all(np.frombuffer(f.png, np.float32)[0] == k for k, f in enumerate(figs[:6]))
+print("drawn")
+"""
+
+
+def test_large_figure_jobs_handed_out_up_front_do_not_block():
+    """The early process gets several jobs at once while nilearn is imported here.  Sent
+    one message each, a large job could wait for the process to read while the process
+    waited to send back a large result: both blocked for ever."""
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", _DEADLOCK_SCRIPT], capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ, MPLBACKEND="Agg"))
+    except subprocess.TimeoutExpired:
+        pytest.fail("drawing blocked: the jobs and results filled the pipe both ways")
+    assert proc.returncode == 0 and "drawn" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_figure_that_cannot_be_sent_to_a_process_is_drawn_here(tmp_path):
+    sections = _sections(tmp_path)
+    local = Figure(lambda: b"\x89PNG drawn here", "c", "lambda")  # a lambda cannot be pickled
+    sections[0].blocks.append(local)
+    assert drawing.draw_figures(sections, n_procs=2) == []
+    assert local.png == b"\x89PNG drawn here"
+    assert all(f.png.startswith(b"\x89PNG") for s in sections for f in iter_figures(s.blocks))
+
+
+def test_without_nilearn_plotting_the_other_figures_are_drawn(tmp_path, monkeypatch):
+    def broken() -> None:
+        raise ImportError("no module named 'nilearn.plotting'")
+
+    monkeypatch.setattr(drawing, "_prepare_nilearn", broken)
+    sections = _sections(tmp_path)
+    failed = drawing.draw_figures(sections, n_procs=2)
+    drawn = [f for s in sections for f in iter_figures(s.blocks)]
+    assert {f.alt for f in failed} == {f.alt for f in drawn if drawing.uses_nilearn(f)}
+    assert all("nilearn" in f.error for f in failed)
+    assert all(f.png.startswith(b"\x89PNG") for f in drawn if f not in failed)

@@ -7,7 +7,8 @@ which would keep every core but one idle if it came before the first fork.  So
 there are two pools:
 
 * the *early* pool is forked before nilearn is imported, with one process less
-  than there are cores: it starts on the figures drawn without nilearn
+  than there are cores (all of them when no figure needs nilearn): it starts on
+  the figures drawn without nilearn
   (:data:`bids_cnm.reports.figures.NILEARN_FIGURES` lists the others) while
   this process imports nilearn's plotting module and loads the MNI template;
 * the *late* pool is forked after that, so its processes have both, and draws
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -93,7 +95,8 @@ def _prepare_nilearn() -> None:
 
 
 def _serve(conn: Connection) -> None:
-    """A worker process: draw each job received, send its result back, until ``None``.
+    """A worker process: draw each list of jobs received, send each result back in
+    turn, until ``None``.
 
     It also ends when its parent does (killed, say, by a job's time limit): the forked
     worker holds a copy of the parent's end of its own pipe (and of the pipes made before
@@ -105,12 +108,13 @@ def _serve(conn: Connection) -> None:
         if conn not in wait(watched):  # only the parent's sentinel: it is gone
             return
         try:
-            job = conn.recv()
+            jobs = conn.recv()
         except (EOFError, OSError):
             return
-        if job is None:
+        if jobs is None:
             return
-        conn.send(_draw(job))
+        for job in jobs:
+            conn.send(_draw(job))
 
 
 class _Worker:
@@ -130,9 +134,15 @@ class _Worker:
         child.close()
         self.pending: deque[int] = deque()  # figures sent, not yet returned
 
-    def send(self, k: int, figures: Sequence[Figure]) -> None:
-        self.pending.append(k)
-        self.conn.send(figures[k].job)
+    def send(self, ks: Sequence[int], figures: Sequence[Figure]) -> None:
+        """Hand the figures ``ks`` to the process, in one message.
+
+        One message, because the process reads no more until it has sent every result
+        back: a second message sent while it draws could fill the pipe both ways (the
+        job's arrays one way, a result the other) and leave both processes waiting.
+        """
+        self.conn.send([figures[k].job for k in ks])  # pickled whole before a byte is sent
+        self.pending.extend(ks)
 
     def stop(self) -> None:
         """End the process: at once when it is still drawing (the report was
@@ -150,6 +160,17 @@ class _Worker:
         self.conn.close()
 
 
+def _hand_out(worker: _Worker, ks: Sequence[int], figures: Sequence[Figure],
+              results: list[Result | None]) -> None:
+    """Send figures ``ks`` to ``worker``; a job that cannot be pickled is drawn here."""
+    try:
+        worker.send(ks, figures)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        # a job holding a lambda or a local function, say: it cannot reach a process
+        for k in ks:
+            results[k] = _draw(figures[k].job)
+
+
 #: cost units (:data:`_COST`) the early pool's processes are given up front: about
 #: what they draw while this process imports nilearn (~0.9 s of CPU)
 _IMPORT_COST = 6.0
@@ -165,17 +186,28 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
     workers: list[_Worker] = []
     try:
         # the early pool: it draws what needs no nilearn while this process imports
-        # it; given its figures up front (this process cannot hand any out meanwhile)
+        # it (every process, when no figure needs nilearn)
         early = [_Worker(context, with_nilearn=False)
-                 for _ in range(min(len(plain), max(1, size - 1)))]
+                 for _ in range(min(len(plain), max(1, size - 1) if nilearn else size))]
         workers += early
-        given = [0.0] * len(early)
-        while plain and early and (not nilearn or min(given) < _IMPORT_COST):
-            n = given.index(min(given))
-            given[n] += _cost(figures[plain[0]])
-            early[n].send(plain.popleft(), figures)
         if nilearn:
-            _prepare_nilearn()
+            # the early pool's figures are given up front (this process cannot hand
+            # any out while it imports)
+            given: list[list[int]] = [[] for _ in early]
+            cost = [0.0] * len(early)
+            while plain and early and min(cost) < _IMPORT_COST:
+                n = cost.index(min(cost))
+                cost[n] += _cost(figures[plain[0]])
+                given[n].append(plain.popleft())
+            for worker, ks in zip(early, given):
+                if ks:
+                    _hand_out(worker, ks, figures, results)
+            try:
+                _prepare_nilearn()
+            except Exception as exc:  # noqa: BLE001 - the other figures can still be drawn
+                for k in nilearn:
+                    results[k] = (None, f"cannot import nilearn's plotting: {exc}")
+                nilearn.clear()
             # the late pool: forked now, with nilearn; `size` processes in all
             workers += [_Worker(context, with_nilearn=True)
                         for _ in range(min(size - len(workers), len(nilearn)))]
@@ -185,15 +217,17 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
                     continue
                 # nilearn figures first where nilearn is; the early pool draws the others
                 if nilearn and worker.with_nilearn:
-                    worker.send(nilearn.popleft(), figures)
+                    _hand_out(worker, [nilearn.popleft()], figures, results)
                 elif plain:
-                    worker.send(plain.popleft(), figures)
+                    _hand_out(worker, [plain.popleft()], figures, results)
                 elif nilearn:  # an early process with nothing left: one with nilearn instead
                     worker.stop()
                     workers[i] = _Worker(context, with_nilearn=True)
-                    workers[i].send(nilearn.popleft(), figures)
+                    _hand_out(workers[i], [nilearn.popleft()], figures, results)
             busy = [w for w in workers if w.pending]
             if not busy:
+                if workers and (plain or nilearn):
+                    continue  # what was handed out was drawn here (it could not be sent)
                 break
             for conn in wait([w.conn for w in busy]):
                 worker = next(w for w in busy if w.conn is conn)
