@@ -100,6 +100,18 @@ def test_changed_option_takes_the_full_path(setup, capsys):
     assert code == 0 and "re-run check: the options differ" in log
 
 
+def test_execution_options_are_verified_not_run_again(setup, capsys):
+    """More log lines, other cores, memory or plugin: the same outputs, so only verified."""
+    command = setup[0]
+    code, log = rerun(capsys, command[:-3], "-v", "--nprocs", "2", "--mem-mb", "4000",
+                      "--omp-nthreads", "1", "--nipype-plugin", "MultiProc",
+                      "--no-degree-check")
+    assert code == 0 and FAST in log, log[-2000:]
+    # any other option among them still takes the full path
+    code, log = rerun(capsys, command, "-v", "--nprocs", "2", "--min-volumes", "10")
+    assert code == 0 and "re-run check: the options differ" in log
+
+
 @pytest.mark.parametrize("change", ["delete", "modify"])
 def test_changed_output_is_restored(setup, capsys, change):
     command, _, _, out = setup

@@ -9,7 +9,9 @@ record (``logs/bids_cnm_run.json``)::
 
     "rerun": {"request": ..., "inputs": {...}, "outputs": ...}
 
-- ``request``: a digest of every option of the run (paths resolved) and the version;
+- ``request``: a digest of every option of the run (paths resolved) and the version,
+  but those that only change how it executes (:data:`EXECUTION_ONLY`: verbosity,
+  processes, memory, plugin);
 - ``inputs``: for each input (the connectome's folder, the coordinate table, the
   relocation mask, the second connectome, the plugin configuration, the analysis
   plan and every file it names, listed in ``plan_files``), a digest of the path,
@@ -40,7 +42,8 @@ from bids_cnm.config import Config
 from bids_cnm.io.run_record import RECORD, add_facts, read_record
 from bids_cnm.io.stamps import digest, stamp, stat_row
 
-__all__ = ["Verdict", "check", "input_stamps", "plan_files", "request_digest", "seal"]
+__all__ = ["EXECUTION_ONLY", "Verdict", "check", "input_stamps", "plan_files",
+           "request_digest", "seal"]
 
 #: the level whose re-runs are checked: participant jobs of one cohort share the
 #: folder and the record's entry (one per subject on a cluster), so an entry says
@@ -73,9 +76,24 @@ class Verdict:
     outputs_changed: bool = False
 
 
+#: options that change how a run executes and what it logs, never a byte of its outputs:
+#: the same analysis asked for with more log lines or on other cores is verified, not
+#: run again (``--batch-size`` stays in: batches merge sums in another order)
+EXECUTION_ONLY = frozenset({"verbosity", "nprocs", "mem_gb", "omp_nthreads", "nipype_plugin",
+                            "stop_on_first_crash"})
+
+
 def request_digest(config: Config) -> str:
-    """Digest of every option of the run (paths resolved, as parsed) and the version."""
-    return digest([__version__, config.to_dict()])
+    """Digest of the run's options (paths resolved, as parsed) and the version.
+
+    Every option but the :data:`EXECUTION_ONLY` ones, and not the options as typed
+    (``extra``): each is one of the parsed settings, or an execution-only one.  A verified
+    run writes nothing, so ``logs/bids_cnm.toml`` keeps the options of the run that wrote
+    the outputs.
+    """
+    options = {k: v for k, v in config.to_dict().items()
+               if k not in EXECUTION_ONLY and k != "extra"}
+    return digest([__version__, options])
 
 
 def plan_files(config: Config) -> list[str]:
