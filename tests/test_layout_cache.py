@@ -130,3 +130,68 @@ def test_saved_query_answers_without_pybids(tmp_path):
 
     with pytest.raises(NoMatchError):
         index_connectome(root, database_path=cache, participant_label=("01", "03"))
+
+
+def test_bold_volumes_are_kept_with_the_saved_index(tmp_path, monkeypatch):
+    """The volumes of every run are read from the headers once, when the connectome is
+    indexed, and come back with the saved index: a later run opens no BOLD header."""
+    import nibabel as nb
+
+    from bids_cnm.workflows.inputs import bold_volumes
+
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=3)
+    cache = tmp_path / "work" / "pybids"
+    first = index_connectome(root, database_path=cache)
+    headers = {s.label: sum(nb.load(p).shape[3] for p in s.bold) for s in first.subjects}
+    assert bold_volumes(first) == headers
+
+    def no_header(*args, **kwargs):
+        raise AssertionError("a header was read")
+
+    monkeypatch.setattr(nb, "load", no_header)
+    again = index_connectome(root, database_path=cache)
+    assert again.subjects == first.subjects and bold_volumes(again) == headers
+
+
+def test_an_index_saved_without_volumes_reads_them_from_the_headers(tmp_path):
+    import dataclasses
+
+    import nibabel as nb
+
+    from bids_cnm.workflows.inputs import bold_volumes
+
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=2)
+    connectome = index_connectome(root)
+    older = dataclasses.replace(connectome, subjects=tuple(
+        dataclasses.replace(s, volumes=()) for s in connectome.subjects))
+    assert bold_volumes(older) == {s.label: sum(nb.load(p).shape[3] for p in s.bold)
+                                   for s in connectome.subjects}
+
+
+def test_the_masks_intersection_is_saved_and_follows_the_masks(tmp_path):
+    """The support mask is the intersection of the brain masks, computed from them on
+    the first run and read back after; a mask rewritten since is read again."""
+    import nibabel as nb
+    import numpy as np
+
+    from bids_cnm.io.connectome import support_mask
+
+    root = write_tiny_connectome(tmp_path / "connectome", n_subjects=3)
+    connectome = index_connectome(root)
+    want = np.logical_and.reduce([np.asarray(nb.load(p).dataobj) > 0
+                                  for p in connectome.support_masks])
+    saved = tmp_path / "work" / "support_masks"
+    np.testing.assert_array_equal(support_mask(connectome, saved), want)
+    [file] = saved.iterdir()
+    np.testing.assert_array_equal(np.load(file), want)
+    np.testing.assert_array_equal(support_mask(connectome, saved), want)
+    # a mask rewritten with one voxel fewer
+    first = connectome.support_masks[0]
+    img = nb.load(first)
+    data = np.asarray(img.dataobj).copy()
+    inside = tuple(np.argwhere(want)[0])
+    data[inside] = 0
+    nb.Nifti1Image(data, img.affine, img.header).to_filename(first)
+    want[inside] = False
+    np.testing.assert_array_equal(support_mask(connectome, saved), want)
+    assert len(list(saved.iterdir())) == 2

@@ -9,7 +9,8 @@ dataset (pybids' database, when one is kept, lives in the work directory).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nb
@@ -45,11 +46,15 @@ class SubjectData:
         its own, then the runs are concatenated in time.
     masks : tuple of str
         Brain masks that go with the runs (may be empty).
+    volumes : tuple of int
+        Volumes of each BOLD run, read from its header when the connectome was indexed
+        (empty when not known).
     """
 
     label: str
     bold: tuple[str, ...]
     masks: tuple[str, ...]
+    volumes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,8 @@ def index_connectome(
 def _to_record(connectome: Connectome) -> dict:
     """The connectome as JSON-able values (paths as text, the affine as nested lists)."""
     return {"root": str(connectome.root),
-            "subjects": [[s.label, list(s.bold), list(s.masks)] for s in connectome.subjects],
+            "subjects": [[s.label, list(s.bold), list(s.masks), list(s.volumes)]
+                         for s in connectome.subjects],
             "task": connectome.task, "space": connectome.space, "res": connectome.res,
             "shape": list(connectome.shape), "affine": connectome.affine.tolist(),
             "support_masks": list(connectome.support_masks)}
@@ -247,8 +253,10 @@ def _from_record(record: dict) -> Connectome:
     """Inverse of :func:`_to_record` (floats round-trip exactly through JSON)."""
     return Connectome(
         Path(record["root"]),
-        tuple(SubjectData(label, tuple(bold), tuple(masks))
-              for label, bold, masks in record["subjects"]),
+        # an index saved before the volumes were kept has three fields per subject
+        tuple(SubjectData(entry[0], tuple(entry[1]), tuple(entry[2]),
+                          tuple(entry[3]) if len(entry) > 3 else ())
+              for entry in record["subjects"]),
         record["task"], record["space"], record["res"], tuple(record["shape"]),
         np.asarray(record["affine"], dtype=float), tuple(record["support_masks"]),
     )
@@ -344,7 +352,10 @@ def _index(
     if not subjects:
         raise NoMatchError(f"no subject selected in {root}.")
 
-    shape, affine = check_grid(subjects)
+    shape, affine, volumes = check_grid(subjects)
+    # kept with the index: a later run on the unchanged dataset opens no header for them
+    subjects = [replace(s, volumes=tuple(volumes[p] for p in s.bold))
+                for s in subjects]
     connectome = Connectome(root, tuple(subjects), task, space, res, shape, affine,
                             support_masks)
     _log_connectome(connectome)
@@ -361,13 +372,48 @@ def _files_by_subject(layout, subjects: list[str], query: dict) -> dict[str, lis
     return {label: sorted(paths) for label, paths in found.items()}
 
 
-def support_mask(connectome: Connectome) -> np.ndarray | None:
+def support_mask(connectome: Connectome, cache_dir: Path | None = None) -> np.ndarray | None:
     """Intersection of the cohort's brain masks (``None`` when there are none).
 
     Seeds are cut to it; a coordinate outside it is reported.
+
+    Parameters
+    ----------
+    connectome : Connectome
+    cache_dir : Path, optional
+        Folder where the intersection is saved, keyed by the masks' paths, sizes,
+        modification and change times and inodes: a later run on the same masks reads
+        one file instead of decoding every mask (a thousand at GSP1000's size).
     """
     if not connectome.support_masks:
         return None
+    saved = None
+    if cache_dir is not None:
+        from bids_cnm.io.stamps import digest, stat_row
+
+        key = digest([[stat_row(p, p) for p in connectome.support_masks],
+                      list(connectome.shape), connectome.affine.tolist()], 20)
+        saved = Path(cache_dir) / f"{key}.npy"
+        try:
+            support = np.load(saved, allow_pickle=False)
+            if support.shape == connectome.shape and support.dtype == bool:
+                return support
+        except (OSError, ValueError):  # not saved yet, or unreadable: compute it
+            pass
+    support = _intersect_masks(connectome)
+    if saved is not None:
+        try:  # atomic: a job reading it meanwhile finds a whole file or none
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            partial = saved.with_name(f".{saved.stem}.{os.getpid()}.npy")
+            np.save(partial, support, allow_pickle=False)
+            os.replace(partial, saved)
+        except OSError as exc:  # e.g. a read-only work folder: nothing saved
+            LOGGER.debug("support mask not saved (%s)", exc)
+    return support
+
+
+def _intersect_masks(connectome: Connectome) -> np.ndarray:
+    """The intersection of :func:`support_mask`, read from every mask."""
     support = np.ones(connectome.shape, dtype=bool)
     for path in connectome.support_masks:
         img = nb.load(path)
@@ -392,7 +438,9 @@ def data_support(connectome: Connectome) -> np.ndarray:
     return np.asarray(img.dataobj[..., 0]) != 0
 
 
-def check_grid(subjects: list[SubjectData]) -> tuple[tuple[int, int, int], np.ndarray]:
+def check_grid(
+    subjects: list[SubjectData],
+) -> tuple[tuple[int, int, int], np.ndarray, dict[str, int]]:
     """Check that all runs and masks share one voxel grid.
 
     Reads headers only.  A mismatch is an :class:`InputDataError` naming both files.
@@ -403,8 +451,11 @@ def check_grid(subjects: list[SubjectData]) -> tuple[tuple[int, int, int], np.nd
         The 3-D shape.
     affine : ndarray
         The 4x4 affine.
+    volumes : dict
+        Number of volumes of every BOLD run, by path.
     """
     reference = None
+    volumes = {}
     for subject in subjects:
         for path in subject.bold + subject.masks:
             try:
@@ -418,6 +469,8 @@ def check_grid(subjects: list[SubjectData]) -> tuple[tuple[int, int, int], np.nd
                     f"{path}: a BOLD run must be 4-D with at least 3 volumes, "
                     f"found shape {img.shape}."
                 )
+            if is_bold:
+                volumes[path] = int(img.shape[3])
             if reference is None:
                 reference = (path, shape, img.affine)
                 continue
@@ -430,4 +483,4 @@ def check_grid(subjects: list[SubjectData]) -> tuple[tuple[int, int, int], np.nd
                     "all subjects to one template grid (same space and res)."
                 )
     assert reference is not None
-    return reference[1], np.asarray(reference[2], dtype=float)
+    return reference[1], np.asarray(reference[2], dtype=float), volumes

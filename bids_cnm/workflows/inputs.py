@@ -271,8 +271,9 @@ def subject_keys(
 
 
 def bold_volumes(connectome: Connectome) -> dict[str, int]:
-    """BOLD volumes of every subject (runs together), from the headers."""
-    return {s.label: sum(int(nb.load(p).shape[3]) for p in s.bold)
+    """BOLD volumes of every subject (runs together), as indexed (else from the headers)."""
+    return {s.label: sum(s.volumes) if len(s.volumes) == len(s.bold)
+            else sum(int(nb.load(p).shape[3]) for p in s.bold)
             for s in connectome.subjects}
 
 
@@ -386,7 +387,8 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
             "%d subject(s) have fewer than %d BOLD volumes (--min-volumes) and weigh like the "
             "others: %s", len(short), config.min_volumes,
             ", ".join(f"sub-{label} ({n})" for label, n in short.items()))
-    support = support_mask(connectome)
+    support = support_mask(connectome, None if config.boilerplate_only
+                           else Path(config.work_dir) / "support_masks")
     seeds = build_seeds(config, connectome, table, support)
     extra = plan_seeds(plan, connectome.shape, connectome.affine, support,
                        existing_ids=seeds.ids)
