@@ -153,7 +153,7 @@ def test_bold_volumes_are_kept_with_the_saved_index(tmp_path, monkeypatch):
     assert again.subjects == first.subjects and bold_volumes(again) == headers
 
 
-def test_an_index_saved_without_volumes_reads_them_from_the_headers(tmp_path):
+def test_a_connectome_indexed_without_volumes_reads_them_from_the_headers(tmp_path):
     import dataclasses
 
     import nibabel as nb

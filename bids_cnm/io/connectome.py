@@ -227,7 +227,7 @@ def index_connectome(
 
         # one stat walk of the dataset keys both the saved query and the saved index
         index_key = layout_key(root, LAYOUT_OPTIONS)
-        key = query_key(index_key, query)
+        key = query_key(index_key, {**query, "record": _RECORD_FORMAT})
         saved = load_query(database_path, key)
         if saved is not None:
             connectome = _from_record(saved)
@@ -237,6 +237,11 @@ def index_connectome(
     if database_path is not None:
         save_query(database_path, key, _to_record(connectome))
     return connectome
+
+
+#: version of :func:`_to_record`'s layout, part of a saved query's key (2: each subject's
+#: runs' volumes), so a query saved by an older version is answered again
+_RECORD_FORMAT = 2
 
 
 def _to_record(connectome: Connectome) -> dict:
@@ -253,10 +258,8 @@ def _from_record(record: dict) -> Connectome:
     """Inverse of :func:`_to_record` (floats round-trip exactly through JSON)."""
     return Connectome(
         Path(record["root"]),
-        # an index saved before the volumes were kept has three fields per subject
-        tuple(SubjectData(entry[0], tuple(entry[1]), tuple(entry[2]),
-                          tuple(entry[3]) if len(entry) > 3 else ())
-              for entry in record["subjects"]),
+        tuple(SubjectData(label, tuple(bold), tuple(masks), tuple(volumes))
+              for label, bold, masks, volumes in record["subjects"]),
         record["task"], record["space"], record["res"], tuple(record["shape"]),
         np.asarray(record["affine"], dtype=float), tuple(record["support_masks"]),
     )
