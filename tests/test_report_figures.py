@@ -189,6 +189,39 @@ def test_zoomed_views_are_equal_squares_inside_the_figure(tmp_path):
     assert all(a.x1 <= b.x0 + 0.5 for a, b in itertools.pairwise(boxes))  # side by side
 
 
+def test_zoomed_views_fill_only_the_points_near_their_slice(tmp_path):
+    """A tied plateau on the sagittal slice through the peak but 28 mm behind the coronal
+    one and 12 mm above the axial one: filled in the sagittal view, hollow in the other
+    two (nilearn drew every point filled in every view); a reference point within 6 mm of
+    all three slices is filled in all three."""
+    from matplotlib.collections import PathCollection
+
+    data = np.zeros(SHAPE, np.float32)
+    data[_ijk((12.0, -18.0, 8.0))] = 1.0
+    path = tmp_path / "map.nii.gz"
+    nb.Nifti1Image(data, AFFINE).to_filename(path)
+    tie, ref = (12.0, 10.0, 20.0), (15.0, -20.0, 6.0)
+    fig = figures.zoomed_figure(str(path), [12.0, -18.0, 8.0], [("VPL", list(ref))],
+                                vmax=1.0, threshold=0.1, ties=[list(tie)])
+    fig.canvas.draw()
+    views = sorted((ax for ax in fig.axes
+                    if np.allclose([np.diff(ax.get_xlim()), np.diff(ax.get_ylim())], 56)),
+                   key=lambda ax: ax.get_position().x0)  # sagittal, coronal, axial
+
+    def drawn(ax) -> dict[tuple[float, float], bool]:
+        """Every scattered point of the view: filled or hollow."""
+        return {tuple(np.round(xy, 3)): len(c.get_facecolor()) > 0
+                for c in ax.collections if isinstance(c, PathCollection)
+                for xy in c.get_offsets()}
+
+    for ax, (h, v), filled in zip(views, [(1, 2), (0, 2), (0, 1)], [True, False, False]):
+        points = drawn(ax)
+        assert points[(tie[h], tie[v])] is filled
+        assert points[(ref[h], ref[v])] is True
+        # and the view still shows its +-28 mm window around the peak
+        assert np.allclose([np.diff(ax.get_xlim()), np.diff(ax.get_ylim())], 56)
+
+
 def test_signed_projection_keeps_the_largest_magnitude_with_its_sign():
     data = np.zeros((2, 3, 1))
     data[0, :, 0] = [1.0, -4.0, 2.0]  # the negative wins

@@ -266,10 +266,40 @@ def stat_map_ortho(
         annotate=True, **_stat_kwargs(vmax, symmetric),
     )
     if markers is not None and len(markers):
-        display.add_markers(np.asarray(markers, float), marker_color="#2ca02c",
-                            marker_size=18, edgecolors="black", linewidths=0.5)
+        _markers_by_slice(display, np.asarray(markers, float).reshape(-1, 3),
+                          display.cut_coords, "#2ca02c", 18, 0.5)
     _colorbar_label(fig, cbar_label)
     return to_png(fig)
+
+
+#: how far (mm) from a view's slice a point is drawn as lying on it: a filled marker
+#: (and its label); a point farther away is projected onto the view as a hollow one
+SLICE_SLAB = 6.0
+
+#: (cut, its normal axis, horizontal axis, vertical axis) of nilearn's ortho views
+_ORTHO_VIEWS = (("x", 0, 1, 2), ("y", 1, 0, 2), ("z", 2, 0, 1))
+
+
+def _markers_by_slice(display, xyz: np.ndarray, cuts: Sequence[float], color: str,
+                      size: float, linewidth: float) -> None:
+    """Points on an ortho display: filled in the views whose slice lies within
+    :data:`SLICE_SLAB` mm of them, hollow (projected from farther) in the others.
+
+    nilearn's ``add_markers`` draws every point filled in every view, so a point 20 mm
+    off a sagittal slice looked as if it lay on it.
+    """
+    for cut, normal, h, v in _ORTHO_VIEWS:
+        ax = display.axes[cut].ax
+        limits = ax.get_xlim(), ax.get_ylim()
+        near = np.abs(xyz[:, normal] - float(cuts[normal])) <= SLICE_SLAB
+        if near.any():
+            ax.scatter(xyz[near, h], xyz[near, v], s=size, facecolors=color,
+                       edgecolors="black", linewidths=linewidth, zorder=5)
+        if (~near).any():
+            ax.scatter(xyz[~near, h], xyz[~near, v], s=size, facecolors="none",
+                       edgecolors=color, linewidths=2 * linewidth + 0.5, zorder=5)
+        ax.set_xlim(limits[0])  # scatter would widen the view to its points
+        ax.set_ylim(limits[1])
 
 
 def stat_map_mosaic(
@@ -313,7 +343,9 @@ def zoomed_figure(
 ) -> Figure:
     """Orthogonal slices through ``center`` zoomed to +-``radius`` mm, with the peak
     (a cross), labelled reference points (green dots) and the other plateaus tied with
-    the peak (``ties``: yellow dots numbered 2, 3, ...)."""
+    the peak (``ties``: yellow dots numbered 2, 3, ...); a point is filled (and labelled)
+    in the views whose slice passes within :data:`SLICE_SLAB` mm of it, hollow in the
+    others."""
     from nilearn import plotting
 
     _freeze()
@@ -326,12 +358,10 @@ def zoomed_figure(
     )
     refs = np.asarray([xyz for _, xyz in references], float).reshape(-1, 3)
     if len(refs):
-        display.add_markers(refs, marker_color="#2ca02c", marker_size=30, edgecolors="black",
-                            linewidths=0.6)
+        _markers_by_slice(display, refs, center, "#2ca02c", 30, 0.6)
     tied = np.asarray(ties, float).reshape(-1, 3)
     if len(tied):
-        display.add_markers(tied, marker_color=PLATEAU_COLOR, marker_size=40,
-                            edgecolors="black", linewidths=0.8)
+        _markers_by_slice(display, tied, center, PLATEAU_COLOR, 40, 0.8)
     # nilearn sizes its three views by the whole brain's extent in each (the sagittal one
     # widest) and places them again at every draw; zoomed to the same square window,
     # they become three equal squares side by side, left of the colour bar (before, the
@@ -339,16 +369,16 @@ def zoomed_figure(
     width, height = fig.get_size_inches()
     side = min(0.92 * height, 0.86 * width / 3)  # inches
     bottom = (1 - side / height) / 2
-    # (cut, horizontal axis, vertical axis) of nilearn's ortho views
-    for i, (cut, h, v) in enumerate((("x", 1, 2), ("y", 0, 2), ("z", 0, 1))):
+    for i, (cut, normal, h, v) in enumerate(_ORTHO_VIEWS):
         ax = display.axes[cut].ax
         ax.set_axes_locator(None)
         ax.set_position([0.005 + i * (side + 0.04) / width, bottom, side / width, side / height])
         ax.set_xlim(center[h] - radius, center[h] + radius)
         ax.set_ylim(center[v] - radius, center[v] + radius)
-        for (label, _), xyz in zip(references, refs):
-            near = abs(xyz[{"x": 0, "y": 1, "z": 2}[cut]] - center[{"x": 0, "y": 1, "z": 2}[cut]])
-            if near <= 6 and abs(xyz[h] - center[h]) < radius and abs(xyz[v] - center[v]) < radius:
+        for (label, _), xyz in zip(references, refs):  # labels of the points on the slice
+            near = abs(xyz[normal] - center[normal])
+            if near <= SLICE_SLAB and abs(xyz[h] - center[h]) < radius \
+                    and abs(xyz[v] - center[v]) < radius:
                 ax.annotate(label, (xyz[h], xyz[v]), xytext=(4, 4), textcoords="offset points",
                             fontsize=7, color="#145214")
         for n, xyz in enumerate(tied, start=2):

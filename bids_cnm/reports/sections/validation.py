@@ -268,6 +268,8 @@ def peak_region_blocks(ctx: ReportContext, name: str, files: list[DerivFile]) ->
                         ties=ties),
                 f"{name}: the peak at ({fmt(top['x'])}, {fmt(top['y'])}, {fmt(top['z'])}) mm "
                 f"(cross) in {network.get('desc')}, zoomed; green: the reference points. "
+                f"A point is filled in the views whose slice passes within "
+                f"{figures.SLICE_SLAB:g} mm of it, hollow in the others. "
                 f"Nearest: {top.get('nearest_reference', '?')} at "
                 f"{fmt(top.get('nearest_distance_mm'))} mm."
                 + tie_text,
