@@ -327,12 +327,17 @@ def test_int16_copy_is_the_documented_quantization():
         [centred_norm(deq[:, :30]), centred_norm(deq[:, 30:])], axis=1), rtol=3e-7)
 
 
+@pytest.mark.parametrize("threads", [1, None])
 @pytest.mark.parametrize("dropped", ["both halves", "second half only", "none"])
-def test_prepared_copy_is_each_run_zscored_with_invalid_voxels_dropped(tmp_path, dropped):
+def test_prepared_copy_is_each_run_zscored_with_invalid_voxels_dropped(tmp_path, dropped,
+                                                                       threads):
     """The float32 copy holds, for every voxel finite and varying in every run, each
     run z-scored (population SD) and the runs concatenated, in grid order; the others
-    are dropped.  Preparation standardizes the two halves of the voxels on two threads
-    and closes the gap between them, so voxels are dropped in either half, or none."""
+    are dropped.  Preparation standardizes the two halves of the voxels (on two threads
+    unless limited to one) and closes the gap between them, so voxels are dropped in
+    either half, or none."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(11)
     shape, lengths = (6, 5, 4), (17, 23)
     n_vox = int(np.prod(shape))
@@ -350,7 +355,8 @@ def test_prepared_copy_is_each_run_zscored_with_invalid_voxels_dropped(tmp_path,
         paths.append(str(tmp_path / f"run{i}.nii.gz"))
         nb.Nifti1Image(run.reshape(shape + (-1,)).astype(np.float32),
                        np.eye(4)).to_filename(paths[-1])
-    subject = open_prepared(prepare_subject(paths, [], tmp_path / "prep"))
+    with threadpool_limits(threads):
+        subject = open_prepared(prepare_subject(paths, [], tmp_path / "prep"))
 
     as_stored = [run.astype(np.float32).astype(np.float64) for run in runs]
     valid = np.ones(n_vox, bool)

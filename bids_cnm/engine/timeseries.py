@@ -175,17 +175,26 @@ def _standardize_in_halves(data, bounds, keep, sd, run_norm, norm) -> int:
 
     After the decode, preparation's only other CPU work is this pass (0.2 s of a
     GSP1000-shaped subject's 1 s); the decoder's thread has ended, so a second thread
-    halves it.  Each half compacts its kept rows to its own start; the second half's
+    halves it (when the process may use two threads: the engine's own rule, which
+    follows ``--omp-nthreads`` and the CPUs it may use).  Each half compacts its kept rows to its own start; the second half's
     are then moved down behind the first's (no move when no row of the first half was
     dropped).  Returns the number of kept rows, which are ``data[:n]`` in row order.
     """
+    from bids_cnm.engine.connectivity import _n_workers  # (it imports this module)
+
     half = data.shape[0] // 2
-    # numba releases the GIL (nogil), so the two halves run on two cores
-    with ThreadPoolExecutor(1) as pool:
-        second = pool.submit(_standardize_valid_rows, data, bounds, keep, sd, run_norm,
-                             norm, half, data.shape[0])
+    if _n_workers() < 2:  # one CPU, or --omp-nthreads 1: the two halves in turn
         n_first = _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, 0, half)
-        n_second = second.result()
+        n_second = _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, half,
+                                           data.shape[0])
+    else:
+        # numba releases the GIL (nogil), so the two halves run on two cores
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(_standardize_valid_rows, data, bounds, keep, sd, run_norm,
+                                 norm, half, data.shape[0])
+            n_first = _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, 0,
+                                              half)
+            n_second = second.result()
     if n_first < half and n_second:
         _move_rows(data, half, n_first, n_second)
         for array in (sd, run_norm, norm):
