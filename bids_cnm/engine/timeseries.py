@@ -175,10 +175,11 @@ def _standardize_in_halves(data, bounds, keep, sd, run_norm, norm) -> int:
 
     After the decode, preparation's only other CPU work is this pass (0.2 s of a
     GSP1000-shaped subject's 1 s); the decoder's thread has ended, so a second thread
-    halves it (when the process may use two threads: the engine's own rule, which
-    follows ``--omp-nthreads`` and the CPUs it may use).  Each half compacts its kept rows to its own start; the second half's
-    are then moved down behind the first's (no move when no row of the first half was
-    dropped).  Returns the number of kept rows, which are ``data[:n]`` in row order.
+    halves it, when the process may use two (the engine's rule, which follows
+    ``--omp-nthreads`` and the CPUs it may use).  Each half compacts its kept rows to
+    its own start; the second half's are then moved down behind the first's (no move
+    when no row of the first half was dropped).  Returns the number of kept rows, which
+    are ``data[:n]`` in row order.
     """
     from bids_cnm.engine.connectivity import _n_workers  # (it imports this module)
 
@@ -259,7 +260,6 @@ def _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, start,
                 ok = False
                 break
             means[r] = mean
-            # row j <= i: its sd slot holds nothing of an unread row
             sd[j, r] = np.sqrt(squares / (b - a))
         keep[i] = ok
         if not ok:
