@@ -191,3 +191,31 @@ def test_seed_weights_average_the_seed_voxels_with_data():
     np.testing.assert_allclose(dense, [[0, 0.5, 0.5, 0, 0], [0, 0, 0.5, 0, 0.5]])
     with pytest.raises(InputDataError, match="seed 'b'.*no voxel with valid data"):
         seeds.weights(np.array([1, 3]), 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_finalize_is_the_numpy_formula(dtype):
+    """The one-pass finalize gives numpy's float64 formula to the bit (then rounded to
+    ``dtype``), through rounding-negative sums of squares, zero spread and NaN."""
+    rng = np.random.default_rng(5)
+    shape, n = (300, 7), 12
+    sum_r = rng.normal(0, 3, shape)
+    mean_z = rng.normal(0, 0.3, shape)
+    m2_z = rng.gamma(2.0, 0.5, shape)
+    m2_z[0, :3] = [-1e-18, 0.0, 0.0]  # rounding below zero; no spread at all
+    mean_z[0, 2] = 0.0  # no spread and a zero mean
+    m2_z[1, 0], mean_z[1, 1] = np.nan, np.nan
+    m2_z[2, 0], mean_z[2, 0] = 0.0, np.nan  # a zero SD beside a NaN mean
+    stats = connectivity.RunningStats(n, sum_r, mean_z, m2_z)
+    got = stats.finalize(dtype)
+
+    sd = np.sqrt(np.maximum(m2_z, 0.0) / (n - 1))
+    undefined = sd <= 1e-12 * np.abs(mean_z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean_z / (sd / np.sqrt(n))
+    t[undefined] = np.nan
+    np.testing.assert_array_equal(got["undefined"], undefined)
+    for name, want in (("r", sum_r / n), ("z", mean_z), ("t", t)):
+        assert got[name].dtype == dtype
+        np.testing.assert_array_equal(got[name], want.astype(dtype))
+    assert got["undefined"][0, :3].tolist() == [True, True, True]

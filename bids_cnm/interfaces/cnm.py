@@ -372,7 +372,7 @@ class ReduceConnectivity(SimpleInterface):
         stats = load(0)
         for b in range(1, len(self.inputs.stats)):
             stats.merge(load(b))
-        final = stats.finalize()
+        final = stats.finalize(np.float32)
         if final["undefined"].any():
             LOGGER.info("group level: t undefined (z equal in every subject) at %d voxel(s) "
                         "of %d seed(s); NaN in the t-maps", int(final["undefined"].sum()),
@@ -380,9 +380,9 @@ class ReduceConnectivity(SimpleInterface):
         results = GroupResults(
             seeds=load_seeds(self.inputs.seeds),
             voxels=voxels,
-            r=final["r"].astype(np.float32),
-            z=final["z"].astype(np.float32),
-            t=final["t"].astype(np.float32),
+            r=final["r"],
+            z=final["z"],
+            t=final["t"],
             n_subjects=stats.n,
             subjects=list(self.inputs.subjects),
         )
