@@ -328,7 +328,8 @@ def test_int16_copy_is_the_documented_quantization():
 
 
 @pytest.mark.parametrize("threads", [1, None])
-@pytest.mark.parametrize("dropped", ["both halves", "second half only", "none"])
+@pytest.mark.parametrize("dropped", ["both halves", "first half only", "second half only",
+                                     "none"])
 def test_prepared_copy_is_each_run_zscored_with_invalid_voxels_dropped(tmp_path, dropped,
                                                                        threads):
     """The float32 copy holds, for every voxel finite and varying in every run, each
@@ -342,7 +343,8 @@ def test_prepared_copy_is_each_run_zscored_with_invalid_voxels_dropped(tmp_path,
     shape, lengths = (6, 5, 4), (17, 23)
     n_vox = int(np.prod(shape))
     runs = [raw_subject(rng, n_vox, n) for n in lengths]
-    bad = {"both halves": [3, 40, 70, 101], "second half only": [65, 100], "none": []}[dropped]
+    bad = {"both halves": [3, 40, 70, 101], "first half only": [3, 40, 50, 59],
+           "second half only": [65, 100], "none": []}[dropped]
     for k, v in enumerate(bad):  # a NaN, an infinity, a constant run, a constant run
         if k % 4 == 0:
             runs[0][v, 5] = np.nan

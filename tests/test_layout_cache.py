@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from bids import BIDSLayout
 from conftest import write_tiny_connectome
 
@@ -174,6 +175,7 @@ def test_the_masks_intersection_is_saved_and_follows_the_masks(tmp_path):
     import nibabel as nb
     import numpy as np
 
+    from bids_cnm.io import connectome as connectome_module
     from bids_cnm.io.connectome import support_mask
 
     root = write_tiny_connectome(tmp_path / "connectome", n_subjects=3)
@@ -184,7 +186,17 @@ def test_the_masks_intersection_is_saved_and_follows_the_masks(tmp_path):
     np.testing.assert_array_equal(support_mask(connectome, saved), want)
     [file] = saved.iterdir()
     np.testing.assert_array_equal(np.load(file), want)
+
+    def no_masks(connectome):
+        raise AssertionError("the masks were read")
+
+    with pytest.MonkeyPatch.context() as patch:  # read back, no mask opened
+        patch.setattr(connectome_module, "_intersect_masks", no_masks)
+        np.testing.assert_array_equal(support_mask(connectome, saved), want)
+    # a truncated file (a crash before the data reached the disk) is computed again
+    file.write_bytes(b"")
     np.testing.assert_array_equal(support_mask(connectome, saved), want)
+    np.testing.assert_array_equal(np.load(file), want)
     # a mask rewritten with one voxel fewer
     first = connectome.support_masks[0]
     img = nb.load(first)

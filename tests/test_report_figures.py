@@ -190,8 +190,8 @@ def test_zoomed_views_are_equal_squares_inside_the_figure(tmp_path):
 
 
 def test_zoomed_views_fill_only_the_points_near_their_slice(tmp_path):
-    """A tied plateau on the sagittal slice through the peak but 28 mm behind the coronal
-    one and 12 mm above the axial one: filled in the sagittal view, hollow in the other
+    """A tied plateau on the sagittal slice through the peak but 24 mm in front of the
+    coronal one and 12 mm above the axial one: filled in the sagittal view, hollow in the other
     two (nilearn drew every point filled in every view); a reference point within 6 mm of
     all three slices is filled in all three."""
     from matplotlib.collections import PathCollection
@@ -200,7 +200,7 @@ def test_zoomed_views_fill_only_the_points_near_their_slice(tmp_path):
     data[_ijk((12.0, -18.0, 8.0))] = 1.0
     path = tmp_path / "map.nii.gz"
     nb.Nifti1Image(data, AFFINE).to_filename(path)
-    tie, ref = (12.0, 10.0, 20.0), (15.0, -20.0, 6.0)
+    tie, ref = (12.0, 6.0, 20.0), (15.0, -20.0, 6.0)
     fig = figures.zoomed_figure(str(path), [12.0, -18.0, 8.0], [("VPL", list(ref))],
                                 vmax=1.0, threshold=0.1, ties=[list(tie)])
     fig.canvas.draw()
@@ -218,6 +218,9 @@ def test_zoomed_views_fill_only_the_points_near_their_slice(tmp_path):
         points = drawn(ax)
         assert points[(tie[h], tie[v])] is filled
         assert points[(ref[h], ref[v])] is True
+        # the tie's number (2) and the reference's label only where they are filled
+        labels = {t.get_text() for t in ax.texts}
+        assert ("2" in labels) is filled and "VPL" in labels
         # and the view still shows its +-28 mm window around the peak
         assert np.allclose([np.diff(ax.get_xlim()), np.diff(ax.get_ylim())], 56)
 

@@ -728,9 +728,11 @@ _UNDEFINED_SPREAD = 1e-12
 # where numba's default would raise
 @njit(nogil=True, cache=True, error_model="numpy")
 def _finalize(sum_r, mean_z, m2_z, n, spread, r, z, t, undefined):  # pragma: no cover - numba
-    """:meth:`RunningStats.finalize` in one pass: numpy's float64 operations in its order,
-    element by element (numpy made five float64 temporaries of the maps' size, a second
-    of work per 14 million values on the benchmark VM)."""
+    """:meth:`RunningStats.finalize` in one pass over the maps.
+
+    numpy's float64 operations in its order, element by element; numpy made five float64
+    temporaries of the maps' size (a second per 14 million values on the benchmark VM).
+    """
     root_n = np.sqrt(np.float64(n))
     for i in range(mean_z.shape[0]):
         for j in range(mean_z.shape[1]):

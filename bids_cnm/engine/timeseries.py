@@ -181,7 +181,7 @@ def _standardize_in_halves(data, bounds, keep, sd, run_norm, norm) -> int:
     when no row of the first half was dropped).  Returns the number of kept rows, which
     are ``data[:n]`` in row order.
     """
-    from bids_cnm.engine.connectivity import _n_workers  # (it imports this module)
+    from bids_cnm.engine.connectivity import _n_workers  # here: a circular import
 
     half = data.shape[0] // 2
     if _n_workers() < 2:  # one CPU, or --omp-nthreads 1: the two halves in turn
@@ -222,7 +222,7 @@ def _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, start,
     """Standardize every run of the rows that are finite and vary in every run.
 
     Rows ``start:stop`` are read; row ``i`` kept is written, standardized, to row
-    ``j = start + `` its rank among the kept rows (so ``j <= i`` and compaction in
+    ``j``, ``start`` plus its rank among the kept rows (so ``j <= i`` and compaction in
     place never overwrites an unread row); ``sd``, ``run_norm`` and ``norm`` get row
     ``j`` too, and ``keep[i]`` says whether row ``i`` was kept.  The arithmetic is the
     reference's (:func:`_standardize` then :func:`_centred_norm`): float32 values,

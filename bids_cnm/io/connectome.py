@@ -394,25 +394,51 @@ def support_mask(connectome: Connectome, cache_dir: Path | None = None) -> np.nd
     if cache_dir is not None:
         from bids_cnm.io.stamps import digest, stat_row
 
-        key = digest([[stat_row(p, p) for p in connectome.support_masks],
+        key = digest([_SUPPORT_FORMAT, [stat_row(p, p) for p in connectome.support_masks],
                       list(connectome.shape), connectome.affine.tolist()], 20)
         saved = Path(cache_dir) / f"{key}.npy"
-        try:
-            support = np.load(saved, allow_pickle=False)
-            if support.shape == connectome.shape and support.dtype == bool:
-                return support
-        except (OSError, ValueError):  # not saved yet, or unreadable: compute it
-            pass
+        support = _load_support(saved, connectome.shape)
+        if support is not None:
+            return support
     support = _intersect_masks(connectome)
     if saved is not None:
-        try:  # atomic: a job reading it meanwhile finds a whole file or none
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            partial = saved.with_name(f".{saved.stem}.{os.getpid()}.npy")
-            np.save(partial, support, allow_pickle=False)
-            os.replace(partial, saved)
-        except OSError as exc:  # e.g. a read-only work folder: nothing saved
-            LOGGER.debug("support mask not saved (%s)", exc)
+        _save_support(saved, support)
     return support
+
+
+#: version of the rule :func:`_intersect_masks` follows, part of a saved mask's key
+_SUPPORT_FORMAT = 1
+
+
+def _load_support(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A saved support mask, or ``None`` (never saved, or unreadable: then removed)."""
+    try:
+        support = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: compute again
+        LOGGER.debug("support mask %s unreadable (%s); computing it again", path, exc)
+        path.unlink(missing_ok=True)
+        return None
+    return support if support.shape == tuple(shape) and support.dtype == bool else None
+
+
+def _save_support(path: Path, support: np.ndarray) -> None:
+    """Save atomically: a job reading it meanwhile finds a whole file or none."""
+    import tempfile
+
+    partial = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy",
+                                           dir=path.parent)
+        with os.fdopen(handle, "wb") as f:
+            np.save(f, support, allow_pickle=False)
+        os.replace(partial, path)
+    except OSError as exc:  # e.g. a read-only work folder: nothing saved
+        LOGGER.debug("support mask not saved (%s)", exc)
+        if partial is not None:
+            Path(partial).unlink(missing_ok=True)
 
 
 def _intersect_masks(connectome: Connectome) -> np.ndarray:

@@ -11,7 +11,7 @@ record (``logs/bids_cnm_run.json``)::
 
 - ``request``: a digest of every option of the run (paths resolved) and the version,
   but those that only change how it executes (:data:`EXECUTION_ONLY`: verbosity,
-  processes, memory, plugin);
+  threads, memory, plugin);
 - ``inputs``: for each input (the connectome's folder, the coordinate table, the
   relocation mask, the second connectome, the plugin configuration, the analysis
   plan and every file it names, listed in ``plan_files``), a digest of the path,
@@ -76,10 +76,11 @@ class Verdict:
     outputs_changed: bool = False
 
 
-#: options that change how a run executes and what it logs, never a byte of its outputs:
-#: the same analysis asked for with more log lines or on other cores is verified, not
-#: run again (``--batch-size`` stays in: batches merge sums in another order)
-EXECUTION_ONLY = frozenset({"verbosity", "nprocs", "mem_gb", "omp_nthreads", "nipype_plugin",
+#: options that change how a run executes and what it logs, never a value of its maps:
+#: the same analysis asked for with more log lines, threads or memory is verified, not
+#: run again.  ``--nprocs`` and ``--batch-size`` stay in: they set the batches, which
+#: merge the sums in another order (the last bits of a map may change)
+EXECUTION_ONLY = frozenset({"verbosity", "mem_gb", "omp_nthreads", "nipype_plugin",
                             "stop_on_first_crash"})
 
 
@@ -88,8 +89,8 @@ def request_digest(config: Config) -> str:
 
     Every option but the :data:`EXECUTION_ONLY` ones, and not the options as typed
     (``extra``): each is one of the parsed settings, or an execution-only one.  A verified
-    run writes nothing, so ``logs/bids_cnm.toml`` keeps the options of the run that wrote
-    the outputs.
+    run writes nothing, so ``logs/bids_cnm.toml`` and the report keep the command of the
+    run that wrote the outputs.
     """
     options = {k: v for k, v in config.to_dict().items()
                if k not in EXECUTION_ONLY and k != "extra"}

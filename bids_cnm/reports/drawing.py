@@ -95,10 +95,9 @@ def _prepare_nilearn() -> None:
 
 
 def _serve(conn: Connection) -> None:
-    """A worker process: draw each list of jobs received, send each result back in
-    turn, until ``None``.
+    """A worker process: draw the jobs of each list received, until ``None``.
 
-    It also ends when its parent does (killed, say, by a job's time limit): the forked
+    Each result is sent back in turn.  It also ends when its parent does (killed, say, by a job's time limit): the forked
     worker holds a copy of the parent's end of its own pipe (and of the pipes made before
     it), so the parent's death alone never ends ``recv``.
     """
@@ -162,11 +161,12 @@ class _Worker:
 
 def _hand_out(worker: _Worker, ks: Sequence[int], figures: Sequence[Figure],
               results: list[Result | None]) -> None:
-    """Send figures ``ks`` to ``worker``; a job that cannot be pickled is drawn here."""
+    """Send figures ``ks`` to ``worker``; those that cannot reach it are drawn here."""
     try:
         worker.send(ks, figures)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        # a job holding a lambda or a local function, say: it cannot reach a process
+    except (pickle.PicklingError, AttributeError, TypeError, OSError):
+        # a job holding a lambda or a local function, say, or a process that died
+        # while idle (its pipe is closed)
         for k in ks:
             results[k] = _draw(figures[k].job)
 

@@ -375,15 +375,20 @@ def zoomed_figure(
         ax.set_position([0.005 + i * (side + 0.04) / width, bottom, side / width, side / height])
         ax.set_xlim(center[h] - radius, center[h] + radius)
         ax.set_ylim(center[v] - radius, center[v] + radius)
-        for (label, _), xyz in zip(references, refs):  # labels of the points on the slice
-            near = abs(xyz[normal] - center[normal])
-            if near <= SLICE_SLAB and abs(xyz[h] - center[h]) < radius \
-                    and abs(xyz[v] - center[v]) < radius:
+        def on_slice(xyz: np.ndarray) -> bool:  # near the slice and inside the window
+            return bool(abs(xyz[normal] - center[normal]) <= SLICE_SLAB
+                        and abs(xyz[h] - center[h]) < radius
+                        and abs(xyz[v] - center[v]) < radius)
+
+        for (label, _), xyz in zip(references, refs):
+            if on_slice(xyz):
                 ax.annotate(label, (xyz[h], xyz[v]), xytext=(4, 4), textcoords="offset points",
                             fontsize=7, color="#145214")
         for n, xyz in enumerate(tied, start=2):
-            ax.annotate(str(n), (xyz[h], xyz[v]), xytext=(4, -9), textcoords="offset points",
-                        fontsize=7, fontweight="bold", color="black")
+            if on_slice(xyz):
+                ax.annotate(str(n), (xyz[h], xyz[v]), xytext=(4, -9),
+                            textcoords="offset points", fontsize=7, fontweight="bold",
+                            color="black")
         # inside the view: zoomed, the sagittal view is taller than the figure and a title
         # above it was cut off
         ax.text(0.03, 0.97, {"x": f"x = {center[0]:g}", "y": f"y = {center[1]:g}",
