@@ -219,3 +219,29 @@ def test_finalize_is_the_numpy_formula(dtype):
         assert got[name].dtype == dtype
         np.testing.assert_array_equal(got[name], want.astype(dtype))
     assert got["undefined"][0, :3].tolist() == [True, True, True]
+
+
+def test_saved_moments_round_trip_and_older_files_load(tmp_path):
+    """Moments saved as a mapped .npy (and the subject count beside it) come back equal;
+    merging into the loaded copy leaves the file as written; sums saved by np.savez in a
+    work folder of an earlier version still load."""
+    rng = np.random.default_rng(9)
+    parts = [connectivity.RunningStats(n, rng.normal(size=(40, 3)), rng.normal(size=(40, 3)),
+                                       rng.gamma(2.0, size=(40, 3))) for n in (4, 7)]
+    path = parts[0].save(tmp_path / "stats.npy")
+    written = path.read_bytes()
+    loaded = connectivity.RunningStats.load(path)
+    assert loaded.n == 4
+    for name in ("sum_r", "mean_z", "m2_z"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(parts[0], name))
+    merged = loaded.merge(connectivity.RunningStats.load(parts[1].save(tmp_path / "b.npy")))
+    assert merged.n == 11 and path.read_bytes() == written
+    # Chan's merge of the two, written out here from its definition
+    n_a, n_b = 4, 7
+    delta = parts[1].mean_z - parts[0].mean_z
+    np.testing.assert_allclose(merged.mean_z, parts[0].mean_z + delta * n_b / 11)
+    np.testing.assert_allclose(merged.m2_z, parts[0].m2_z + parts[1].m2_z
+                               + delta ** 2 * n_a * n_b / 11)
+    older = tmp_path / "old.npz"
+    np.savez(older, n=4, sum_r=parts[0].sum_r, mean_z=parts[0].mean_z, m2_z=parts[0].m2_z)
+    np.testing.assert_array_equal(connectivity.RunningStats.load(older).m2_z, parts[0].m2_z)

@@ -83,7 +83,7 @@ def test_one_voxel_seed_1000_subjects_in_batches(tmp_path):
     for other in batches[1:]:
         total.merge(other)
     # batches saved and read back, as the group level does
-    total = connectivity.RunningStats.load(total.save(tmp_path / "stats.npz"))
+    total = connectivity.RunningStats.load(total.save(tmp_path / "stats.npy"))
     ours = total.finalize()
 
     assert total.n == 1000

@@ -37,6 +37,7 @@ own GEMM, memory and element-wise rates.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import mmap
@@ -815,21 +816,42 @@ class RunningStats:
         return RunningStats(self.n, self.sum_r[rows], self.mean_z[rows], self.m2_z[rows])
 
     def save(self, path: str | Path) -> Path:
-        """Write the moments to an ``.npz`` file."""
+        """Write the moments to ``path``, an ``.npy`` file that :meth:`load` maps.
+
+        The file holds ``sum_r``, ``mean_z`` and ``m2_z`` stacked, ``(3, V, K)`` float64,
+        written one after the other (no stacked copy); the number of subjects goes to
+        the ``.json`` file beside it.  Not ``np.savez``: a zip member is read back into
+        new memory after its checksum, 0.8 s for 200 seeds' sums in the reduce step,
+        where a mapped ``.npy`` costs nothing until its pages are read.
+        """
         path = Path(path)
-        np.savez(path, n=self.n, sum_r=self.sum_r, mean_z=self.mean_z, m2_z=self.m2_z)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)),
+                  "fortran_order": False, "shape": (3, *self.sum_r.shape)}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for array in (self.sum_r, self.mean_z, self.m2_z):  # C-contiguous (post_init)
+                f.write(memoryview(array).cast("B"))
+        path.with_suffix(".json").write_text(json.dumps({"n": self.n}))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> RunningStats:
-        """Read moments written by :meth:`save`.
+        """Read moments written by :meth:`save` (mapped copy-on-write: merging into them
+        changes this process's pages only), or by ``np.savez`` before it.
 
         Raises
         ------
         ValueError
             For sums written by an older version (plain sums of z and z²).
         """
-        with np.load(path) as f:
+        path = Path(path)
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        if not zipped:
+            stacked = np.load(path, mmap_mode="c")
+            n = json.loads(path.with_suffix(".json").read_text())["n"]
+            return cls(int(n), stacked[0], stacked[1], stacked[2])
+        with np.load(path) as f:  # written by np.savez (a work folder of 2026-11)
             if "m2_z" not in f:
                 raise ValueError(
                     f"{path}: running sums of an older bids_cnm version; delete the work "

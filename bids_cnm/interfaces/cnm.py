@@ -180,7 +180,7 @@ class _AccumulateInputSpec(_BatchInputSpec):
 
 
 class _AccumulateOutputSpec(TraitedSpec):
-    stats = File(exists=True, desc="running sums (.npz)")
+    stats = File(exists=True, desc="running sums (.npy; the subject count in the .json beside it)")
     node_values = File(desc="per-subject node values (.npy; only with nodes)")
     degree = File(desc="degree sums (.npz; only with degree_sample)")
 
@@ -217,7 +217,7 @@ class AccumulateConnectivity(SimpleInterface):
                     "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
                     self.inputs.batch, i, n, elapsed / i, elapsed / i * (n - i),
                 )
-        out = Path(runtime.cwd) / "stats.npz"
+        out = Path(runtime.cwd) / "stats.npy"
         stats.save(out)
         self._results["stats"] = str(out)
         if nodes is not None:
@@ -275,7 +275,7 @@ class StreamConnectivity(SimpleInterface):
                 progress=progress,
             )
         cwd = Path(runtime.cwd)
-        self._results["stats"] = str(sums.stats.save(cwd / "stats.npz"))
+        self._results["stats"] = str(sums.stats.save(cwd / "stats.npy"))
         np.save(cwd / "voxels.npy", sums.voxels)
         self._results["voxels"] = str(cwd / "voxels.npy")
         mask = np.zeros(int(np.prod(grid.shape[:3])), dtype=np.uint8)
@@ -328,7 +328,7 @@ class AccumulateFromMaps(SimpleInterface):
             stats.add_block(slice(None), r, z)
             stats.n += 1
             LOGGER.info("read participant maps of subject %d/%d", s + 1, len(files) // k)
-        out = Path(runtime.cwd) / "stats.npz"
+        out = Path(runtime.cwd) / "stats.npy"
         stats.save(out)
         self._results["stats"] = str(out)
         if nodes is not None:
