@@ -171,7 +171,8 @@ def _load_standardized(bold_paths, mask_paths, scratch: Scratch | None = None):
 
 
 def _standardize_in_halves(data, bounds, keep, sd, run_norm, norm) -> int:
-    """:func:`_standardize_valid_rows` on two threads, one per half of the rows.
+    """:func:`_standardize_valid_rows` on two threads, one per half of the rows (on one,
+    when the process may use only one thread: one pass over all rows).
 
     After the decode, preparation's only other CPU work is this pass (0.2 s of a
     GSP1000-shaped subject's 1 s); the decoder's thread has ended, so a second thread
@@ -183,19 +184,16 @@ def _standardize_in_halves(data, bounds, keep, sd, run_norm, norm) -> int:
     """
     from bids_cnm.engine.connectivity import _n_workers  # here: a circular import
 
+    if _n_workers() < 2:  # one CPU, or --omp-nthreads 1: one pass, no gap to close
+        return _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, 0,
+                                       data.shape[0])
     half = data.shape[0] // 2
-    if _n_workers() < 2:  # one CPU, or --omp-nthreads 1: the two halves in turn
+    # numba releases the GIL (nogil), so the two halves run on two cores
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(_standardize_valid_rows, data, bounds, keep, sd, run_norm,
+                             norm, half, data.shape[0])
         n_first = _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, 0, half)
-        n_second = _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, half,
-                                           data.shape[0])
-    else:
-        # numba releases the GIL (nogil), so the two halves run on two cores
-        with ThreadPoolExecutor(1) as pool:
-            second = pool.submit(_standardize_valid_rows, data, bounds, keep, sd, run_norm,
-                                 norm, half, data.shape[0])
-            n_first = _standardize_valid_rows(data, bounds, keep, sd, run_norm, norm, 0,
-                                              half)
-            n_second = second.result()
+        n_second = second.result()
     if n_first < half and n_second:
         _move_rows(data, half, n_first, n_second)
         for array in (sd, run_norm, norm):

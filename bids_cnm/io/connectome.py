@@ -9,7 +9,6 @@ dataset (pybids' database, when one is kept, lives in the work directory).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from bids_cnm.errors import (
     InputDataError,
     MissingInputError,
     NoMatchError,
+    OutputError,
     UsageError,
     where,
 )
@@ -425,20 +425,16 @@ def _load_support(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 def _save_support(path: Path, support: np.ndarray) -> None:
     """Save atomically: a job reading it meanwhile finds a whole file or none."""
-    import tempfile
+    from bids_cnm.io.derivatives import _atomic_write
 
-    partial = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy",
-                                           dir=path.parent)
-        with os.fdopen(handle, "wb") as f:
+    def write(fd: int, name: str) -> None:  # by name: np.save of a path adds ".npy"
+        with open(name, "wb") as f:
             np.save(f, support, allow_pickle=False)
-        os.replace(partial, path)
-    except OSError as exc:  # e.g. a read-only work folder: nothing saved
+
+    try:
+        _atomic_write(path, write)
+    except (OSError, OutputError) as exc:  # e.g. a read-only work folder: nothing saved
         LOGGER.debug("support mask not saved (%s)", exc)
-        if partial is not None:
-            Path(partial).unlink(missing_ok=True)
 
 
 def _intersect_masks(connectome: Connectome) -> np.ndarray:
