@@ -99,9 +99,16 @@ def test_warm_and_repeated_multiproc_runs_give_the_same_maps(group_run, tiny_con
     ref, ref_work = group_run
     out, work = tmp_path / "out", tmp_path / "work"
     shutil.copytree(ref_work / "prepared", work / "prepared")
+    # each subject's share of the degree map was saved with its prepared copy; the warm
+    # run reads it (the degree outputs below are the same) and does not write it again
+    subjects = [p for p in (work / "prepared").iterdir() if p.is_dir()]
+    shares = {p: p.stat().st_mtime_ns for p in (work / "prepared").glob("*/degree-*.npy")}
+    assert subjects and sorted(p.parent for p in shares) == sorted(subjects)
     command = [tiny_connectome, out, "group", "--coordinates", tiny_coordinates, "-w", work,
                "--nprocs", "2"]
     assert run_cli(*command) == 0
+    after = {p: p.stat().st_mtime_ns for p in (work / "prepared").glob("*/degree-*.npy")}
+    assert after == shares
     files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.suffix in (".gz", ".tsv"))
     assert files and files == sorted(p.relative_to(out) for p in out.rglob("*")
                                      if p.suffix in (".gz", ".tsv"))

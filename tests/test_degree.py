@@ -170,3 +170,72 @@ def test_degree_sample_is_grey_matter_seeded_and_sized():
     p = ndimage.map_coordinates(np.asarray(template.dataobj, float),
                                 (mm @ inv[:3, :3].T + inv[:3, 3]).T, order=1)
     assert (p >= 0.5).all()
+
+
+def test_saved_share_is_read_back_instead_of_computed(tmp_path, monkeypatch):
+    """With ``keep``, each subject's share is saved in its prepared folder; a later run
+    with the same voxels and sample reads it (the kernel is not called) and gets the
+    same bits as computing it; another sample, a truncated file or a read-only folder
+    computes it."""
+    import bids_cnm.engine.degree as engine_degree
+
+    rng = np.random.default_rng(5)
+    subjects = []
+    for s in range(2):
+        path = tmp_path / f"bold{s}.nii.gz"
+        write_bold(path, rng)
+        subjects.append(open_prepared(prepare_subject([str(path)], [], tmp_path / f"p{s}")))
+    targets = np.sort(rng.choice(np.prod(SHAPE), 150, replace=False))
+    sample = np.sort(rng.choice(targets, 25, replace=False))
+
+    plain, kept = DegreeSums.zeros(targets, sample), DegreeSums.zeros(targets, sample)
+    for subject in subjects:
+        plain.add(subject)
+        kept.add(subject, keep=True)
+    np.testing.assert_array_equal(kept.total, plain.total)  # bit for bit
+    names = {p.name for s in subjects for p in s.path.glob("degree-*.npy")}
+    assert names == {engine_degree.share_name(targets, sample, "average")}
+
+    calls = []
+    real = engine_degree.add_degree
+    monkeypatch.setattr(engine_degree, "add_degree",
+                        lambda *a, **k: (calls.append(1), real(*a, **k)))
+    again = DegreeSums.zeros(targets, sample)
+    for subject in subjects:
+        again.add(subject, keep=True)
+    assert calls == []
+    np.testing.assert_array_equal(again.total, plain.total)
+
+    # another sample or run convention: another file, computed
+    other = np.sort(rng.choice(targets, 20, replace=False))
+    DegreeSums.zeros(targets, other).add(subjects[0], keep=True)
+    DegreeSums.zeros(targets, sample).add(subjects[0], runs="concatenate", keep=True)
+    assert len(calls) == 2 and len(list(subjects[0].path.glob("degree-*.npy"))) == 3
+
+    # a truncated file is computed again and replaced
+    saved = subjects[1].path / engine_degree.share_name(targets, sample, "average")
+    saved.write_bytes(saved.read_bytes()[:100])
+    fixed = DegreeSums.zeros(targets, sample)
+    fixed.add(subjects[1], keep=True)
+    assert len(calls) == 3
+    np.testing.assert_array_equal(np.load(saved), fixed.total)
+
+
+def test_a_share_that_cannot_be_saved_is_computed_and_the_run_goes_on(tmp_path):
+    """Saving fails for real (a folder stands where the file goes, as root too): the
+    sums are computed and nothing is written."""
+    import bids_cnm.engine.degree as engine_degree
+
+    path = tmp_path / "bold.nii.gz"
+    write_bold(path, np.random.default_rng(6))
+    subject = open_prepared(prepare_subject([str(path)], [], tmp_path / "p"))
+    targets = np.arange(np.prod(SHAPE))
+    sample = targets[::9]
+    blocked = subject.path / engine_degree.share_name(targets, sample, "average")
+    blocked.mkdir()
+    sums, reference = DegreeSums.zeros(targets, sample), DegreeSums.zeros(targets, sample)
+    sums.add(subject, keep=True)
+    reference.add(subject)
+    np.testing.assert_array_equal(sums.total, reference.total)
+    assert blocked.is_dir() and not list(blocked.iterdir())
+    assert sorted(p.name for p in subject.path.iterdir() if p.name.startswith(".")) == []

@@ -12,10 +12,20 @@ takes the Fisher z of the ``S`` correlations (clipped to ±R_MAX as the seeds' a
 and adds their mean absolute value to one float64 sum per voxel: the memory is
 ``V`` values, not ``V × S``.  A sample voxel's correlation with itself is left out
 of its own mean (it would add ``arctanh(R_MAX)/S`` to the sample voxels only).
+
+The degree map depends on the connectome, the analysis mask and the sample, not on
+the seeds.  Its cost (an ``S``-seed product per subject: with the default 300 samples
+several times the cost of tens of seeds) is paid once per prepared subject: each
+subject's share of the sums is saved in its prepared folder
+(:meth:`DegreeSums.add` with ``keep``) and read back by later runs with the same mask
+and sample, whatever their seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +34,12 @@ from numba import njit
 
 from bids_cnm.engine.connectivity import R_MAX, _atanh, _for_all_blocks, rows_of
 from bids_cnm.engine.timeseries import PreparedSubject
+
+LOGGER = logging.getLogger("bids_cnm")
+
+#: version of what a saved subject share holds and how it is computed (part of its
+#: file name: a new version is computed again beside the old files)
+SHARE_FORMAT = 1
 
 # The row sums are reductions: without leave to reassociate them LLVM keeps the
 # additions in order and the loop runs one element at a time (~23 ns per element
@@ -165,7 +181,7 @@ class DegreeSums:
         return cls(voxels, sample, 0, np.zeros(len(voxels)))
 
     def add(self, subject: PreparedSubject, rows: np.ndarray | None = None,
-            runs: str = "average") -> None:
+            runs: str = "average", keep: bool = False) -> None:
         """Add one subject.
 
         Parameters
@@ -177,6 +193,36 @@ class DegreeSums:
         runs : {'average', 'concatenate'}
             Several runs: |mean of the run-wise z| (the seeds' convention by default),
             or |z| of one correlation over the concatenated runs.
+        keep : bool
+            ``subject`` is a prepared folder of the work directory: read its share
+            from there when an earlier run saved it for these voxels, sample and
+            ``runs`` (see :func:`share_name`), else compute it and save it there.
+            The sums are the same bits either way: the share is computed alone and
+            then added, as it is without ``keep``.
+        """
+        share = None
+        saved = Path(subject.path) / share_name(self.voxels, self.sample, runs) if keep else None
+        if saved is not None:
+            share = _load_share(saved, len(self.voxels))
+        if share is None:
+            share = self.share(subject, rows, runs)
+            if saved is not None:
+                _save_share(saved, share)
+        self.total += share
+        self.n += 1
+
+    def share(self, subject: PreparedSubject, rows: np.ndarray | None = None,
+              runs: str = "average") -> np.ndarray:
+        """One subject's addition to :attr:`total` (its mean |z| to the sample per voxel).
+
+        Parameters
+        ----------
+        subject, rows, runs
+            See :meth:`add`.
+
+        Returns
+        -------
+        ndarray of float64, shape (V,)
         """
         if rows is None:
             rows = rows_of(subject.voxels, self.voxels)
@@ -184,8 +230,9 @@ class DegreeSums:
         positions = np.searchsorted(self.voxels, self.sample)  # sample within the targets
         self_col = np.full(len(self.voxels), -1, dtype=np.int64)
         self_col[positions] = np.arange(len(self.sample))
-        add_degree(self.total, subject, rows, target[positions], self_col, runs)
-        self.n += 1
+        share = np.zeros(len(self.voxels))
+        add_degree(share, subject, rows, target[positions], self_col, runs)
+        return share
 
     def restrict(self, voxels: np.ndarray) -> DegreeSums:
         """The sums over ``voxels`` only (a subset of :attr:`voxels`; itself when equal)."""
@@ -220,3 +267,46 @@ class DegreeSums:
         """Read sums written by :meth:`save`."""
         with np.load(path) as f:
             return cls(f["voxels"], f["sample"], int(f["n"]), f["total"])
+
+
+def share_name(voxels: np.ndarray, sample: np.ndarray, runs: str) -> str:
+    """File name of a subject's saved share: a digest of what it depends on besides the data.
+
+    The targets, the sample, the run convention, the clipping of r and
+    :data:`SHARE_FORMAT`.  The subject's data are those of the prepared folder it is
+    saved in (a rebuilt folder starts empty).
+    """
+    digest = hashlib.sha256(json.dumps([SHARE_FORMAT, float(R_MAX), runs]).encode())
+    for array in (voxels, sample):
+        digest.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        digest.update(b"|")
+    return f"degree-{digest.hexdigest()[:16]}.npy"
+
+
+def _load_share(path: Path, n_voxels: int) -> np.ndarray | None:
+    """A saved share, or ``None`` (never saved, or unreadable: computed again)."""
+    try:
+        share = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: compute again
+        LOGGER.debug("degree share %s unreadable (%s); computing it again", path, exc)
+        return None
+    if share.shape != (n_voxels,) or share.dtype != np.float64:
+        return None
+    return share
+
+
+def _save_share(path: Path, share: np.ndarray) -> None:
+    """Save atomically; a folder that cannot be written (read-only) keeps nothing."""
+    from bids_cnm.errors import OutputError
+    from bids_cnm.io.derivatives import _atomic_write
+
+    def write(fd: int, name: str) -> None:  # by name: np.save of a path adds ".npy"
+        with open(name, "wb") as f:
+            np.save(f, share, allow_pickle=False)
+
+    try:
+        _atomic_write(path, write)
+    except (OSError, OutputError) as exc:
+        LOGGER.debug("degree share not saved (%s)", exc)

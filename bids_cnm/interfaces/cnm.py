@@ -211,7 +211,9 @@ class AccumulateConnectivity(SimpleInterface):
                 if nodes is not None:
                     values.append(node_zvalues(subject, seeds, nodes, *options))
                 if degree is not None:  # the same subject, still in the page cache
-                    degree.add(subject, rows, self.inputs.run_combination)
+                    # its share depends on the connectome, not the seeds: saved with the
+                    # prepared copy, later runs read it instead of the S-seed product
+                    degree.add(subject, rows, self.inputs.run_combination, keep=True)
                 elapsed = time.perf_counter() - start
                 LOGGER.info(
                     "%s: subject %d/%d, %.2f s/subject, about %.0f s left",
