@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +33,6 @@ from numba import njit
 
 from bids_cnm.engine.connectivity import R_MAX, _atanh, _for_all_blocks, rows_of
 from bids_cnm.engine.timeseries import PreparedSubject
-
-LOGGER = logging.getLogger("bids_cnm")
 
 #: version of what a saved subject share holds and how it is computed (part of its
 #: file name: a new version is computed again beside the old files)
@@ -200,14 +197,16 @@ class DegreeSums:
             The sums are the same bits either way: the share is computed alone and
             then added, as it is without ``keep``.
         """
+        from bids_cnm.io.saved_arrays import load_saved, save_array
+
         share = None
         saved = Path(subject.path) / share_name(self.voxels, self.sample, runs) if keep else None
         if saved is not None:
-            share = _load_share(saved, len(self.voxels))
+            share = load_saved(saved, (len(self.voxels),), np.float64)
         if share is None:
             share = self.share(subject, rows, runs)
             if saved is not None:
-                _save_share(saved, share)
+                save_array(saved, share)
         self.total += share
         self.n += 1
 
@@ -281,32 +280,3 @@ def share_name(voxels: np.ndarray, sample: np.ndarray, runs: str) -> str:
         digest.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
         digest.update(b"|")
     return f"degree-{digest.hexdigest()[:16]}.npy"
-
-
-def _load_share(path: Path, n_voxels: int) -> np.ndarray | None:
-    """A saved share, or ``None`` (never saved, or unreadable: computed again)."""
-    try:
-        share = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: compute again
-        LOGGER.debug("degree share %s unreadable (%s); computing it again", path, exc)
-        return None
-    if share.shape != (n_voxels,) or share.dtype != np.float64:
-        return None
-    return share
-
-
-def _save_share(path: Path, share: np.ndarray) -> None:
-    """Save atomically; a folder that cannot be written (read-only) keeps nothing."""
-    from bids_cnm.errors import OutputError
-    from bids_cnm.io.derivatives import _atomic_write
-
-    def write(fd: int, name: str) -> None:  # by name: np.save of a path adds ".npy"
-        with open(name, "wb") as f:
-            np.save(f, share, allow_pickle=False)
-
-    try:
-        _atomic_write(path, write)
-    except (OSError, OutputError) as exc:
-        LOGGER.debug("degree share not saved (%s)", exc)

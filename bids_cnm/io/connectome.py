@@ -20,7 +20,6 @@ from bids_cnm.errors import (
     InputDataError,
     MissingInputError,
     NoMatchError,
-    OutputError,
     UsageError,
     where,
 )
@@ -392,49 +391,23 @@ def support_mask(connectome: Connectome, cache_dir: Path | None = None) -> np.nd
         return None
     saved = None
     if cache_dir is not None:
+        from bids_cnm.io.saved_arrays import load_saved, save_array
         from bids_cnm.io.stamps import digest, stat_row
 
         key = digest([_SUPPORT_FORMAT, [stat_row(p, p) for p in connectome.support_masks],
                       list(connectome.shape), connectome.affine.tolist()], 20)
         saved = Path(cache_dir) / f"{key}.npy"
-        support = _load_support(saved, connectome.shape)
+        support = load_saved(saved, connectome.shape, bool)
         if support is not None:
             return support
     support = _intersect_masks(connectome)
     if saved is not None:
-        _save_support(saved, support)
+        save_array(saved, support)
     return support
 
 
 #: version of the rule :func:`_intersect_masks` follows, part of a saved mask's key
 _SUPPORT_FORMAT = 1
-
-
-def _load_support(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A saved support mask, or ``None`` (never saved, or unreadable: then removed)."""
-    try:
-        support = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: compute again
-        LOGGER.debug("support mask %s unreadable (%s); computing it again", path, exc)
-        path.unlink(missing_ok=True)
-        return None
-    return support if support.shape == tuple(shape) and support.dtype == bool else None
-
-
-def _save_support(path: Path, support: np.ndarray) -> None:
-    """Save atomically: a job reading it meanwhile finds a whole file or none."""
-    from bids_cnm.io.derivatives import _atomic_write
-
-    def write(fd: int, name: str) -> None:  # by name: np.save of a path adds ".npy"
-        with open(name, "wb") as f:
-            np.save(f, support, allow_pickle=False)
-
-    try:
-        _atomic_write(path, write)
-    except (OSError, OutputError) as exc:  # e.g. a read-only work folder: nothing saved
-        LOGGER.debug("support mask not saved (%s)", exc)
 
 
 def _intersect_masks(connectome: Connectome) -> np.ndarray:
