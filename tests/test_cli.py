@@ -177,6 +177,28 @@ def test_rerun_reuses_and_participant_then_group(tiny_connectome, tiny_coordinat
     np.testing.assert_allclose(reused, direct, rtol=1e-4, atol=1e-4)
 
 
+def test_the_report_is_drawn_by_the_runs_drawing_server(group_run, tiny_connectome,
+                                                       tiny_coordinates, tmp_path, monkeypatch):
+    """The group run starts a drawing server (nilearn imported while the run starts), the
+    report draws with its processes, and the run leaves neither server nor address."""
+    import multiprocessing
+
+    from bids_cnm.reports import draw_server
+
+    _, ref_work = group_run
+    work = tmp_path / "work"
+    shutil.copytree(ref_work / "prepared", work / "prepared")
+    served = []
+    real = draw_server.connect
+    monkeypatch.setattr(draw_server, "connect", lambda n: served.append(real(n)) or served[-1])
+    assert run_cli(tiny_connectome, tmp_path / "out", "group", "--coordinates",
+                   tiny_coordinates, "-w", work, "--nipype-plugin", "Linear") == 0
+    assert served and all(served), "the report drew without the server"
+    assert not draw_server._STARTED and draw_server.ENV not in os.environ
+    assert not [p for p in multiprocessing.active_children()
+                if p.name == "bids_cnm-draw-server"]
+
+
 def test_participant_filter_selects_cohort(tiny_connectome, tiny_coordinates, tmp_path):
     out = tmp_path / "out"
     assert run_cli(tiny_connectome, out, "participant", "--coordinates", tiny_coordinates,

@@ -120,24 +120,24 @@ def test_a_daemonic_process_draws_the_figures_itself(monkeypatch):
     assert drawing._pool_size(10, 2) == 1
 
 
-def test_a_drawing_worker_ends_with_its_killed_parent():
-    """A report interrupted by SIGKILL (a cluster's time limit) leaves no drawing process
-    behind: the worker watches its parent, whose death does not close the worker's pipe."""
+def _child_of_killed_parent(script: str) -> int:
+    """Run ``script`` (it prints a child's pid), SIGKILL it; the child's pid."""
     import signal
     import subprocess
     import sys
-    import time
 
-    script = ("import multiprocessing, time\n"
-              "from bids_cnm.reports import drawing\n"
-              "worker = drawing._Worker(multiprocessing.get_context('fork'), False)\n"
-              "print(worker.process.pid, flush=True)\n"
-              "time.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                               text=True)
     pid = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
+    return pid
+
+
+def _ends(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` ends (or is a zombie) within ``seconds``; killed if not."""
+    import signal
+    import time
 
     def running() -> bool:
         try:
@@ -146,13 +146,24 @@ def test_a_drawing_worker_ends_with_its_killed_parent():
         except FileNotFoundError:
             return False
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + seconds
     while running() and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive = running()
-    if alive:
+    if running():
         os.kill(pid, signal.SIGKILL)
-    assert not alive
+        return False
+    return True
+
+
+def test_a_drawing_worker_ends_with_its_killed_parent():
+    """A report interrupted by SIGKILL (a cluster's time limit) leaves no drawing process
+    behind: the worker watches its parent, whose death does not close the worker's pipe."""
+    script = ("import multiprocessing, time\n"
+              "from bids_cnm.reports import drawing\n"
+              "worker = drawing._Worker(multiprocessing.get_context('fork'), False)\n"
+              "print(worker.process.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    assert _ends(_child_of_killed_parent(script), 20)
 
 
 def _pid(_: int) -> bytes:
@@ -226,3 +237,82 @@ def test_without_nilearn_plotting_the_other_figures_are_drawn(tmp_path, monkeypa
     assert {f.alt for f in failed} == {f.alt for f in drawn if drawing.uses_nilearn(f)}
     assert all("nilearn" in f.error for f in failed)
     assert all(f.png.startswith(b"\x89PNG") for f in drawn if f not in failed)
+
+
+_SERVER_SCRIPT = """
+import json, os, sys
+from functools import partial
+from bids_cnm.reports import draw_server, drawing
+from bids_cnm.reports.blocks import Figure, Section
+
+def where(k):
+    return json.dumps([os.getpid(), os.getppid(), "nilearn.plotting" in sys.modules]).encode()
+
+with draw_server.running() as started:
+    server = draw_server._STARTED["process"].pid
+    figs = [Figure(partial(where, k), "c", f"f{k}") for k in range(8)]
+    assert drawing.draw_figures([Section("s", "S", figs)], n_procs=2) == []
+    print(json.dumps({"started": started, "server": server,
+                      "here": "nilearn.plotting" in sys.modules,
+                      "drawn": [json.loads(f.png) for f in figs]}))
+print(json.dumps({"env": os.environ.get(draw_server.ENV)}))
+"""
+
+
+def test_the_drawing_server_draws_with_nilearn_imported_where_the_report_has_not():
+    """In a fresh process: the server's processes draw every figure (two of them, both
+    children of the server), with nilearn's plotting imported by the server; the report's
+    process never imports it.  Leaving the block ends the server and clears its address."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SERVER_SCRIPT], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, MPLBACKEND="Agg"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    result, after = json.loads(lines[0]), json.loads(lines[1])
+    assert result["started"] and not result["here"]
+    pids = {pid for pid, _, _ in result["drawn"]}
+    assert len(pids) == 2
+    assert all(ppid == result["server"] and imported for _, ppid, imported in result["drawn"])
+    assert after["env"] is None
+    assert not os.path.exists(f"/proc/{result['server']}")
+
+
+def test_figures_drawn_by_the_server_equal_those_drawn_here(tmp_path):
+    from bids_cnm.reports import draw_server
+
+    here = _sections(tmp_path)
+    for fig in iter_figures([b for s in here for b in s.blocks]):
+        fig.png = fig.job()
+    served = _sections(tmp_path)
+    with draw_server.running() as started:
+        assert started
+        assert drawing.draw_figures(served, n_procs=2) == []
+    pairs = zip(iter_figures([b for s in here for b in s.blocks]),
+                iter_figures([b for s in served for b in s.blocks]))
+    for a, b in pairs:
+        assert a.png == b.png, a.alt
+
+
+def test_without_a_reachable_server_the_report_draws_its_own(tmp_path, monkeypatch):
+    """An address left by a server that is gone (or another machine's): no error, the
+    figures are drawn by the report's own processes."""
+    from bids_cnm.reports import draw_server
+
+    monkeypatch.setenv(draw_server.ENV, str(tmp_path / "gone" / "socket"))
+    assert draw_server.connect(2) == []
+    sections = _sections(tmp_path)
+    assert drawing.draw_figures(sections, n_procs=2) == []
+    assert all(f.png.startswith(b"\x89PNG") for s in sections for f in iter_figures(s.blocks))
+
+
+def test_the_drawing_server_ends_with_its_killed_parent():
+    """A run killed with SIGKILL leaves no server behind (it watches its parent)."""
+    script = ("import time\n"
+              "from bids_cnm.reports import draw_server\n"
+              "draw_server.start()\n"
+              "print(draw_server._STARTED['process'].pid, flush=True)\n"
+              "time.sleep(60)\n")
+    assert _ends(_child_of_killed_parent(script), 30)

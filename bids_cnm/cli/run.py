@@ -92,6 +92,24 @@ def _recheck(config: Config) -> rerun.Verdict:
 def _full_run(config: Config, command: tuple[str, ...], recorder: record.WarningRecorder,
               started: float, verdict: rerun.Verdict) -> int:
     """Index the inputs, build the workflow, run it, record the run (the full path)."""
+    from bids_cnm.reports import draw_server
+
+    record.limit_threads(config.omp_nthreads)  # before any process is forked
+    # the report's drawing server imports nilearn's plotting on the core this process
+    # leaves idle while it imports nipype, indexes the inputs and builds the workflow
+    with draw_server.running(_builds_report(config)):
+        return _index_and_run(config, command, recorder, started, verdict)
+
+
+def _builds_report(config: Config) -> bool:
+    """Whether the run ends with a report drawn on this machine (a drawing server pays)."""
+    return (config.analysis_level == "group" and not config.boilerplate_only
+            and config.nipype_plugin in ("MultiProc", "Linear"))
+
+
+def _index_and_run(config: Config, command: tuple[str, ...], recorder: record.WarningRecorder,
+                   started: float, verdict: rerun.Verdict) -> int:
+    """:func:`_full_run`'s work."""
     from bids_cnm.cli.workflow import build_workflow, execute, nipype_verbosity
     from bids_cnm.io.derivatives import writable_folder
     from bids_cnm.io.identity import dataset_identity
@@ -107,7 +125,6 @@ def _full_run(config: Config, command: tuple[str, ...], recorder: record.Warning
         LOGGER.info("--boilerplate-only: wrote %s", ", ".join(p.name for p in paths))
         return 0
     writable_folder(config.work_dir, "--work-dir")
-    record.limit_threads(config.omp_nthreads)
     # taken before any input is read: an input changed while the run reads it is
     # noticed by the next run's check (a group run's only: the seal is group-level, so a
     # participant job does not walk the connectome for it)

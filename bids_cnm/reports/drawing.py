@@ -14,6 +14,9 @@ there are two pools:
 * the *late* pool is forked after that, so its processes have both, and draws
   the nilearn figures, then what is left of the others.
 
+When the run started a drawing server (:mod:`bids_cnm.reports.draw_server`), whose
+processes have nilearn imported already, they draw every figure instead of both pools.
+
 At most as many figures are drawn at a time as there are processes allowed, the
 costliest first (a long figure started last would leave the other processes
 idle at the end: longest-processing-time-first scheduling).
@@ -25,11 +28,13 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 
+from bids_cnm.reports import draw_server
 from bids_cnm.reports.blocks import Figure, Section, iter_figures
 
 LOGGER = logging.getLogger("bids_cnm.reports")
@@ -124,14 +129,19 @@ class _Worker:
     child waiting for ever on a lock a thread held); a pipe per worker needs none.
     """
 
-    def __init__(self, context: multiprocessing.context.BaseContext,
-                 with_nilearn: bool) -> None:
+    def __init__(self, context: multiprocessing.context.BaseContext | None,
+                 with_nilearn: bool, served: tuple[Connection, int] | None = None) -> None:
         self.with_nilearn = with_nilearn  # forked after nilearn was imported
+        self.pending: deque[int] = deque()  # figures sent, not yet returned
+        self.process = None
+        if served is not None:  # a process of the drawing server (not a child of this one)
+            self.conn, self.pid = served
+            return
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child,), daemon=True)
         self.process.start()
+        self.pid = self.process.pid
         child.close()
-        self.pending: deque[int] = deque()  # figures sent, not yet returned
 
     def send(self, ks: Sequence[int], figures: Sequence[Figure]) -> None:
         """Hand the figures ``ks`` to the process, in one message.
@@ -147,16 +157,26 @@ class _Worker:
         """End the process: at once when it is still drawing (the report was
         interrupted), else when it has read the end of its jobs."""
         if self.pending:
-            self.process.kill()
+            self._kill()
         try:
             self.conn.send(None)
         except OSError:
             pass
-        self.process.join(timeout=5)
-        if self.process.is_alive():
+        if self.process is not None:
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+        self.conn.close()  # a server's process also ends when it reads the end of the pipe
+
+    def _kill(self) -> None:
+        if self.process is not None:
             self.process.kill()
-            self.process.join()
-        self.conn.close()
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _hand_out(worker: _Worker, ks: Sequence[int], figures: Sequence[Figure],
@@ -185,12 +205,18 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
     results: list[Result | None] = [None] * len(figures)
     workers: list[_Worker] = []
     try:
-        # the early pool: it draws what needs no nilearn while this process imports
+        # the run's drawing server has nilearn imported already: its processes draw all
+        served = [_Worker(None, True, conn_pid) for conn_pid in draw_server.connect(size)]
+        workers += served
+        if served:  # one queue, costliest first
+            nilearn, plain = deque(order), deque()
+        # else the early pool: it draws what needs no nilearn while this process imports
         # it (every process, when no figure needs nilearn)
-        early = [_Worker(context, with_nilearn=False)
-                 for _ in range(min(len(plain), max(1, size - 1) if nilearn else size))]
+        early = [] if served else [
+            _Worker(context, with_nilearn=False)
+            for _ in range(min(len(plain), max(1, size - 1) if nilearn else size))]
         workers += early
-        if nilearn:
+        if nilearn and not served:
             # the early pool's figures are given up front (this process cannot hand
             # any out while it imports)
             given: list[list[int]] = [[] for _ in early]

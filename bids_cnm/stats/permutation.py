@@ -67,7 +67,6 @@ from typing import Callable
 
 import numpy as np
 from numba import prange
-from scipy import stats
 
 from bids_cnm.stats.tfce import cached_njit, neighbour_table, tfce_masked
 
@@ -518,6 +517,10 @@ def liebermeister_test(
     key = k_a * (n_b + 1) + k_b
     uniq, inverse = np.unique(key, return_inverse=True)
     ua, ub = np.divmod(uniq, n_b + 1)
+    # imported here: scipy.stats takes ~0.5 s to import, and the main process of every
+    # run imports this module (the seeds' plan) while the workers wait for it
+    from scipy import stats
+
     dist = stats.hypergeom(n_a + n_b + 2, ua + ub + 1, n_a + 1)
     p_u = dist.sf(ua)  # P(X >= k_a + 1)
     cdf_u = dist.cdf(ua)  # P(X <= k_a) = 1 - p, accurate when p ~ 1
