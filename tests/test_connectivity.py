@@ -245,3 +245,39 @@ def test_saved_moments_round_trip_and_older_files_load(tmp_path):
     older = tmp_path / "old.npz"
     np.savez(older, n=4, sum_r=parts[0].sum_r, mean_z=parts[0].mean_z, m2_z=parts[0].m2_z)
     np.testing.assert_array_equal(connectivity.RunningStats.load(older).m2_z, parts[0].m2_z)
+
+
+def test_saved_group_results_round_trip_mapped_and_older_files_load(tiny_connectome,
+                                                                   tiny_coordinates, tmp_path):
+    """The group results come back equal, their maps mapped from the .npy beside the .npz
+    (copy-on-write: a consumer changing them leaves the file as written); results written
+    whole into the .npz by an earlier version still load."""
+    from bids_cnm.engine.group_results import GroupResults
+    from bids_cnm.engine.seeds import save_seeds
+
+    connectome = index_connectome(tiny_connectome)
+    seeds = make_seeds(read_coordinates(tiny_coordinates), connectome.shape, connectome.affine)
+    seeds_file = save_seeds(seeds, str(tmp_path / "seeds.npz"))
+    rng = np.random.default_rng(4)
+    voxels = np.sort(rng.choice(int(np.prod(connectome.shape)), 50, replace=False))
+    r, z, t = (rng.normal(size=(50, len(seeds))).astype(np.float32) for _ in range(3))
+    t[3, 1] = np.nan
+    results = GroupResults(seeds, voxels, r, z, t, n_subjects=8,
+                           node_values=rng.normal(size=(8, len(seeds), 2)),
+                           node_table=[{"name": "a"}, {"name": "b"}], subjects=list("abcdefgh"))
+    path = results.save(tmp_path / "results.npz", seeds_file)
+    maps = tmp_path / "results_maps.npy"
+    written = maps.read_bytes()
+    loaded = GroupResults.load(path)
+    assert isinstance(loaded.t, np.memmap)
+    for name in ("r", "z", "t", "voxels", "node_values"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(results, name))
+    assert (loaded.n_subjects, loaded.node_table, loaded.subjects) == (
+        8, results.node_table, results.subjects)
+    assert loaded.seeds.ids == seeds.ids
+    loaded.t[:] = 0.0
+    assert maps.read_bytes() == written
+    older = tmp_path / "older.npz"
+    np.savez(older, seeds_file=seeds_file, voxels=voxels, r=r, z=z, t=t, n_subjects=8,
+             node_table="[]", subjects=np.asarray([], dtype=str))
+    np.testing.assert_array_equal(GroupResults.load(older).t, t)

@@ -177,3 +177,37 @@ def test_seed_columns_cover_every_seed_in_order():
             assert columns[stat].flags.c_contiguous
             np.testing.assert_array_equal(columns[stat], values[:, index])
     assert seen == list(range(k))
+
+
+def test_seed_maps_written_by_threads_equal_those_written_in_turn(tmp_path):
+    """Three maps per seed, in seed order, the same files whether written by one thread
+    or two (a partial last block of seeds included); each holds its own seed's values."""
+    import pandas as pd
+
+    from bids_cnm.engine.group_results import GroupResults
+    from bids_cnm.engine.seeds import Seeds
+    from bids_cnm.io.outputs import SEED_BLOCK, write_seed_maps
+
+    shape, k = (4, 5, 6), SEED_BLOCK + 3
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    table = pd.DataFrame({"id": [f"S{j:02d}" for j in range(k)], "study": "s",
+                          "set": "primary", "variant": "main"})
+    seeds = Seeds(table, [np.array([j]) for j in range(k)], shape, affine, 6.0)
+    rng = np.random.default_rng(8)
+    voxels = np.sort(rng.choice(int(np.prod(shape)), 40, replace=False))
+    r, z, t = (rng.standard_normal((40, k)).astype(np.float32) for _ in range(3))
+    results = GroupResults(seeds, voxels, r, z, t, n_subjects=5)
+    written = {}
+    for n_threads in (1, 2):
+        out = tmp_path / f"out{n_threads}"
+        writer = DerivativesWriter(out, tmp_path, {}, "MNI152NLin2009cAsym")
+        paths = write_seed_maps(writer, results, {"space": "MNI"}, [], n_threads=n_threads)
+        written[n_threads] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.*")}
+        assert [p.name.split("_")[1:3] for p in paths] == [
+            [f"seed-S{j:02d}", f"stat-{stat}"] for j in range(k) for stat in ("r", "z", "t")]
+        for j in (0, k - 1):
+            for stat, values in (("r", r), ("z", z), ("t", t)):
+                img = nb.load(paths[3 * j + ("r", "z", "t").index(stat)])
+                np.testing.assert_array_equal(
+                    np.asarray(img.dataobj).ravel()[voxels], values[:, j])
+    assert written[1] == written[2] and len(written[1]) == 6 * k

@@ -242,7 +242,7 @@ def test_without_nilearn_plotting_the_other_figures_are_drawn(tmp_path, monkeypa
 _SERVER_SCRIPT = """
 import json, os, sys
 from functools import partial
-from bids_cnm.reports import draw_server, drawing
+from bids_cnm.reports import draw_server, drawing, figures
 from bids_cnm.reports.blocks import Figure, Section
 
 def where(k):
@@ -253,7 +253,7 @@ with draw_server.running() as started:
     figs = [Figure(partial(where, k), "c", f"f{k}") for k in range(8)]
     assert drawing.draw_figures([Section("s", "S", figs)], n_procs=2) == []
     print(json.dumps({"started": started, "server": server,
-                      "here": "nilearn.plotting" in sys.modules,
+                      "here": "nilearn.plotting" in sys.modules or "matplotlib" in sys.modules,
                       "drawn": [json.loads(f.png) for f in figs]}))
 print(json.dumps({"env": os.environ.get(draw_server.ENV)}))
 """
@@ -262,7 +262,7 @@ print(json.dumps({"env": os.environ.get(draw_server.ENV)}))
 def test_the_drawing_server_draws_with_nilearn_imported_where_the_report_has_not():
     """In a fresh process: the server's processes draw every figure (two of them, both
     children of the server), with nilearn's plotting imported by the server; the report's
-    process never imports it.  Leaving the block ends the server and clears its address."""
+    process imports neither it nor matplotlib.  Leaving the block ends the server and clears its address."""
     import json
     import subprocess
     import sys

@@ -210,6 +210,10 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
         workers += served
         if served:  # one queue, costliest first
             nilearn, plain = deque(order), deque()
+        if not served:  # what every figure draws with, inherited by the forks below
+            from bids_cnm.reports.figures import import_matplotlib
+
+            import_matplotlib()
         # else the early pool: it draws what needs no nilearn while this process imports
         # it (every process, when no figure needs nilearn)
         early = [] if served else [

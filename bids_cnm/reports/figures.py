@@ -20,16 +20,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import nibabel as nb
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.collections import LineCollection
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+
+# matplotlib is imported by the functions that draw (see import_matplotlib): the
+# report's process builds the figures' jobs, and with the run's drawing server
+# (bids_cnm.reports.draw_server) other processes draw them, so it need not pay the
+# ~0.3 s of importing it
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DPI",
@@ -98,8 +99,20 @@ def _freeze() -> None:
     gc.freeze()
 
 
+def import_matplotlib() -> None:
+    """Import what the figures draw with (before forking processes that will draw)."""
+    import matplotlib.backends.backend_agg
+    import matplotlib.cm
+    import matplotlib.collections
+    import matplotlib.figure
+    import matplotlib.lines  # noqa: F401
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A figure on an Agg canvas (not registered with pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), facecolor="white")
     FigureCanvasAgg(fig)
     return fig
@@ -181,6 +194,7 @@ def robust_abs_max(arrays: Sequence[np.ndarray], q: float = 99.5, floor: float =
 
 def coordinates_glass_brain(points: Mapping[str, np.ndarray], colors: Mapping[str, str]) -> bytes:
     """All coordinates on a 4-view glass brain, one colour per set."""
+    from matplotlib.lines import Line2D
     from nilearn import plotting
 
     _freeze()
@@ -437,6 +451,9 @@ def plateaus_glass_brain(
 def values_glass_brain(xyz: np.ndarray, values: Sequence[float], label: str,
                        cmap: str = "viridis") -> bytes:
     """Points (e.g. electrode spheres) on a glass brain, coloured by a value."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from nilearn import plotting
 
     _freeze()
@@ -497,8 +514,12 @@ def _outline(inside: np.ndarray, x: np.ndarray, y: np.ndarray) -> list[np.ndarra
     return [line for line in lines if len(line) > 1]
 
 
-#: the mask's projection under a glass grid's maps (as ``Greys`` at 1/6: a light grey)
-_MASK_GREY = colormaps["Greys"](1 / 6)
+@lru_cache(maxsize=1)
+def _mask_grey() -> tuple[float, float, float, float]:
+    """The mask's projection under a glass grid's maps (``Greys`` at 1/6: a light grey)."""
+    from matplotlib import colormaps
+
+    return colormaps["Greys"](1 / 6)
 
 
 def glass_grid(
@@ -521,6 +542,11 @@ def glass_grid(
     ticks and spines built though hidden) cost five times more to build than to
     draw.  All maps must share one grid.
     """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import Normalize
+
     canonical = [nb.as_closest_canonical(load(p.img)) for p in panels]
     shown_maps = []
     for img in canonical:
@@ -571,7 +597,7 @@ def glass_grid(
         inside = None
         if mask_data is not None:
             inside = _window(mask_data.any(axis=axis), windows[h], windows[v])
-            plane[inside] = _MASK_GREY
+            plane[inside] = _mask_grey()
         backdrops.append(plane)
         outlines.append(_outline(inside, centres[h], centres[v]) if inside is not None
                         and inside.any() else [])
@@ -777,6 +803,8 @@ def slices_grid(
     Each row is one ``imshow`` of the slices side by side on the maps' own grid (all
     maps share one grid), so dozens of maps stay fast.
     """
+    from matplotlib.colors import Normalize
+
     imgs = [nb.as_closest_canonical(load(path)) for _, path in items]
     affine = imgs[0].affine
     shape = imgs[0].shape[:3]
