@@ -239,3 +239,46 @@ def test_a_share_that_cannot_be_saved_is_computed_and_the_run_goes_on(tmp_path):
     np.testing.assert_array_equal(sums.total, reference.total)
     assert blocked.is_dir() and not list(blocked.iterdir())
     assert sorted(p.name for p in subject.path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_grey_matter_on_the_grid_is_saved_and_follows_its_source(tmp_path, monkeypatch):
+    """With a cache folder the resampled grey matter is saved once per source and grid;
+    a later call reads it (nothing is resampled), the same mask and description; a
+    rewritten mask file or another grid is resampled again."""
+    import os
+
+    import bids_cnm.io.templates as templates
+    from bids_cnm.analyses.grey_matter import grey_matter
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = [-90.0, -126.0, -72.0]
+    shape = (46, 55, 46)
+    user = tmp_path / "gm.nii.gz"
+    values = np.zeros(shape, np.float32)
+    values[10:30, 10:40, 10:30] = 0.8
+    nb.Nifti1Image(values, affine).to_filename(user)
+    cache = tmp_path / "grey_matter"
+    first = {path: grey_matter(shape, affine, path, cache_dir=cache) for path in (user, None)}
+    assert len(list(cache.glob("*.npy"))) == 2
+    np.testing.assert_array_equal(first[user][0], values >= 0.5)
+    assert first[None][0].any() and "nilearn" in first[None][1]
+
+    def no_resampling(*args, **kwargs):
+        raise AssertionError("resampled again")
+
+    monkeypatch.setattr(templates, "on_grid", no_resampling)
+    for path, (mask, source) in first.items():
+        again = grey_matter(shape, affine, path, cache_dir=cache)
+        np.testing.assert_array_equal(again[0], mask)
+        assert again[1] == source
+    monkeypatch.undo()
+
+    values[10:30, 10:40, 10:20] = 0.0  # the user rewrites the mask
+    nb.Nifti1Image(values, affine).to_filename(user)
+    os.utime(user, ns=(1, 1))  # even with an old modification time (the change time moves)
+    np.testing.assert_array_equal(grey_matter(shape, affine, user, cache_dir=cache)[0],
+                                  values >= 0.5)
+    shifted = affine.copy()
+    shifted[0, 3] += 4.0
+    grey_matter(shape, shifted, None, cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 4

@@ -639,6 +639,9 @@ class _DegreeSampleInputSpec(BaseInterfaceInputSpec):
     random_seed = traits.Int(0, usedefault=True, desc=DOCS["random_seed"])
     grey_matter = File(exists=True, desc=DOCS["relocation_mask"])
     space = traits.Str("", usedefault=True, desc="template space of the connectome")
+    cache_dir = traits.Str("", usedefault=True,
+                           desc="folder where the grey matter on the grid is saved for "
+                           "later runs (see bids_cnm.analyses.grey_matter.grey_matter)")
 
 
 class _DegreeSampleOutputSpec(TraitedSpec):
@@ -663,7 +666,8 @@ class DegreeSample(SimpleInterface):
             grid = nb.load(self.inputs.mask)
             pool = np.load(self.inputs.voxels)
         grey, source = grey_matter(grid.shape[:3], grid.affine, self.inputs.grey_matter or None,
-                                   space=self.inputs.space or None)
+                                   space=self.inputs.space or None,
+                                   cache_dir=self.inputs.cache_dir or None)
         sample = degree_sample(pool, grid.shape[:3], grid.affine,
                                self.inputs.n_samples, self.inputs.random_seed, grey)
         out = Path(runtime.cwd) / "degree_sample.npy"

@@ -43,12 +43,16 @@ LOGGER = logging.getLogger("bids_cnm")
 
 __all__ = [
     "SPACES",
-    "on_grid",
     "Atlas",
+    "GreyMatterSource",
     "anatomical_atlas",
     "fetch",
     "grey_matter_mask",
+    "grey_matter_on_grid",
+    "grey_matter_source",
+    "load_mask",
     "local_file",
+    "on_grid",
     "templateflow_home",
 ]
 
@@ -167,16 +171,125 @@ def _label_table(dseg: Path) -> pd.DataFrame | None:
     an atlas without a TSV of their own (Harvard-Oxford in ``MNI152NLin2009cAsym``) take
     another template's table of the same atlas.
     """
-    atlas = next((part for part in dseg.name.split("_") if part.startswith("atlas-")), None)
-    if atlas is None:
-        return None
-    tables = sorted(dseg.parent.glob(f"*_{atlas}_dseg.tsv")) or sorted(
-        dseg.parent.parent.glob(f"tpl-*/*_{atlas}_dseg.tsv"))
+    tables = _label_tables(dseg)
     if not tables:
         return None
     table = pd.read_csv(tables[0], sep="\t", quoting=3)
     table["name"] = table["name"].astype(str).str.strip()
     return table[["index", "name"]]
+
+
+def _label_tables(dseg: Path) -> list[Path]:
+    """The label tables :func:`_label_table` may read for ``dseg`` (the first is read)."""
+    atlas = next((part for part in dseg.name.split("_") if part.startswith("atlas-")), None)
+    if atlas is None:
+        return []
+    return sorted(dseg.parent.glob(f"*_{atlas}_dseg.tsv")) or sorted(
+        dseg.parent.parent.glob(f"tpl-*/*_{atlas}_dseg.tsv"))
+
+
+def load_mask(path: str | os.PathLike) -> nb.Nifti1Image:
+    """A user's mask (binary or probabilities) as a 3-D float32 image.
+
+    Raises
+    ------
+    MissingInputError, ReadError, InputDataError
+        A missing file, one that is not NIfTI, or one that is not 3-D.
+    """
+    from bids_cnm.errors import InputDataError, MissingInputError, ReadError
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(f"{path}: grey-matter mask not found; check the path")
+    try:
+        img = nb.load(path)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:
+        raise ReadError(f"{path}: cannot read the mask as NIfTI ({exc}); give a .nii/.nii.gz "
+                        "file") from exc
+    data = np.squeeze(data)
+    if data.ndim != 3:
+        raise InputDataError(f"{path}: the mask has shape {data.shape}; give a 3-D image")
+    return nb.Nifti1Image(data, img.affine)
+
+
+@dataclass(frozen=True)
+class GreyMatterSource:
+    """Where a grid's grey matter comes from (see :func:`grey_matter_source`).
+
+    Attributes
+    ----------
+    kind : {'probseg', 'dseg', 'nilearn', 'mask'}
+        A probability map thresholded at ``threshold`` (TemplateFlow's ``probseg``,
+        nilearn's bundled template or a user's ``mask``), or an atlas's grey labels.
+    path : Path or None
+        The file (``None`` for nilearn's bundled template).
+    description : str
+        For the log and the sidecars.
+    threshold : float
+        Minimum interpolated value of a grey-matter voxel (probability maps).
+    """
+
+    kind: str
+    path: Path | None
+    description: str
+    threshold: float = GM_THRESHOLD
+
+    def identity(self) -> list:
+        """What the mask depends on besides the grid (a saved mask's key)."""
+        from importlib.metadata import version
+
+        from bids_cnm.io.stamps import stat_row
+
+        files = [self.path] if self.path is not None else []
+        if self.kind == "dseg":
+            files += _label_tables(self.path)[:1]
+        return [self.kind, self.threshold, [stat_row(f, f) for f in files],
+                version("nilearn") if self.kind == "nilearn" else None]
+
+
+def grey_matter_source(space: str | None, affine: np.ndarray) -> GreyMatterSource:
+    """The grey matter of ``space`` that :func:`grey_matter_mask` resamples (no resampling).
+
+    TemplateFlow's ``GM`` probseg at the grid's nearest resolution, else the grey labels
+    of its Harvard-Oxford subcortical atlas, else nilearn's bundled MNI152 template.
+    """
+    res = _nearest_resolution(affine)
+    if space:
+        probseg = local_file(space, resolution=res, label="GM", suffix="probseg")
+        if probseg is not None:
+            return GreyMatterSource("probseg", probseg,
+                                    f"TemplateFlow {probseg.name} >= {GM_THRESHOLD}")
+        dseg = local_file(space, resolution=res, atlas="HOSPA", desc="th25", suffix="dseg")
+        if dseg is not None and _label_table(dseg) is not None:
+            return GreyMatterSource("dseg", dseg,
+                                    f"TemplateFlow {dseg.name} (grey-matter labels)")
+    what = f"grey matter of {space}" if space else "grey matter (no template space)"
+    return GreyMatterSource("nilearn", None, _FALLBACK.format(what=what))
+
+
+def grey_matter_on_grid(source: GreyMatterSource, shape: tuple[int, ...],
+                        affine: np.ndarray) -> np.ndarray:
+    """The grey-matter mask of ``source`` on the grid (bool, ``shape``).
+
+    Probability maps are interpolated linearly at the voxel centres, atlas labels by
+    nearest neighbour.
+    """
+    if source.kind == "dseg":
+        table = _label_table(source.path)
+        grey = [int(i) for i, name in zip(table["index"], table["name"])
+                if not any(word in name.lower() for word in _NOT_GREY)]
+        labels = on_grid(nb.load(source.path), shape, affine, "nearest")
+        return np.isin(labels, grey)
+    if source.kind == "nilearn":
+        from nilearn.datasets import load_mni152_gm_template
+
+        img = load_mni152_gm_template(resolution=1)
+    elif source.kind == "mask":
+        img = load_mask(source.path)
+    else:
+        img = nb.load(source.path)
+    return on_grid(img, shape, affine, "linear") >= source.threshold
 
 
 def grey_matter_mask(space: str | None, shape: tuple[int, ...],
@@ -196,24 +309,8 @@ def grey_matter_mask(space: str | None, shape: tuple[int, ...],
     source : str
         Where it came from, for the log and the sidecars.
     """
-    res = _nearest_resolution(affine)
-    if space:
-        probseg = local_file(space, resolution=res, label="GM", suffix="probseg")
-        if probseg is not None:
-            prob = on_grid(nb.load(probseg), shape, affine, "linear")
-            return prob >= GM_THRESHOLD, f"TemplateFlow {probseg.name} >= {GM_THRESHOLD}"
-        dseg = local_file(space, resolution=res, atlas="HOSPA", desc="th25", suffix="dseg")
-        table = _label_table(dseg) if dseg is not None else None
-        if table is not None:
-            grey = [int(i) for i, name in zip(table["index"], table["name"])
-                    if not any(word in name.lower() for word in _NOT_GREY)]
-            labels = on_grid(nb.load(dseg), shape, affine, "nearest")
-            return np.isin(labels, grey), f"TemplateFlow {dseg.name} (grey-matter labels)"
-    from nilearn.datasets import load_mni152_gm_template
-
-    prob = on_grid(load_mni152_gm_template(resolution=1), shape, affine, "linear")
-    what = f"grey matter of {space}" if space else "grey matter (no template space)"
-    return prob >= GM_THRESHOLD, _FALLBACK.format(what=what)
+    source = grey_matter_source(space, affine)
+    return grey_matter_on_grid(source, shape, affine), source.description
 
 
 @dataclass(frozen=True)

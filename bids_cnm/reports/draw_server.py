@@ -45,6 +45,10 @@ ENV = "BIDS_CNM_DRAW_SERVER"
 #: seconds a drawing process may take to come: the server may still be importing
 READY_TIMEOUT = 60.0
 
+#: the server's niceness: its imports take the cores the run leaves idle (while the main
+#: process starts), not those of the connectivity steps that follow
+NICENESS = 10
+
 #: the server this process started (one at a time)
 _STARTED: dict[str, object] = {}
 
@@ -139,6 +143,7 @@ def _serve_forever(listener: socket.socket) -> None:
     from bids_cnm.reports.drawing import _prepare_nilearn, _serve
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the drawing processes reap themselves
+    os.nice(NICENESS)
     parent = multiprocessing.parent_process()
     try:
         _prepare_nilearn()

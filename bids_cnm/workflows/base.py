@@ -25,6 +25,7 @@ import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_cnm.analyses.grey_matter import GREY_MATTER_FOLDER
 from bids_cnm.config import Config
 from bids_cnm.engine.timeseries import (
     cache_bytes,
@@ -485,7 +486,9 @@ def init_degree_check(
     config = inputs.config
     sample = pe.Node(DegreeSample(n_samples=config.degree_samples,
                                   space=inputs.connectome.space or "",
-                                  random_seed=config.random_seed), name="degree_sample")
+                                  random_seed=config.random_seed,
+                                  cache_dir=str(Path(config.work_dir) / GREY_MATTER_FOLDER)),
+                     name="degree_sample")
     check = pe.Node(
         DegreeCheck(
             writer=inputs.writer, entities=inputs.entities, threshold=inputs.thresholds[0],

@@ -160,11 +160,12 @@ def build_seeds(
         parts.append(seeds_for(table, False, diameter=config.sphere_diameter, per="coordinate",
                                variant="percoord"))
     if config.specificity and config.random_relocations > 0:
-        from bids_cnm.analyses.grey_matter import grey_matter
+        from bids_cnm.analyses.grey_matter import GREY_MATTER_FOLDER, grey_matter
 
         where = support if support is not None else data_support(connectome)
         grey, source = grey_matter(connectome.shape, connectome.affine, config.relocation_mask,
-                                   space=connectome.space)
+                                   space=connectome.space,
+                                   cache_dir=Path(config.work_dir) / GREY_MATTER_FOLDER)
         LOGGER.info("random relocations within grey matter: %s", source)
         relocated = relocate_coordinates(
             table, where, connectome.affine, config.random_relocations, config.random_seed,
