@@ -281,3 +281,47 @@ def test_saved_group_results_round_trip_mapped_and_older_files_load(tiny_connect
     np.savez(older, seeds_file=seeds_file, voxels=voxels, r=r, z=z, t=t, n_subjects=8,
              node_table="[]", subjects=np.asarray([], dtype=str))
     np.testing.assert_array_equal(GroupResults.load(older).t, t)
+
+
+def test_batches_merged_and_finalized_block_by_block(monkeypatch):
+    """merge_and_finalize gives, to the bit, each batch merged in turn into the first
+    (Chan's update) and then the t-test, in blocks of rows (the last one partial), with
+    each batch's own rows of the maps and an empty batch; and what scipy gives from the
+    subjects' z themselves."""
+    import warnings
+
+    monkeypatch.setattr(connectivity, "MERGE_ROWS", 7)
+    rng = np.random.default_rng(11)
+    n_voxels, k = 23, 4
+    z = rng.normal(0.2, 0.5, (10, n_voxels, k))
+    z[:, 5, 1] = 0.4  # the same z in every subject: t undefined
+    groups = [range(4), range(4, 4), range(4, 9), range(9, 10)]
+    batches, rows = [], []
+    for b, members in enumerate(groups):
+        # batch b's sums cover the maps' voxels and b extra ones, in its own order
+        order = rng.permutation(n_voxels + b)
+        part = connectivity.RunningStats.zeros(n_voxels + b, k)
+        for s in members:
+            values = np.zeros((n_voxels + b, k))
+            values[np.argsort(order)[:n_voxels]] = z[s]
+            part.add_block(slice(None), np.tanh(values), values)
+            part.n += 1
+        batches.append(part)
+        rows.append(np.argsort(order)[:n_voxels])
+    n, got = connectivity.merge_and_finalize(batches, rows, np.float32)
+
+    merged = batches[0].select(rows[0])  # a copy (rows are an index array)
+    for batch, picked in zip(batches[1:], rows[1:]):
+        merged.merge(batch.select(picked))
+    want = merged.finalize(np.float32)
+    assert n == merged.n == 10
+    for name in ("r", "z", "t", "undefined"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    with warnings.catch_warnings():  # scipy warns of the constant voxel's cancellation
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = stats.ttest_1samp(z, 0.0).statistic
+    defined = ~got["undefined"]
+    assert got["undefined"][5, 1] and defined.sum() == n_voxels * k - 1
+    np.testing.assert_allclose(got["t"][defined], t[defined], rtol=1e-5)
+    np.testing.assert_allclose(got["z"], z.mean(axis=0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["r"], np.tanh(z).mean(axis=0), rtol=1e-6, atol=1e-7)

@@ -364,17 +364,10 @@ class ReduceConnectivity(SimpleInterface):
     def _run_interface(self, runtime):
         voxels = np.load(self.inputs.voxels)
         cover = list(self.inputs.stats_voxels or [None] * len(self.inputs.stats))
-
-        def load(b: int) -> connectivity.RunningStats:
-            batch = connectivity.RunningStats.load(self.inputs.stats[b])
-            if cover[b] is None:
-                return batch
-            return batch.select(connectivity.rows_of(np.load(cover[b]), voxels))
-
-        stats = load(0)
-        for b in range(1, len(self.inputs.stats)):
-            stats.merge(load(b))
-        final = stats.finalize(np.float32)
+        batches = [connectivity.RunningStats.load(path) for path in self.inputs.stats]
+        # --no-cache batches hold the voxels valid in their subjects: their rows of the mask
+        rows = [None if c is None else connectivity.rows_of(np.load(c), voxels) for c in cover]
+        n_subjects, final = connectivity.merge_and_finalize(batches, rows, np.float32)
         if final["undefined"].any():
             LOGGER.info("group level: t undefined (z equal in every subject) at %d voxel(s) "
                         "of %d seed(s); NaN in the t-maps", int(final["undefined"].sum()),
@@ -385,7 +378,7 @@ class ReduceConnectivity(SimpleInterface):
             r=final["r"],
             z=final["z"],
             t=final["t"],
-            n_subjects=stats.n,
+            n_subjects=n_subjects,
             subjects=list(self.inputs.subjects),
         )
         if self.inputs.nodes and self.inputs.node_values:
@@ -393,7 +386,7 @@ class ReduceConnectivity(SimpleInterface):
             results.node_table = load_nodes(self.inputs.nodes)[1]
         out = results.save(Path(runtime.cwd) / "results.npz", self.inputs.seeds)
         LOGGER.info("group level: t-maps of %d seeds over %d subjects", len(results.seeds),
-                    stats.n)
+                    n_subjects)
         self._results["results"] = str(out)
         return runtime
 
