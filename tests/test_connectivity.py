@@ -308,15 +308,24 @@ def test_batches_merged_and_finalized_block_by_block(monkeypatch):
             part.n += 1
         batches.append(part)
         rows.append(np.argsort(order)[:n_voxels])
-    n, got = connectivity.merge_and_finalize(batches, rows, np.float32)
+    n, got = connectivity.merge_and_finalize(batches, rows, np.float64)
 
     merged = batches[0].select(rows[0])  # a copy (rows are an index array)
     for batch, picked in zip(batches[1:], rows[1:]):
         merged.merge(batch.select(picked))
-    want = merged.finalize(np.float32)
+    want = merged.finalize(np.float64)
     assert n == merged.n == 10
     for name in ("r", "z", "t", "undefined"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # batches over the maps' voxels themselves (rows None: the usual case)
+    whole = [connectivity.RunningStats(b.n, *(a[picked] for a in (b.sum_r, b.mean_z, b.m2_z)))
+             for b, picked in zip(batches, rows)]
+    n_whole, same = connectivity.merge_and_finalize(whole, None, np.float64)
+    assert n_whole == 10
+    for name in ("r", "z", "t", "undefined"):
+        np.testing.assert_array_equal(same[name], want[name], err_msg=name)
+    with pytest.raises(ValueError, match="do not match"):
+        connectivity.merge_and_finalize([whole[0], whole[2].select(np.arange(5))])
     with warnings.catch_warnings():  # scipy warns of the constant voxel's cancellation
         warnings.simplefilter("ignore", RuntimeWarning)
         t = stats.ttest_1samp(z, 0.0).statistic

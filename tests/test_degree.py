@@ -174,9 +174,9 @@ def test_degree_sample_is_grey_matter_seeded_and_sized():
 
 def test_saved_share_is_read_back_instead_of_computed(tmp_path, monkeypatch):
     """With ``keep``, each subject's share is saved in its prepared folder; a later run
-    with the same voxels and sample reads it (the kernel is not called) and gets the
-    same bits as computing it; another sample, a truncated file or a read-only folder
-    computes it."""
+    with the same voxels and sample reads it (the kernel is not called); the sums are the
+    bits the kernel gives adding every subject straight into one total; another sample
+    or run convention, or a truncated file, computes it again."""
     import bids_cnm.engine.degree as engine_degree
 
     rng = np.random.default_rng(5)
@@ -188,11 +188,20 @@ def test_saved_share_is_read_back_instead_of_computed(tmp_path, monkeypatch):
     targets = np.sort(rng.choice(np.prod(SHAPE), 150, replace=False))
     sample = np.sort(rng.choice(targets, 25, replace=False))
 
+    # the kernel adding each subject straight into one total (no share in between)
+    positions = np.searchsorted(targets, sample)
+    self_col = np.full(len(targets), -1, dtype=np.int64)
+    self_col[positions] = np.arange(len(sample))
+    direct = np.zeros(len(targets))
+    for subject in subjects:
+        rows = np.searchsorted(subject.voxels, targets)
+        engine_degree.add_degree(direct, subject, rows, rows[positions], self_col)
     plain, kept = DegreeSums.zeros(targets, sample), DegreeSums.zeros(targets, sample)
     for subject in subjects:
         plain.add(subject)
         kept.add(subject, keep=True)
-    np.testing.assert_array_equal(kept.total, plain.total)  # bit for bit
+    np.testing.assert_array_equal(plain.total, direct)  # bit for bit
+    np.testing.assert_array_equal(kept.total, direct)
     names = {p.name for s in subjects for p in s.path.glob("degree-*.npy")}
     assert names == {engine_degree.share_name(targets, sample, "average")}
 
@@ -247,8 +256,8 @@ def test_grey_matter_on_the_grid_is_saved_and_follows_its_source(tmp_path, monke
     rewritten mask file or another grid is resampled again."""
     import os
 
-    import bids_cnm.io.templates as templates
     from bids_cnm.analyses.grey_matter import grey_matter
+    from bids_cnm.io import templates
 
     affine = np.diag([4.0, 4.0, 4.0, 1.0])
     affine[:3, 3] = [-90.0, -126.0, -72.0]

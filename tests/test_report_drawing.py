@@ -120,18 +120,19 @@ def test_a_daemonic_process_draws_the_figures_itself(monkeypatch):
     assert drawing._pool_size(10, 2) == 1
 
 
-def _child_of_killed_parent(script: str) -> int:
-    """Run ``script`` (it prints a child's pid), SIGKILL it; the child's pid."""
+def _child_of_killed_parent(script: str) -> tuple:
+    """Run ``script`` (it prints a child's pid, then maybe more words), SIGKILL it; the
+    pid (or the pid and the words)."""
     import signal
     import subprocess
     import sys
 
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                               text=True)
-    pid = int(parent.stdout.readline())
+    words = parent.stdout.readline().split()
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    return pid
+    return int(words[0]) if len(words) == 1 else (int(words[0]), *words[1:])
 
 
 def _ends(pid: int, seconds: float) -> bool:
@@ -253,7 +254,7 @@ with draw_server.running() as started:
     figs = [Figure(partial(where, k), "c", f"f{k}") for k in range(8)]
     assert drawing.draw_figures([Section("s", "S", figs)], n_procs=2) == []
     print(json.dumps({"started": started, "server": server,
-                      "here": "nilearn.plotting" in sys.modules or "matplotlib" in sys.modules,
+                      "here": any(m in sys.modules for m in ("nilearn.plotting", "matplotlib")),
                       "drawn": [json.loads(f.png) for f in figs]}))
 print(json.dumps({"env": os.environ.get(draw_server.ENV)}))
 """
@@ -262,13 +263,15 @@ print(json.dumps({"env": os.environ.get(draw_server.ENV)}))
 def test_the_drawing_server_draws_with_nilearn_imported_where_the_report_has_not():
     """In a fresh process: the server's processes draw every figure (two of them, both
     children of the server), with nilearn's plotting imported by the server; the report's
-    process imports neither it nor matplotlib.  Leaving the block ends the server and clears its address."""
+    process imports neither it nor matplotlib.  Leaving the block ends the server and
+    clears its address."""
     import json
     import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "-c", _SERVER_SCRIPT], capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, MPLBACKEND="Agg"))
+                          text=True, timeout=120, env=dict(os.environ, MPLBACKEND="Agg"),
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     result, after = json.loads(lines[0]), json.loads(lines[1])
@@ -280,16 +283,22 @@ def test_the_drawing_server_draws_with_nilearn_imported_where_the_report_has_not
     assert not os.path.exists(f"/proc/{result['server']}")
 
 
-def test_figures_drawn_by_the_server_equal_those_drawn_here(tmp_path):
+def test_figures_drawn_by_the_server_equal_those_drawn_here(tmp_path, monkeypatch):
+    """Every figure drawn by the server's processes is the PNG drawn in this process."""
     from bids_cnm.reports import draw_server
 
     here = _sections(tmp_path)
     for fig in iter_figures([b for s in here for b in s.blocks]):
         fig.png = fig.job()
     served = _sections(tmp_path)
+    connected = []
+    real = draw_server.connect
+    monkeypatch.setattr(draw_server, "connect", lambda n: connected.append(real(n)) or
+                        connected[-1])
     with draw_server.running() as started:
         assert started
         assert drawing.draw_figures(served, n_procs=2) == []
+    assert connected and all(connected), "the figures were not drawn by the server"
     pairs = zip(iter_figures([b for s in here for b in s.blocks]),
                 iter_figures([b for s in served for b in s.blocks]))
     for a, b in pairs:
@@ -313,6 +322,40 @@ def test_the_drawing_server_ends_with_its_killed_parent():
     script = ("import time\n"
               "from bids_cnm.reports import draw_server\n"
               "draw_server.start()\n"
-              "print(draw_server._STARTED['process'].pid, flush=True)\n"
+              "print(draw_server._STARTED['process'].pid, draw_server._STARTED['folder'],\n"
+              "      flush=True)\n"
               "time.sleep(60)\n")
-    assert _ends(_child_of_killed_parent(script), 30)
+    pid, folder = _child_of_killed_parent(script)
+    assert _ends(pid, 30)
+    assert not os.path.exists(folder), "the server's socket folder was left behind"
+
+
+def test_a_server_folder_left_by_a_killed_run_is_removed_by_the_next():
+    """A run killed with its whole process group (SIGKILL) leaves its socket folder; the
+    next run's server removes the folders of runs that are gone, not those of live ones."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from bids_cnm.reports import draw_server
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    root = Path(tempfile.gettempdir())
+    stale = root / f"{draw_server._PREFIX}{int(gone.stdout)}-test"
+    live = root / f"{draw_server._PREFIX}{os.getpid()}-test"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "socket").touch()
+    try:
+        with draw_server.running() as started:
+            assert started
+            assert draw_server._STARTED["folder"].name.startswith(
+                f"{draw_server._PREFIX}{os.getpid()}-")
+        assert not stale.exists() and live.exists()
+    finally:
+        for folder in (stale, live):
+            if folder.exists():
+                (folder / "socket").unlink()
+                folder.rmdir()

@@ -20,9 +20,6 @@ from bids_cnm.errors import MissingInputError
 #: a voxel is grey matter where the (interpolated) mask value is at least this
 GM_THRESHOLD = 0.5
 
-#: version of the rule a saved mask follows (part of its key)
-_SAVED_FORMAT = 1
-
 #: the work folder's subfolder of saved masks (``cache_dir`` of :func:`grey_matter`)
 GREY_MATTER_FOLDER = "grey_matter"
 
@@ -62,6 +59,7 @@ def grey_matter(
     source : str
         For the log and the sidecars.
     """
+    from bids_cnm.io.saved_arrays import cached_array
     from bids_cnm.io.templates import (
         GreyMatterSource,
         grey_matter_on_grid,
@@ -80,19 +78,11 @@ def grey_matter(
         source = GreyMatterSource("mask", Path(path), f"{path} >= {threshold}", threshold)
     saved = None
     if cache_dir is not None:
-        from bids_cnm.io.saved_arrays import load_saved
         from bids_cnm.io.stamps import digest
 
-        key = digest([_SAVED_FORMAT, source.identity(), list(shape), affine.tolist()], 20)
+        key = digest([source.identity(), list(shape), affine.tolist()], 20)
         saved = Path(cache_dir) / f"{key}.npy"
-        mask = load_saved(saved, shape, bool)
-        if mask is not None:
-            return mask, source.description
-    mask = grey_matter_on_grid(source, shape, affine)
-    if saved is not None:
-        from bids_cnm.io.saved_arrays import save_array
-
-        save_array(saved, mask)
+    mask = cached_array(saved, shape, bool, lambda: grey_matter_on_grid(source, shape, affine))
     return mask, source.description
 
 

@@ -91,7 +91,8 @@ def _recheck(config: Config) -> rerun.Verdict:
 
 def _full_run(config: Config, command: tuple[str, ...], recorder: record.WarningRecorder,
               started: float, verdict: rerun.Verdict) -> int:
-    """Index the inputs, build the workflow, run it, record the run (the full path)."""
+    """The full path: with the report's drawing server running (a group run drawn on
+    this machine), index the inputs, build the workflow, run it, record the run."""
     from bids_cnm.reports import draw_server
 
     record.limit_threads(config.omp_nthreads)  # before any process is forked
@@ -109,7 +110,8 @@ def _builds_report(config: Config) -> bool:
 
 def _index_and_run(config: Config, command: tuple[str, ...], recorder: record.WarningRecorder,
                    started: float, verdict: rerun.Verdict) -> int:
-    """:func:`_full_run`'s work."""
+    """Index the inputs, build the workflow, run it and record the run (under the
+    folders' locks); return the exit code."""
     from bids_cnm.cli.workflow import build_workflow, execute, nipype_verbosity
     from bids_cnm.io.derivatives import writable_folder
     from bids_cnm.io.identity import dataset_identity

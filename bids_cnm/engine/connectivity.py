@@ -824,13 +824,10 @@ class RunningStats:
         new memory after its checksum, 0.8 s for 200 seeds' sums in the reduce step,
         where a mapped ``.npy`` costs nothing until its pages are read.
         """
+        from bids_cnm.io.saved_arrays import write_stacked
+
         path = Path(path)
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)),
-                  "fortran_order": False, "shape": (3, *self.sum_r.shape)}
-        with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            for array in (self.sum_r, self.mean_z, self.m2_z):  # C-contiguous (post_init)
-                f.write(memoryview(array).cast("B"))
+        write_stacked(path, [self.sum_r, self.mean_z, self.m2_z])  # C-contiguous (post_init)
         path.with_suffix(".json").write_text(json.dumps({"n": self.n}))
         return path
 
@@ -887,7 +884,8 @@ class RunningStats:
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _merge_block(sum_r, mean_z, m2_z, o_sum_r, o_mean_z, o_m2_z, w_mean, w_m2):  # pragma: no cover - numba
+def _merge_block(sum_r, mean_z, m2_z, o_sum_r, o_mean_z, o_m2_z,  # pragma: no cover
+                 w_mean, w_m2):
     """:meth:`RunningStats.merge` of a block of rows: numpy's operations in its order."""
     for i in range(mean_z.shape[0]):
         for j in range(mean_z.shape[1]):
@@ -934,6 +932,14 @@ def merge_and_finalize(
     rows = list(rows) if rows is not None else [None] * len(batches)
     n_rows = len(rows[0]) if rows[0] is not None else batches[0].mean_z.shape[0]
     k = batches[0].mean_z.shape[1]
+    for batch, picked in zip(batches, rows):  # the kernels do not check bounds
+        size = batch.mean_z.shape[0] if picked is None else len(picked)
+        if size != n_rows or batch.mean_z.shape[1] != k or (
+                picked is not None and len(picked)
+                and not 0 <= picked.min() <= picked.max() < batch.mean_z.shape[0]):
+            raise ValueError(
+                f"running sums of {batch.mean_z.shape} (rows {size}) do not match the "
+                f"maps' {n_rows} voxels x {k} seeds")
     # the weights of each merge, as RunningStats.merge computes them (Python floats)
     weights, n = [], batches[0].n
     for batch in batches[1:]:

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from bids_cnm.engine.connectivity import R_MAX, _atanh, _for_all_blocks, rows_of
-from bids_cnm.engine.timeseries import PreparedSubject
+from bids_cnm.engine.timeseries import PreparedSubject, is_prepared
 
 #: version of what a saved subject share holds and how it is computed (part of its
 #: file name: a new version is computed again beside the old files)
@@ -191,22 +191,20 @@ class DegreeSums:
             Several runs: |mean of the run-wise z| (the seeds' convention by default),
             or |z| of one correlation over the concatenated runs.
         keep : bool
-            ``subject`` is a prepared folder of the work directory: read its share
+            When ``subject`` is a prepared folder of the work directory: read its share
             from there when an earlier run saved it for these voxels, sample and
-            ``runs`` (see :func:`share_name`), else compute it and save it there.
-            The sums are the same bits either way: the share is computed alone and
-            then added, as it is without ``keep``.
+            ``runs`` (see :func:`share_name`), else compute it and save it there (a
+            subject decoded into memory is computed, nothing saved).  The sums are
+            the same bits either way: the share is computed alone and then added, as
+            it is without ``keep``.
         """
-        from bids_cnm.io.saved_arrays import load_saved, save_array
+        from bids_cnm.io.saved_arrays import cached_array
 
-        share = None
-        saved = Path(subject.path) / share_name(self.voxels, self.sample, runs) if keep else None
-        if saved is not None:
-            share = load_saved(saved, (len(self.voxels),), np.float64)
-        if share is None:
-            share = self.share(subject, rows, runs)
-            if saved is not None:
-                save_array(saved, share)
+        saved = None
+        if keep and is_prepared(subject.path):  # not an in-memory (streamed) subject
+            saved = Path(subject.path) / share_name(self.voxels, self.sample, runs)
+        share = cached_array(saved, (len(self.voxels),), np.float64,
+                             lambda: self.share(subject, rows, runs))
         self.total += share
         self.n += 1
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from bids_cnm.engine.seeds import Seeds, load_seeds
 from bids_cnm.io.derivatives import unmask
+from bids_cnm.io.saved_arrays import write_stacked
 
 
 @dataclass
@@ -124,13 +125,8 @@ class GroupResults:
         extra = {}
         if self.node_values is not None:
             extra["node_values"] = self.node_values
-        maps = [np.ascontiguousarray(a, dtype=np.float32) for a in (self.r, self.z, self.t)]
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                  "fortran_order": False, "shape": (3, *maps[0].shape)}
-        with open(_maps_path(path), "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            for array in maps:
-                f.write(memoryview(array).cast("B"))
+        write_stacked(_maps_path(path),
+                      [np.ascontiguousarray(a, dtype=np.float32) for a in (self.r, self.z, self.t)])
         np.savez(
             path, seeds_file=str(seeds_file), voxels=self.voxels, n_subjects=self.n_subjects,
             node_table=json.dumps(self.node_table, default=float),

@@ -389,21 +389,16 @@ def support_mask(connectome: Connectome, cache_dir: Path | None = None) -> np.nd
     """
     if not connectome.support_masks:
         return None
+    from bids_cnm.io.saved_arrays import cached_array
+
     saved = None
     if cache_dir is not None:
-        from bids_cnm.io.saved_arrays import load_saved, save_array
         from bids_cnm.io.stamps import digest, stat_row
 
         key = digest([_SUPPORT_FORMAT, [stat_row(p, p) for p in connectome.support_masks],
                       list(connectome.shape), connectome.affine.tolist()], 20)
         saved = Path(cache_dir) / f"{key}.npy"
-        support = load_saved(saved, connectome.shape, bool)
-        if support is not None:
-            return support
-    support = _intersect_masks(connectome)
-    if saved is not None:
-        save_array(saved, support)
-    return support
+    return cached_array(saved, connectome.shape, bool, lambda: _intersect_masks(connectome))
 
 
 #: version of the rule :func:`_intersect_masks` follows, part of a saved mask's key

@@ -236,7 +236,9 @@ class GreyMatterSource:
     threshold: float = GM_THRESHOLD
 
     def identity(self) -> list:
-        """What the mask depends on besides the grid (a saved mask's key)."""
+        """What :func:`grey_matter_on_grid` gives depends on besides the grid (a saved
+        mask's key): the rule's version, the files, and nilearn's (its resampling, its
+        bundled template)."""
         from importlib.metadata import version
 
         from bids_cnm.io.stamps import stat_row
@@ -244,8 +246,12 @@ class GreyMatterSource:
         files = [self.path] if self.path is not None else []
         if self.kind == "dseg":
             files += _label_tables(self.path)[:1]
-        return [self.kind, self.threshold, [stat_row(f, f) for f in files],
-                version("nilearn") if self.kind == "nilearn" else None]
+        return [GREY_MATTER_FORMAT, self.kind, self.threshold,
+                [stat_row(f, f) for f in files], version("nilearn")]
+
+
+#: version of the rules of grey_matter_on_grid (part of a saved mask's key)
+GREY_MATTER_FORMAT = 1
 
 
 def grey_matter_source(space: str | None, affine: np.ndarray) -> GreyMatterSource:

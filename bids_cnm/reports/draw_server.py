@@ -1,8 +1,8 @@
 """Drawing processes with nilearn already imported, from a server started with the run.
 
 Importing nilearn's plotting module (with matplotlib, scikit-learn and scipy.stats) and
-loading the template costs one core 1-1.5 s, and the report, the run's last step, waits
-for it.  At the start of a run, though, one core idles: the main process imports nipype,
+loading the template costs one core about 2 s, and the report, the run's last step,
+waits for it.  At the start of a run, though, one core idles: the main process imports nipype,
 indexes the inputs and builds the workflow on the other, for a second or two.
 
 :func:`start` forks a server then.  On the idle core it does those imports, then
@@ -15,9 +15,12 @@ processes from there, or nothing (no server: another machine's job, a server tha
 failed), and the report then forks its own as before.  The figures are the same: the
 same jobs run in a process with the same modules.
 
-The server ends with the run (:func:`stop`) or with the run's process (it watches
-its parent), and its drawing processes when their connection closes or the run's
-process dies.
+The server runs at niceness :data:`NICENESS`, and so do the drawing processes it forks
+(a process may not lower its niceness): at the end of a run nothing else competes with
+them.  It holds nilearn, scikit-learn and matplotlib in memory (~250 MB resident) for
+the length of the run.  It ends with the run (:func:`stop`) or with the run's process
+(it watches its parent, and then removes its folder), and its drawing processes when
+their connection closes or the run's process dies.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ READY_TIMEOUT = 60.0
 #: process starts), not those of the connectivity steps that follow
 NICENESS = 10
 
+#: name of the server's temporary folder, followed by the run's pid
+_PREFIX = "bids_cnm-draw-"
+
 #: the server this process started (one at a time)
 _STARTED: dict[str, object] = {}
 
@@ -61,24 +67,42 @@ def start() -> bool:
     """
     if sys.platform != "linux" or _STARTED:
         return False
-    folder = Path(tempfile.mkdtemp(prefix="bids_cnm-draw-"))  # mode 0700
-    address = folder / "socket"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _remove_stale_folders()
+    folder = None
     try:
-        listener.bind(str(address))
-        listener.listen(16)
-        process = multiprocessing.get_context("fork").Process(
-            target=_serve_forever, args=(listener,), daemon=True, name="bids_cnm-draw-server")
-        process.start()
-    except OSError as exc:  # e.g. a socket path longer than the system allows
+        # mode 0700; named with this process's pid, so that a later run can tell the
+        # folder of a run killed with its server (SIGKILL to the group) from a live one's
+        folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+        address = folder / "socket"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(str(address))
+            listener.listen(16)
+            process = multiprocessing.get_context("fork").Process(
+                target=_serve_forever, args=(listener, folder), daemon=True,
+                name="bids_cnm-draw-server")
+            process.start()  # the server has its own copy of the listener
+    except OSError as exc:  # no temporary folder, a socket path longer than allowed...
         LOGGER.debug("no drawing server (%s)", exc)
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         return False
-    finally:
-        listener.close()  # the server has its own copy
     _STARTED.update(process=process, folder=folder)
     os.environ[ENV] = str(address)
     return True
+
+
+def _remove_stale_folders() -> None:
+    """Remove the socket folders of this user's runs whose process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        try:
+            pid = int(folder.name[len(_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)  # another user's stays (no permission)
+        except PermissionError:
+            continue
 
 
 def stop() -> None:
@@ -138,10 +162,15 @@ def connect(n: int) -> list[tuple[Connection, int]]:
     return served
 
 
-def _serve_forever(listener: socket.socket) -> None:
-    """The server: import what drawing needs, then fork a drawing process per connection."""
+def _serve_forever(listener: socket.socket, folder: Path) -> None:
+    """The server: import what drawing needs, then fork a drawing process per connection.
+
+    Ctrl-C is the run's to handle (the terminal sends it to every process of the group):
+    ignored here.  When the run's process is gone, the server removes its folder.
+    """
     from bids_cnm.reports.drawing import _prepare_nilearn, _serve
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the drawing processes reap themselves
     os.nice(NICENESS)
     parent = multiprocessing.parent_process()
@@ -151,14 +180,16 @@ def _serve_forever(listener: socket.socket) -> None:
         LOGGER.debug("drawing server: cannot import nilearn's plotting (%s)", exc)
     watched = [listener] if parent is None else [listener, parent.sentinel]
     while True:
-        if listener not in wait(watched):
-            return  # the run's process is gone
+        if listener not in wait(watched):  # the run's process is gone
+            shutil.rmtree(folder, ignore_errors=True)
+            return
         try:
             sock, _ = listener.accept()
         except OSError:
             continue
         if os.fork() == 0:  # the drawing process
             try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a figure's own children
                 listener.close()
                 conn = Connection(sock.detach())
                 conn.send(os.getpid())

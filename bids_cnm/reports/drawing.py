@@ -28,7 +28,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -170,13 +169,10 @@ class _Worker:
         self.conn.close()  # a server's process also ends when it reads the end of the pipe
 
     def _kill(self) -> None:
+        # a server's process is not this process's child (its pid may be reused once the
+        # server reaped it): it ends when it next writes to the closed pipe
         if self.process is not None:
             self.process.kill()
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _hand_out(worker: _Worker, ks: Sequence[int], figures: Sequence[Figure],
