@@ -49,9 +49,9 @@ def grey_matter(
         The connectome's template space (e.g. ``MNI152NLin6Asym``).
     cache_dir : path-like, optional
         Folder where the mask is saved, keyed by its source file (path, size,
-        modification and change times, inode; nilearn's version for its bundled
-        template), the threshold and the grid: a later run on the same grid reads one
-        file instead of importing nilearn and resampling the template (~1 s).
+        modification and change times, inode), nilearn's version (its resampling, its
+        bundled template), the threshold and the grid: a later run on the same grid
+        reads one file instead of importing nilearn and resampling the template (~1 s).
 
     Returns
     -------

@@ -2,8 +2,8 @@
 
 Importing nilearn's plotting module (with matplotlib, scikit-learn and scipy.stats) and
 loading the template costs one core about 2 s, and the report, the run's last step,
-waits for it.  At the start of a run, though, one core idles: the main process imports nipype,
-indexes the inputs and builds the workflow on the other, for a second or two.
+waits for it.  At the start of a run, though, one core idles: the main process imports
+nipype, indexes the inputs and builds the workflow on the other, for a second or two.
 
 :func:`start` forks a server then.  On the idle core it does those imports, then
 listens on a Unix socket in a private temporary folder (mode 0700: only this user, or
@@ -12,12 +12,12 @@ imports.  The address is passed on in the environment (:data:`ENV`), so the proc
 forked after it (nipype's MultiProc workers, where the report runs) find it;
 :func:`connect` gives the report's drawing (:mod:`bids_cnm.reports.drawing`) its
 processes from there, or nothing (no server: another machine's job, a server that
-failed), and the report then forks its own as before.  The figures are the same: the
+failed), and the report then forks its own.  The figures are the same: the
 same jobs run in a process with the same modules.
 
 The server runs at niceness :data:`NICENESS`, and so do the drawing processes it forks
 (a process may not lower its niceness): at the end of a run nothing else competes with
-them.  It holds nilearn, scikit-learn and matplotlib in memory (~250 MB resident) for
+them.  It holds nilearn, scikit-learn and matplotlib in memory (~270 MB resident) for
 the length of the run.  It ends with the run (:func:`stop`) or with the run's process
 (it watches its parent, and then removes its folder), and its drawing processes when
 their connection closes or the run's process dies.

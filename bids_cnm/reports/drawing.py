@@ -204,12 +204,12 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
         # the run's drawing server has nilearn imported already: its processes draw all
         served = [_Worker(None, True, conn_pid) for conn_pid in draw_server.connect(size)]
         workers += served
-        if served:  # one queue, costliest first
+        if served:  # one queue, costliest first: every process has nilearn
             nilearn, plain = deque(order), deque()
-        if not served:  # what every figure draws with, inherited by the forks below
+        else:
             from bids_cnm.reports.figures import import_matplotlib
 
-            import_matplotlib()
+            import_matplotlib()  # what every figure draws with, inherited by the forks below
         # else the early pool: it draws what needs no nilearn while this process imports
         # it (every process, when no figure needs nilearn)
         early = [] if served else [
