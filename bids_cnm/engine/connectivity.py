@@ -801,11 +801,8 @@ class RunningStats:
         """Add the moments of another batch of subjects (Chan et al.'s pairwise update)."""
         n = self.n + other.n
         if other.n:
-            delta = other.mean_z - self.mean_z
-            self.mean_z += delta * (other.n / n)
-            delta *= delta
-            self.m2_z += other.m2_z + delta * (self.n * other.n / n)
-            self.sum_r += other.sum_r
+            _merge_block(self.sum_r, self.mean_z, self.m2_z, other.sum_r, other.mean_z,
+                         other.m2_z, *_merge_weights(self.n, other.n))
             self.n = n
         return self
 
@@ -883,10 +880,17 @@ class RunningStats:
         return {**out, "undefined": undefined}
 
 
+def _merge_weights(n_a: int, n_b: int) -> tuple[float, float]:
+    """Chan et al.'s weights of a merge of ``n_b`` subjects into ``n_a``: of the means'
+    difference in the mean, of its square in ``M2``."""
+    return n_b / (n_a + n_b), n_a * n_b / (n_a + n_b)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _merge_block(sum_r, mean_z, m2_z, o_sum_r, o_mean_z, o_m2_z,  # pragma: no cover
                  w_mean, w_m2):
-    """:meth:`RunningStats.merge` of a block of rows: numpy's operations in its order."""
+    """Chan et al.'s merge of moments ``o_*`` into rows of ``sum_r``, ``mean_z``, ``m2_z``
+    (weights from :func:`_merge_weights`), element by element, in place."""
     for i in range(mean_z.shape[0]):
         for j in range(mean_z.shape[1]):
             delta = o_mean_z[i, j] - mean_z[i, j]
@@ -905,7 +909,7 @@ def merge_and_finalize(
     dtype: type = np.float32,
 ) -> tuple[int, dict[str, np.ndarray]]:
     """The batches' moments merged, then finalized: :meth:`RunningStats.merge` of each
-    batch in turn into the first, then :meth:`RunningStats.finalize`, the same bits.
+    batch in turn into the first (the same kernel), then :meth:`RunningStats.finalize`.
 
     Block by block of :data:`MERGE_ROWS` rows, so that no merged copy of the moments
     is made: the batches (mapped files) are read once, and only the maps are written
@@ -940,12 +944,11 @@ def merge_and_finalize(
             raise ValueError(
                 f"running sums of {batch.mean_z.shape} (rows {size}) do not match the "
                 f"maps' {n_rows} voxels x {k} seeds")
-    # the weights of each merge, as RunningStats.merge computes them (Python floats)
+    # the weights of each merge in turn, as RunningStats.merge takes them
     weights, n = [], batches[0].n
     for batch in batches[1:]:
-        total = n + batch.n
-        weights.append((batch.n / total, n * batch.n / total) if batch.n else None)
-        n = total if batch.n else n
+        weights.append(_merge_weights(n, batch.n) if batch.n else None)
+        n += batch.n
     if n < 2:
         raise ValueError("a one-sample t-test needs at least 2 subjects")
     out = {name: np.empty((n_rows, k), dtype=dtype) for name in ("r", "z", "t")}

@@ -7,7 +7,6 @@ place that composes them.
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -150,8 +149,8 @@ def write_seed_maps(
 ) -> list[Path]:
     """Write every seed's mean r, mean z and t-map (three per seed, in seed order).
 
-    The maps are written by ``n_threads`` threads (default: two where the process may
-    use two CPUs): their deflate and file writes release the GIL, and 200 seeds make
+    The maps are written by ``n_threads`` threads (default: two where the engine would
+    use two, see ``--omp-nthreads``): their deflate and file writes release the GIL, and 200 seeds make
     600 files.  At most two maps per thread are in flight.
     """
     seeds = results.seeds
@@ -179,8 +178,9 @@ def write_seed_maps(
         )
 
     if n_threads is None:
-        n_threads = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                        else os.cpu_count() or 1)
+        from bids_cnm.engine.connectivity import _n_workers
+
+        n_threads = min(2, _n_workers())  # the engine's rule: --omp-nthreads, the CPUs
     jobs = ((k, stat, columns[stat]) for k, columns in _seed_columns(results)
             for stat in ("r", "z", "t"))
     if n_threads <= 1:

@@ -316,6 +316,14 @@ def _markers_by_slice(display, xyz: np.ndarray, cuts: Sequence[float], color: st
         ax.set_ylim(limits[1])
 
 
+def _on_slice(xyz: np.ndarray, center: Sequence[float], radius: float, normal: int,
+              h: int, v: int) -> bool:
+    """Whether a point lies within :data:`SLICE_SLAB` mm of a view's slice through
+    ``center`` and inside its window of +-``radius`` mm (axes ``h``, ``v``)."""
+    return bool(abs(xyz[normal] - center[normal]) <= SLICE_SLAB
+                and abs(xyz[h] - center[h]) < radius and abs(xyz[v] - center[v]) < radius)
+
+
 def stat_map_mosaic(
     img: ImageLike,
     z_cuts: Sequence[float],
@@ -389,17 +397,13 @@ def zoomed_figure(
         ax.set_position([0.005 + i * (side + 0.04) / width, bottom, side / width, side / height])
         ax.set_xlim(center[h] - radius, center[h] + radius)
         ax.set_ylim(center[v] - radius, center[v] + radius)
-        def on_slice(xyz: np.ndarray) -> bool:  # near the slice and inside the window
-            return bool(abs(xyz[normal] - center[normal]) <= SLICE_SLAB
-                        and abs(xyz[h] - center[h]) < radius
-                        and abs(xyz[v] - center[v]) < radius)
-
+        view = (center, radius, normal, h, v)
         for (label, _), xyz in zip(references, refs):
-            if on_slice(xyz):
+            if _on_slice(xyz, *view):
                 ax.annotate(label, (xyz[h], xyz[v]), xytext=(4, 4), textcoords="offset points",
                             fontsize=7, color="#145214")
         for n, xyz in enumerate(tied, start=2):
-            if on_slice(xyz):
+            if _on_slice(xyz, *view):
                 ax.annotate(str(n), (xyz[h], xyz[v]), xytext=(4, -9),
                             textcoords="offset points", fontsize=7, fontweight="bold",
                             color="black")
