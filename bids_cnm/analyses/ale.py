@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_cnm.analyses.frozen_heap import frozen_heap
 from bids_cnm.errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
@@ -211,7 +212,8 @@ def run_ale(
             "ALE of only %d studies: results are driven by single experiments "
             "(>= 17 recommended, Eickhoff et al. 2016)", len(src),
         )
-    with warnings.catch_warnings():
+    # nilearn collects garbage at every image it reads (NiMARE's masker: ~20 times)
+    with frozen_heap(), warnings.catch_warnings():
         # NiMARE 0.2x deprecates Dataset in favour of Studyset; Dataset still works.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"nimare")
         warnings.filterwarnings("ignore", message=r".*Dataset is deprecated.*")
@@ -222,15 +224,14 @@ def run_ale(
             n_cores=n_cores,
         )
         corrected = corrector.transform(result)
-    maps = ALEMaps({name: corrected.get_map(name) for name in corrected.maps})
+        maps = ALEMaps({name: corrected.get_map(name) for name in corrected.maps})
+        logp_cluster = corrected.get_map(
+            "logp_desc-size_level-cluster_corr-FWE_method-montecarlo", return_type="array"
+        )
+        z = corrected.get_map("z", return_type="array")
+        keep = logp_cluster > -np.log10(cluster_threshold)
+        maps[THRESHOLDED_MAP] = corrected.masker.inverse_transform(np.where(keep, z, 0.0))
     # NiMARE's own methods text and references, for the run's citation boilerplate
     maps.description = str(getattr(corrected, "description_", "") or "")
     maps.bibtex = str(getattr(corrected, "bibtex_", "") or "")
-
-    logp_cluster = corrected.get_map(
-        "logp_desc-size_level-cluster_corr-FWE_method-montecarlo", return_type="array"
-    )
-    z = corrected.get_map("z", return_type="array")
-    keep = logp_cluster > -np.log10(cluster_threshold)
-    maps[THRESHOLDED_MAP] = corrected.masker.inverse_transform(np.where(keep, z, 0.0))
     return maps

@@ -50,6 +50,7 @@ from bids_cnm.analyses.dbs import (
     outcome_weighted_network,
     rmap_permutation,
 )
+from bids_cnm.analyses.frozen_heap import frozen_heap
 from bids_cnm.analyses.plan_seeds import DBS_SET, REFERENCE_SET, plan_nodes
 from bids_cnm.analyses.roi import (
     atlas_label_masks,
@@ -842,23 +843,25 @@ def run_plan(
         ``plan.json`` (the plan as run).
     """
     run = _Runner(plan, results, writer, entities, threshold, coordinates)
-    # the primary overlap first: a plan that names absent primary sets fails early
-    run.overlap(tuple(plan.primary_sets), "overlap", "primary_sets")
-    val = plan.validation
-    if val.controls:
-        run.controls()
-    if plan.dbs is not None:
-        run.dbs()
-    for i, item in enumerate(val.roi_overlap):
-        run.roi_overlap(i, item)
-    for i, item in enumerate(val.spatial_correlation):
-        run.spatial(i, item)
-    if val.roi_to_roi is not None:
-        run.roi_to_roi()
-    for i, item in enumerate(val.peaks):
-        run.peak(i, item)
-    if plan.ale is not None:
-        run.ale()
+    # the masks and maps it reads go through nilearn, which collects garbage at each
+    with frozen_heap():
+        # the primary overlap first: a plan that names absent primary sets fails early
+        run.overlap(tuple(plan.primary_sets), "overlap", "primary_sets")
+        val = plan.validation
+        if val.controls:
+            run.controls()
+        if plan.dbs is not None:
+            run.dbs()
+        for i, item in enumerate(val.roi_overlap):
+            run.roi_overlap(i, item)
+        for i, item in enumerate(val.spatial_correlation):
+            run.spatial(i, item)
+        if val.roi_to_roi is not None:
+            run.roi_to_roi()
+        for i, item in enumerate(val.peaks):
+            run.peak(i, item)
+        if plan.ale is not None:
+            run.ale()
     record = {"Source": writer.uri(plan.source) if plan.source else None,
               "Threshold": float(threshold), **plan.to_dict()}
     # a record of the run, not a data file's sidecar: with the logs

@@ -10,6 +10,7 @@ import time
 
 from nipype.pipeline import engine as pe
 
+from bids_cnm.analyses.frozen_heap import frozen_heap
 from bids_cnm.cli import interrupt
 from bids_cnm.config import Config
 from bids_cnm.errors import InputDataError, MissingInputError
@@ -64,29 +65,25 @@ def execute(workflow: pe.Workflow, config: Config, started: float) -> RunTimer:
     )
     timer = RunTimer(started)
     callback = _interruptible(timer)
+    _freeze_at_exit()
     # nipype calls gc.collect() before it submits jobs and after each node it runs in
     # this process (and nilearn in its plotting); on this process's heap (pybids,
     # pandas, scipy: ~200k objects) each takes 0.1-0.3 s.  Frozen objects are skipped
     # by the collector: a collection then scans only what the run itself allocates.
     # The workers fork from this process and inherit the frozen heap too.
-    frozen = gc.get_freeze_count() == 0
-    if frozen:
-        gc.freeze()
-    _freeze_at_exit()
     try:
-        if config.nipype_plugin == "Linear":
-            workflow.run(plugin="Linear", plugin_args={"status_callback": callback})
-        elif config.nipype_plugin == "MultiProc":
-            # nipype's MultiProc, woken by its workers instead of polling
-            workflow.run(plugin=EventMultiProcPlugin({**plugin_args, "status_callback": callback}))
-        else:
-            workflow.run(plugin=config.nipype_plugin,
-                         plugin_args={**plugin_args, "status_callback": callback})
+        with frozen_heap():
+            if config.nipype_plugin == "Linear":
+                workflow.run(plugin="Linear", plugin_args={"status_callback": callback})
+            elif config.nipype_plugin == "MultiProc":
+                # nipype's MultiProc, woken by its workers instead of polling
+                workflow.run(plugin=EventMultiProcPlugin({**plugin_args,
+                                                          "status_callback": callback}))
+            else:
+                workflow.run(plugin=config.nipype_plugin,
+                             plugin_args={**plugin_args, "status_callback": callback})
     except RuntimeError as exc:
         raise error_from_crash(config.work_dir / "crash", started - 1) from exc
-    finally:
-        if frozen:
-            gc.unfreeze()
     LOGGER.info("done in %.0f s; outputs in %s", time.time() - started, config.output_dir)
     LOGGER.debug("slowest steps (s): %s", timer.slowest())
     return timer

@@ -7,8 +7,10 @@ nilearn accepts such a figure through its ``figure=`` argument (its displays
 are not ``close()``d: that asks pyplot for a figure it never registered).
 
 nilearn calls ``gc.collect()`` several times per plot; on a heap holding the
-previous figures that dominates the plotting time.  :func:`fast_gc` freezes the
-heap before each nilearn call (``gc.freeze``) and unfreezes it at the end.
+previous figures that dominates the plotting time.  The report builds and draws its
+figures in a :func:`~bids_cnm.analyses.frozen_heap.frozen_heap` block, and each
+figure freezes the heap again before its nilearn call (what the previous figures
+allocated joins the frozen objects).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from __future__ import annotations
 import gc
 import io
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -43,7 +44,6 @@ __all__ = [
     "bars",
     "clean",
     "coordinates_glass_brain",
-    "fast_gc",
     "finite_data",
     "glass_grid",
     "group_strip",
@@ -79,20 +79,6 @@ SET_COLORS = (
 )
 #: |values| above this are placeholders (e.g. the clipped t of a seed with itself)
 _HUGE = 1e30
-
-
-@contextmanager
-def fast_gc() -> Iterator[None]:
-    """Let :func:`_freeze` freeze the heap during the block; unfreeze it afterwards.
-
-    If the heap was frozen already (by the application), it is left as found.
-    """
-    owner = gc.get_freeze_count() == 0
-    try:
-        yield
-    finally:
-        if owner:
-            gc.unfreeze()
 
 
 def _freeze() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from bids_cnm import __version__
+from bids_cnm.analyses.frozen_heap import frozen_heap
 from bids_cnm.errors import MissingInputError
 from bids_cnm.io.derivatives import write_text
 from bids_cnm.reports import figures
@@ -208,7 +209,7 @@ def build_report(
     if not root.is_dir():
         raise MissingInputError(f"cannot build the report: {root} is not a folder.")
     ctx = make_context(root, settings, files)
-    with figures.fast_gc():
+    with frozen_heap():
         body = _body(ctx)
         failed = draw_figures(body, n_procs)
     ctx.errors += [f"figure {f.alt!r}: {f.error}" for f in failed]
