@@ -107,6 +107,33 @@ def test_ale_peak_at_planted_cluster():
     assert np.all((thr == 0) | np.isclose(thr, data))
 
 
+def test_saved_maps_are_read_back_with_their_values_type_and_texts(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-90, -126, -72)
+    # NiMARE's maps carry its mask's header: uint8, over float32 arrays
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    maps = ale.ALEMaps({
+        "z": nib.Nifti1Image(rng.normal(size=(4, 5, 6)).astype(np.float32), affine, header),
+        "logp_desc-size_level-cluster_corr-FWE_method-montecarlo":
+            nib.Nifti1Image(rng.random((4, 5, 6)), affine),
+        "not kept": nib.Nifti1Image(np.ones((4, 5, 6)), affine),
+    })
+    maps.description, maps.bibtex = "NiMARE's text", "@article{x}"
+    kept = ["z", "logp_desc-size_level-cluster_corr-FWE_method-montecarlo"]
+    back = ale.load_maps(ale.save_maps(maps, tmp_path, kept))
+    assert list(back) == kept
+    for name in kept:
+        data = np.asarray(back[name].dataobj)
+        assert data.dtype == np.asarray(maps[name].dataobj).dtype
+        np.testing.assert_array_equal(data, np.asarray(maps[name].dataobj))
+        np.testing.assert_array_equal(back[name].affine, affine)
+    assert (back.description, back.bibtex) == (maps.description, maps.bibtex)
+
+
 def test_ale_on_nimare_pain_dataset():
     path = os.path.join(os.path.dirname(nimare.__file__), "tests", "data", "nidm_pain_dset.json")
     if not os.path.exists(path):

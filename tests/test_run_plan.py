@@ -576,6 +576,36 @@ def test_ale_inputs_and_maps(run):
     assert summary["n_clusters"] == ndimage.label(thr != 0, structure=faces)[1]
 
 
+def test_ale_computed_beforehand_writes_the_same_files(run, tmp_path, monkeypatch):
+    """The workflow computes the ALE in a step of its own (compute_ale, saved, loaded back):
+    run_plan then writes the same maps and tables as when it computes the ALE itself."""
+    import bids_cnm.analyses.run_plan as rp
+    from bids_cnm.analyses.ale import load_maps, save_maps
+
+    plan = run["plan"]
+    saved = save_maps(rp.compute_ale(plan, coordinates()), tmp_path, rp.ALE_MAPS)
+    only_ale = plan_from_dict({**plan.to_dict(), "dbs": None, "validation": {}})
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the ALE was computed again")
+
+    monkeypatch.setattr(rp.ale_mod, "run_ale", not_again)
+    out = tmp_path / "out"
+    paths = run_plan(only_ale, run["results"], DerivativesWriter(out, tmp_path, {},
+                                                                 GRID["space"]),
+                     GRID, THRESHOLD, coordinates(), ale_maps=load_maps(saved))
+    written = sorted(p.name for p in paths if p.parent.name == "ale")
+    assert len(written) == len(rp.ALE_MAPS) + 2  # the maps, the summary, the peaks
+    for name in written:
+        if name.endswith(".nii.gz"):
+            here, there = nib.load(out / "ale" / name), nib.load(find(run["out"], name))
+            np.testing.assert_array_equal(here.get_fdata(), there.get_fdata())
+            np.testing.assert_array_equal(here.affine, there.affine)
+        else:
+            pd.testing.assert_frame_equal(pd.read_csv(out / "ale" / name, sep="\t"),
+                                          read(run, name))
+
+
 def test_runs_are_reproducible(run, tmp_path):
     plan = run["plan"]
     plan = plan_from_dict({**plan.to_dict(), "ale": None, "dbs": None,

@@ -156,6 +156,19 @@ def test_group_wf_specificity_and_compare_cohort(inputs):
                       "plan_analyses", "degree_check"}
 
 
+def test_the_plans_ale_runs_from_the_start(inputs):
+    """The ALE reads only the coordinates: no step comes before it (it runs beside the
+    preparation), and its maps go to the plan's step; a plan without ALE has no such step."""
+    from bids_cnm.plan import plan_from_dict
+
+    workflow = init_group_wf(dataclasses.replace(inputs, plan=plan_from_dict({"ale": {}})))
+    edges = _edges(workflow)
+    assert not [e for e in edges if e[2] == "plan_ale"]
+    assert ("plan_ale", "maps", "plan_analyses", "ale_maps") in edges
+    assert workflow.get_node("plan_ale").inputs.plan == str(inputs.plan_file)
+    assert "plan_ale" not in _names(init_group_wf(inputs))
+
+
 def test_prepared_batches_run_in_the_main_process(inputs, tmp_path):
     """Once every subject of a batch is prepared, its check runs in the main process (no
     worker, no cluster job); a batch with a subject left to prepare goes to a worker."""

@@ -8,8 +8,11 @@ cluster-forming threshold of p < 0.001 and cluster-level FWE p < 0.05).
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -20,7 +23,8 @@ from bids_cnm.errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SAMPLE_SIZE", "coordinates_to_nimare_source", "run_ale"]
+__all__ = ["DEFAULT_SAMPLE_SIZE", "MAPS_RECORD", "ALEMaps", "coordinates_to_nimare_source",
+           "load_maps", "run_ale", "save_maps"]
 
 # ALE kernels widen with smaller samples, so a sample size is required; 20 is a
 # typical size of the small imaging studies pooled in epilepsy meta-analyses.
@@ -136,6 +140,53 @@ class ALEMaps(dict):
 
     description: str = ""
     bibtex: str = ""
+
+
+#: what :func:`save_maps` writes beside the maps
+MAPS_RECORD = "ale_maps.json"
+
+
+def save_maps(maps: ALEMaps, folder: str | Path, names: Iterable[str]) -> Path:
+    """Save the named maps (uncompressed NIfTI, their arrays' data type) and the texts.
+
+    For a step that computes the ALE to hand it to another (the workflow's
+    ``plan_ale`` to ``plan_analyses``): a map's array is read back with the same
+    values, data type and affine.
+
+    Parameters
+    ----------
+    maps : ALEMaps
+    folder : path
+        An existing folder (a node's); the files are ``<i>.nii`` and :data:`MAPS_RECORD`.
+    names : iterable of str
+        The maps to keep (the others, NiMARE's intermediate maps, are not saved).
+
+    Returns
+    -------
+    Path
+        The record (``MAPS_RECORD``), for :func:`load_maps`.
+    """
+    folder = Path(folder)
+    files = {}
+    for i, name in enumerate(names):  # NiMARE's names hold '-' and '_': not file names
+        # NiMARE's maps carry its mask's header (uint8): saved as they are, their
+        # floats would be scaled to bytes.  The array's own type is kept instead.
+        data = np.asarray(maps[name].dataobj)
+        nib.save(nib.Nifti1Image(data, maps[name].affine), folder / f"{i}.nii")
+        files[name] = f"{i}.nii"
+    record = folder / MAPS_RECORD
+    record.write_text(json.dumps({"maps": files, "description": maps.description,
+                                  "bibtex": maps.bibtex}))
+    return record
+
+
+def load_maps(record: str | Path) -> ALEMaps:
+    """The maps :func:`save_maps` saved (data read on use)."""
+    record = Path(record)
+    saved = json.loads(record.read_text())
+    maps = ALEMaps({name: nib.load(record.parent / file) for name, file in saved["maps"].items()})
+    maps.description, maps.bibtex = saved["description"], saved["bibtex"]
+    return maps
 
 
 def run_ale(

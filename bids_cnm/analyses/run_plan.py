@@ -95,7 +95,7 @@ from bids_cnm.stats.peaks import PEAK_COLUMNS, find_peaks
 
 LOGGER = logging.getLogger("bids_cnm")
 
-__all__ = ["run_plan", "ALE_MAPS"]
+__all__ = ["ALE_MAPS", "ale_foci", "compute_ale", "run_plan"]
 
 #: t values at or beyond this are the engine's stand-in for infinity (zero variance)
 _HUGE = float(np.finfo(np.float32).max) / 2
@@ -178,8 +178,10 @@ class _Runner:
     """State of one plan run: the grid, computed maps, written files."""
 
     def __init__(self, plan: Plan, results: GroupResults, writer: DerivativesWriter,
-                 entities: dict, threshold: float, coordinates: pd.DataFrame | None) -> None:
+                 entities: dict, threshold: float, coordinates: pd.DataFrame | None,
+                 ale_maps: ale_mod.ALEMaps | None = None) -> None:
         self.plan = plan
+        self.ale_maps = ale_maps
         self.results = results
         self.writer = writer
         self.base = {k: v for k, v in dict(entities).items() if v not in (None, "")}
@@ -199,7 +201,7 @@ class _Runner:
     # ------------------------------------------------------------------ helpers
 
     def error(self, key: str, problem: str) -> InputDataError:
-        return InputDataError(f"{self.plan.label}, {key}: {problem}")
+        return _plan_error(self.plan, key, problem)
 
     def rng(self, name: str) -> np.random.Generator:
         """A random stream of its own for each analysis (stable under plan edits)."""
@@ -728,35 +730,10 @@ class _Runner:
 
     def ale(self) -> None:
         spec = self.plan.ale
-        if self.coordinates is None:
-            raise self.error("ale", "the coordinates table was not given to run_plan")
-        sets = tuple(spec.sets or self.plan.primary_sets)
-        coords = self.coordinates
-        if "set" in coords.columns:
-            coords = coords[coords["set"].astype(str).isin(sets)]
-        if len(coords) == 0:
-            raise self.error("ale.sets" if spec.sets else "primary_sets",
-                             f"no coordinate of set(s) {list(sets)}")
-        if spec.sample_size_column is not None:
-            if spec.sample_size_column not in coords.columns:
-                raise self.error("ale.sample_size_column",
-                                 f"column '{spec.sample_size_column}' is not in the coordinates "
-                                 f"(columns: {', '.join(coords.columns)})")
-            coords = coords.drop(columns=[c for c in ("sample_size", "n")
-                                          if c != spec.sample_size_column and c in coords])
-            coords = coords.rename(columns={spec.sample_size_column: "sample_size"})
-        keys = [c for c in ("set", "study") if c in coords.columns]
-        n_experiments = len(coords.drop_duplicates(keys))
-        LOGGER.info("analysis plan: ALE of %d foci from %d studies (%d Monte-Carlo iterations)",
-                    len(coords), n_experiments, spec.n_iters)
-        try:
-            maps = ale_mod.run_ale(
-                coords, n_iters=spec.n_iters, voxel_thresh=spec.voxel_thresh,
-                cluster_threshold=spec.cluster_threshold, target=spec.target,
-                random_state=self.plan.random_seed,
-                default_sample_size=spec.default_sample_size, source="coordinates")
-        except ValueError as exc:
-            raise self.error("ale", str(exc)) from exc
+        coords, sets, n_experiments = ale_foci(self.plan, self.coordinates)
+        maps = self.ale_maps
+        if maps is None:
+            maps = compute_ale(self.plan, self.coordinates)
         space, res = _ALE_SPACE[spec.target]
         base = {k: v for k, v in self.base.items() if k not in ("task", "space", "res")}
         base.update(space=space, res=res, set="".join(seed_label(s) for s in sets))
@@ -810,6 +787,95 @@ class _Runner:
                          self.sources, **common)
 
 
+def _plan_error(plan: Plan, key: str, problem: str) -> InputDataError:
+    return InputDataError(f"{plan.label}, {key}: {problem}")
+
+
+def ale_foci(plan: Plan, coordinates: pd.DataFrame | None
+             ) -> tuple[pd.DataFrame, tuple[str, ...], int]:
+    """The foci of the plan's ALE: its sets' coordinates, with their sample sizes.
+
+    Parameters
+    ----------
+    plan : Plan
+        A plan with an ``ale`` section.
+    coordinates : DataFrame or None
+        The run's coordinates table.
+
+    Returns
+    -------
+    coords : DataFrame
+        The rows of the ALE's sets (``ale.sets``, default the primary sets), the
+        plan's ``sample_size_column`` renamed ``sample_size``.
+    sets : tuple of str
+    n_experiments : int
+        Distinct (set, study) pairs: NiMARE's experiments.
+
+    Raises
+    ------
+    InputDataError
+        Without coordinates, without a row of the sets, or naming a missing column.
+    """
+    spec = plan.ale
+    if coordinates is None:
+        raise _plan_error(plan, "ale", "the coordinates table was not given to run_plan")
+    sets = tuple(spec.sets or plan.primary_sets)
+    coords = coordinates
+    if "set" in coords.columns:
+        coords = coords[coords["set"].astype(str).isin(sets)]
+    if len(coords) == 0:
+        raise _plan_error(plan, "ale.sets" if spec.sets else "primary_sets",
+                          f"no coordinate of set(s) {list(sets)}")
+    if spec.sample_size_column is not None:
+        if spec.sample_size_column not in coords.columns:
+            raise _plan_error(plan, "ale.sample_size_column",
+                              f"column '{spec.sample_size_column}' is not in the coordinates "
+                              f"(columns: {', '.join(coords.columns)})")
+        coords = coords.drop(columns=[c for c in ("sample_size", "n")
+                                      if c != spec.sample_size_column and c in coords])
+        coords = coords.rename(columns={spec.sample_size_column: "sample_size"})
+    keys = [c for c in ("set", "study") if c in coords.columns]
+    return coords, sets, len(coords.drop_duplicates(keys))
+
+
+def compute_ale(plan: Plan, coordinates: pd.DataFrame | None) -> ale_mod.ALEMaps:
+    """NiMARE's ALE of the plan's foci (:func:`ale_foci`), with its Monte-Carlo FWE.
+
+    It needs no connectivity: the workflow runs it in a step of its own from the
+    start (``plan_ale``), beside the connectome's preparation, and hands the maps to
+    :func:`run_plan` (``ale_maps``), which writes them.
+
+    Parameters
+    ----------
+    plan : Plan
+        A plan with an ``ale`` section.
+    coordinates : DataFrame or None
+        The run's coordinates table.
+
+    Returns
+    -------
+    ALEMaps
+        :func:`bids_cnm.analyses.ale.run_ale`'s maps.
+
+    Raises
+    ------
+    InputDataError
+        As :func:`ale_foci`, or when NiMARE refuses the foci.
+    """
+    spec = plan.ale
+    coords, _, n_experiments = ale_foci(plan, coordinates)
+    LOGGER.info("analysis plan: ALE of %d foci from %d studies (%d Monte-Carlo iterations)",
+                len(coords), n_experiments, spec.n_iters)
+    try:
+        return ale_mod.run_ale(
+            coords, n_iters=spec.n_iters, voxel_thresh=spec.voxel_thresh,
+            cluster_threshold=spec.cluster_threshold, target=spec.target,
+            random_state=plan.random_seed,
+            default_sample_size=spec.default_sample_size, source="coordinates")
+    except ValueError as exc:
+        raise _plan_error(plan, "ale", str(exc)) from exc
+
+
 def run_plan(
     plan: Plan,
     results: GroupResults,
@@ -817,6 +883,7 @@ def run_plan(
     entities: dict,
     threshold: float,
     coordinates: pd.DataFrame | None = None,
+    ale_maps: ale_mod.ALEMaps | None = None,
 ) -> list[Path]:
     """Run every analysis of a plan on the group results and write the derivatives.
 
@@ -835,6 +902,8 @@ def run_plan(
         The main |t| threshold of the overlap networks.
     coordinates : DataFrame, optional
         The coordinates table (``study``, ``x``, ``y``, ``z``, ``set``…); needed by ALE.
+    ale_maps : ALEMaps, optional
+        The plan's ALE computed already (:func:`compute_ale`); default computed here.
 
     Returns
     -------
@@ -842,7 +911,7 @@ def run_plan(
         The written files (maps and tables; their JSON sidecars are written too), and
         ``plan.json`` (the plan as run).
     """
-    run = _Runner(plan, results, writer, entities, threshold, coordinates)
+    run = _Runner(plan, results, writer, entities, threshold, coordinates, ale_maps)
     # the masks and maps it reads go through nilearn, which collects garbage at each
     with frozen_heap():
         # the primary overlap first: a plan that names absent primary sets fails early

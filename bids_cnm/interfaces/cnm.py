@@ -22,6 +22,7 @@ from nipype.interfaces.base import (
     OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 from threadpoolctl import threadpool_limits
@@ -517,6 +518,16 @@ class _PlanInputSpec(BaseInterfaceInputSpec):
     writer = traits.Dict(mandatory=True)
     entities = traits.Dict(mandatory=True)
     threshold = traits.Float(mandatory=True)
+    ale_maps = File(exists=True, desc="the plan's ALE computed already (PlanALE); "
+                                      "default computed here")
+
+
+def _load_plan(path: str):
+    import json
+
+    from bids_cnm.plan import plan_from_dict
+
+    return plan_from_dict(json.loads(Path(path).read_text()))
 
 
 class PlanAnalyses(SimpleInterface):
@@ -526,19 +537,47 @@ class PlanAnalyses(SimpleInterface):
     output_spec = _FilesOutputSpec
 
     def _run_interface(self, runtime):
-        import json
-
+        from bids_cnm.analyses.ale import load_maps
         from bids_cnm.analyses.run_plan import run_plan
         from bids_cnm.io.coordinates import read_coordinates
-        from bids_cnm.plan import plan_from_dict
 
-        plan = plan_from_dict(json.loads(Path(self.inputs.plan).read_text()))
         files = run_plan(
-            plan, GroupResults.load(self.inputs.results), _writer(self.inputs.writer),
-            dict(self.inputs.entities), self.inputs.threshold,
+            _load_plan(self.inputs.plan), GroupResults.load(self.inputs.results),
+            _writer(self.inputs.writer), dict(self.inputs.entities), self.inputs.threshold,
             coordinates=read_coordinates(self.inputs.coordinates),
+            ale_maps=load_maps(self.inputs.ale_maps) if isdefined(self.inputs.ale_maps) else None,
         )
         self._results["out_files"] = [str(f) for f in files]
+        return runtime
+
+
+class _PlanALEInputSpec(BaseInterfaceInputSpec):
+    plan = File(exists=True, mandatory=True, desc="the plan as JSON (Plan.to_dict)")
+    coordinates = File(exists=True, mandatory=True)
+
+
+class _PlanALEOutputSpec(TraitedSpec):
+    maps = File(exists=True, desc="the ALE's maps (bids_cnm.analyses.ale.load_maps)")
+
+
+class PlanALE(SimpleInterface):
+    """The plan's ALE (NiMARE), saved in the node's folder for :class:`PlanAnalyses`.
+
+    It reads only the coordinates: it runs beside the connectome's preparation
+    instead of after the connectivity.
+    """
+
+    input_spec = _PlanALEInputSpec
+    output_spec = _PlanALEOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_cnm.analyses.ale import save_maps
+        from bids_cnm.analyses.run_plan import ALE_MAPS, compute_ale
+        from bids_cnm.io.coordinates import read_coordinates
+
+        maps = compute_ale(_load_plan(self.inputs.plan),
+                           read_coordinates(self.inputs.coordinates))
+        self._results["maps"] = str(save_maps(maps, runtime.cwd, ALE_MAPS))
         return runtime
 
 

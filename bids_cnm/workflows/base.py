@@ -44,6 +44,7 @@ from bids_cnm.interfaces.cnm import (
     GroupOutputs,
     GroupReport,
     ParticipantMaps,
+    PlanALE,
     PlanAnalyses,
     PrepareTimeseries,
     ReduceConnectivity,
@@ -604,6 +605,14 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
             mem_gb=2.0,
         )
         workflow.connect(reduce, "results", plan, "results")
+        if inputs.plan is not None and inputs.plan.ale is not None:
+            # the ALE reads only the coordinates: it runs from the start, beside the
+            # connectome's preparation, not after the connectivity (NiMARE's 10,000
+            # Monte-Carlo iterations take minutes)
+            ale = pe.Node(PlanALE(plan=str(inputs.plan_file),
+                                  coordinates=str(config.coordinates)),
+                          name="plan_ale", mem_gb=1.0)
+            workflow.connect(ale, "maps", plan, "ale_maps")
         finals.append(plan)
     # the report reads the derivatives from disk, once every step has written its own
     gather = _merge(len(finals), "collect_outputs")

@@ -18,6 +18,7 @@ KINDS = (
     ("preparation", re.compile(r"(\w+_)?prepare_")),
     ("connectivity", re.compile(r"(\w+_)?(analysis_mask|accumulate_|reduce|degree_sample)")),
     ("report", re.compile(r"report$")),
+    ("ALE", re.compile(r"plan_ale$")),
     ("outputs", re.compile(r"(group_outputs|degree_check|specificity_|compare_connectome"
                            r"|plan_analyses|zmaps_)")),
 )
@@ -89,6 +90,6 @@ class RunTimer:
     def summary(self, total: float | None = None) -> str:
         """One log line: ``time: 12.3 s = preparation 0.1 + connectivity 2.0 + ...``."""
         parts = self.breakdown(total)
-        order = ("preparation", "connectivity", "outputs", "report", "orchestration")
+        order = ("preparation", "connectivity", "ALE", "outputs", "report", "orchestration")
         terms = " + ".join(f"{k} {parts[k]:.1f}" for k in order if k in parts)
         return f"time: {parts['total']:.1f} s = {terms} (steps running side by side count once)"
