@@ -847,10 +847,8 @@ def compute_ale(plan: Plan, coordinates: pd.DataFrame | None) -> ale_mod.ALEMaps
 
     Parameters
     ----------
-    plan : Plan
-        A plan with an ``ale`` section.
-    coordinates : DataFrame or None
-        The run's coordinates table.
+    plan, coordinates
+        As :func:`ale_foci`.
 
     Returns
     -------
