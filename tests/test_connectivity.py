@@ -245,6 +245,13 @@ def test_saved_moments_round_trip_and_older_files_load(tmp_path):
     older = tmp_path / "old.npz"
     np.savez(older, n=4, sum_r=parts[0].sum_r, mean_z=parts[0].mean_z, m2_z=parts[0].m2_z)
     np.testing.assert_array_equal(connectivity.RunningStats.load(older).m2_z, parts[0].m2_z)
+    # saved again where a reader has the file mapped (a node run again): the reader keeps
+    # the pages it mapped, the new file holds the new sums, no temporary is left
+    mapped = connectivity.RunningStats.load(path)
+    parts[1].save(path)
+    np.testing.assert_array_equal(mapped.m2_z, parts[0].m2_z)
+    np.testing.assert_array_equal(connectivity.RunningStats.load(path).m2_z, parts[1].m2_z)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_saved_group_results_round_trip_mapped_and_older_files_load(tiny_connectome,

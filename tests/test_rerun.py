@@ -134,6 +134,35 @@ def test_changed_output_is_restored(setup, capsys, change):
     assert code == 0 and FAST in log
 
 
+def test_participant_run_after_the_group_run_is_not_recomputed(setup, capsys):
+    """A participant job in the same folders after the group run leaves its own command
+    and methods text in logs/ and does not touch the group's maps.  The group's identical
+    re-run then rewrites the logs with nipype's cached steps (none is run again), and the
+    next one is verified only."""
+    command, bids, coordinates, out = setup
+    work = Path(command[command.index("-w") + 1])
+    participant = [str(bids), str(out), "participant", "--participant-label", "01",
+                   "--coordinates", str(coordinates), "-w", str(work),
+                   "--nipype-plugin", "Linear"]
+    assert main(participant) == 0
+    assert 'participant-label = ["01"]' in (out / "logs" / "bids_cnm.toml").read_text()
+    group_files = {p: s for p, s in stamps(out).items()
+                   if not p.startswith(("logs/", "sub-")) and p != "bids_cnm_report.html"}
+    # (the preparation's nodes always run: they check the prepared copies, a stat each)
+    steps = {p: p.stat().st_mtime_ns for p in (work / "cnm_wf").rglob("result_*.pklz")
+             if "prepare_" not in p.name}
+    assert any("accumulate" in p.name for p in steps)
+    code, log = rerun(capsys, command)
+    assert code == 0, log[-2000:]
+    assert "re-run check: the files of logs/ were rewritten since the earlier run" in log
+    assert "removed nipype's cache" not in log
+    assert {p: p.stat().st_mtime_ns for p in steps} == steps  # every other step was cached
+    assert "participant-label = []" in (out / "logs" / "bids_cnm.toml").read_text()
+    assert {p: s for p, s in stamps(out).items() if p in group_files} == group_files
+    code, log = rerun(capsys, command)
+    assert code == 0 and FAST in log
+
+
 def test_deleted_output_folder_is_written_again(setup, capsys):
     """The output folder removed, the same command with the same work folder: nipype's
     cache still holds the steps that wrote into the deleted folder; the run must write
@@ -175,6 +204,20 @@ def test_record_without_check_takes_the_full_path(setup, capsys):
     (out / RECORD).write_text(json.dumps(record))
     code, log = rerun(capsys, command)
     assert code == 0 and "recorded no re-run check" in log
+
+
+def test_older_seal_drops_the_steps_cache(setup, capsys):
+    """A seal without the logs' own digest (outputs and logs were one digest): whether an
+    output changed cannot be told, so the steps that wrote them run again."""
+    command, _, _, out = setup
+    record = json.loads((out / RECORD).read_text())
+    del record["levels"]["group"]["rerun"]["logs"]
+    (out / RECORD).write_text(json.dumps(record))
+    code, log = rerun(capsys, command)
+    assert code == 0 and "re-run check is of an older version" in log
+    assert "removed nipype's cache" in log
+    code, log = rerun(capsys, command)
+    assert code == 0 and FAST in log
 
 
 def test_same_nodes_are_not_rewritten(tmp_path):

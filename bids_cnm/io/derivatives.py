@@ -216,8 +216,12 @@ def write_json(path: Path, content: Mapping) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically (UTF-8)."""
-    _atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """Write a text file atomically (UTF-8); left untouched when it says the same already.
+
+    (A participant job rewriting the shared ``.bidsignore`` with the same lines would
+    make the group run's outputs look modified to its re-run check.)
+    """
+    store_bytes(Path(path), text.encode("utf-8"))
     return Path(path)
 
 

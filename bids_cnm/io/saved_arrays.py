@@ -114,15 +114,28 @@ def write_stacked(path: Path, arrays: Sequence[np.ndarray]) -> None:
     """Write arrays of one shape and type as one ``.npy`` of shape ``(len(arrays), ...)``.
 
     Each array's bytes are written in turn (no stacked copy); ``np.load(path,
-    mmap_mode=...)`` then maps them.
+    mmap_mode=...)`` then maps them.  The file is written under a temporary name and
+    renamed: a process that has mapped an earlier file at ``path`` keeps reading its
+    pages, and an interrupted write leaves no partial file.
 
     Parameters
     ----------
     path : Path
     arrays : sequence of C-contiguous ndarray
+
+    Raises
+    ------
+    OutputError
+        When the folder's disk is full or read-only.
     """
+    from bids_cnm.io.derivatives import _atomic_write
+
     header = {"descr": np.lib.format.dtype_to_descr(arrays[0].dtype),
               "fortran_order": False, "shape": (len(arrays), *arrays[0].shape)}
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        f.writelines(memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays)
+
+    def write(fd: int, name: str) -> None:
+        with open(fd, "wb", closefd=False) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.writelines(memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays)
+
+    _atomic_write(Path(path), write)
