@@ -203,6 +203,65 @@ print("drawn")
 """
 
 
+_NO_FORK_SCRIPT = """
+import os, resource, sys
+from functools import partial
+import numpy as np
+from bids_cnm.reports import drawing, figures
+from bids_cnm.reports.blocks import Figure, Section
+
+def pid(k):
+    return str(os.getpid()).encode()
+
+# what a drawing process reads under root's home (matplotlib's caches), read as root
+figures.import_matplotlib()
+import nilearn.plotting  # noqa: E402, F401
+figs = [Figure(partial(pid, k), "c", f"f{k}") for k in range(6)]
+figs.append(Figure(partial(figures.coordinates_glass_brain, {"s": np.zeros((1, 3))},
+                           {"s": "#1f77b4"}), "c", "glass"))
+# a user allowed only `extra` processes more than this one runs (its threads count)
+extra = int(sys.argv[1])
+threads = int(next(line.split()[1] for line in open("/proc/self/status")
+                   if line.startswith("Threads:")))
+os.setgid(65534)
+os.setuid(65534)
+resource.setrlimit(resource.RLIMIT_NPROC, (threads + extra, threads + extra))
+if extra == 0:
+    try:
+        child = os.fork()
+    except OSError:
+        pass
+    else:
+        if child == 0:
+            os._exit(0)
+        sys.exit("a fork succeeded: the limit does not hold here")
+failed = drawing.draw_figures([Section("s", "S", figs)], n_procs=2)
+assert not failed, [f.error for f in failed]
+assert figs[6].png.startswith(b"\\x89PNG")
+here = str(os.getpid()).encode() in {f.png for f in figs[:6]}
+print("drawn", "here" if here else "by another process")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming a user limited to its own "
+                                               "processes needs root")
+@pytest.mark.parametrize(("extra", "where"), [(0, "here"), (1, "by another process")])
+def test_figures_are_drawn_when_processes_cannot_be_forked(tmp_path, extra, where):
+    """A system that refuses forks (a process limit) costs the report no figure: with no
+    process to be had, the figures are drawn in the report's own process; with one, by
+    it (the second fork failing); a warning says so."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _NO_FORK_SCRIPT, str(extra)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1",
+                               "BIDS_CNM_DRAW_SERVER": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"drawn {where}"
+    assert "cannot start a drawing process" in proc.stderr
+
+
 def test_large_figure_jobs_handed_out_up_front_do_not_block():
     """The early process gets several jobs at once while nilearn is imported here.  Sent
     one message each, a large job could wait for the process to read while the process

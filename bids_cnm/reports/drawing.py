@@ -101,9 +101,10 @@ def _prepare_nilearn() -> None:
 def _serve(conn: Connection) -> None:
     """A worker process: draw the jobs of each list received, until ``None``.
 
-    Each result is sent back in turn.  It also ends when its parent does (killed, say, by a job's time limit): the forked
-    worker holds a copy of the parent's end of its own pipe (and of the pipes made before
-    it), so the parent's death alone never ends ``recv``.
+    Each result is sent back in turn.  It also ends when its parent does (killed, say,
+    by a job's time limit): the forked worker holds a copy of the parent's end of its
+    own pipe (and of the pipes made before it), so the parent's death alone never ends
+    ``recv``.
     """
     parent = multiprocessing.parent_process()
     watched = [conn] if parent is None else [conn, parent.sentinel]
@@ -187,6 +188,27 @@ def _hand_out(worker: _Worker, ks: Sequence[int], figures: Sequence[Figure],
             results[k] = _draw(figures[k].job)
 
 
+def _start(context: multiprocessing.context.BaseContext, with_nilearn: bool, n: int,
+           workers: list[_Worker]) -> list[_Worker]:
+    """Fork up to ``n`` drawing processes, each added to ``workers`` once started.
+
+    Fewer when the system refuses a fork (process or memory limits): the figures are
+    then drawn by the processes there are, or by this one; every process started is
+    in ``workers``, which the caller stops.
+    """
+    started = []
+    for _ in range(n):
+        try:
+            worker = _Worker(context, with_nilearn)
+        except OSError as exc:
+            LOGGER.warning("report: cannot start a drawing process (%s); drawing with %d",
+                           exc, len(workers))
+            break
+        workers.append(worker)
+        started.append(worker)
+    return started
+
+
 #: cost units (:data:`_COST`) the early pool's processes are given up front: about
 #: what they draw while this process imports nilearn (~0.9 s of CPU)
 _IMPORT_COST = 6.0
@@ -212,10 +234,8 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
             import_matplotlib()  # what every figure draws with, inherited by the forks below
         # else the early pool: it draws what needs no nilearn while this process imports
         # it (every process, when no figure needs nilearn)
-        early = [] if served else [
-            _Worker(context, with_nilearn=False)
-            for _ in range(min(len(plain), max(1, size - 1) if nilearn else size))]
-        workers += early
+        early = [] if served else _start(
+            context, False, min(len(plain), max(1, size - 1) if nilearn else size), workers)
         if nilearn and not served:
             # the early pool's figures are given up front (this process cannot hand
             # any out while it imports)
@@ -235,8 +255,7 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
                     results[k] = (None, f"cannot import nilearn's plotting: {exc}")
                 nilearn.clear()
             # the late pool: forked now, with nilearn; `size` processes in all
-            workers += [_Worker(context, with_nilearn=True)
-                        for _ in range(min(size - len(workers), len(nilearn)))]
+            _start(context, True, min(size - len(workers), len(nilearn)), workers)
         while True:
             for i, worker in enumerate(workers):
                 if worker.pending:
@@ -248,12 +267,18 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
                     _hand_out(worker, [plain.popleft()], figures, results)
                 elif nilearn:  # an early process with nothing left: one with nilearn instead
                     worker.stop()
-                    workers[i] = _Worker(context, with_nilearn=True)
-                    _hand_out(workers[i], [nilearn.popleft()], figures, results)
+                    replaced = _start(context, True, 1, [])
+                    workers[i] = replaced[0] if replaced else None
+                    if replaced:
+                        _hand_out(replaced[0], [nilearn.popleft()], figures, results)
+            workers[:] = [w for w in workers if w is not None]
             busy = [w for w in workers if w.pending]
             if not busy:
                 if workers and (plain or nilearn):
                     continue  # what was handed out was drawn here (it could not be sent)
+                # no process left (none could be forked, or they died): the rest, here
+                for k in (*plain, *nilearn):
+                    results[k] = _draw(figures[k].job)
                 break
             for conn in wait([w.conn for w in busy]):
                 worker = next(w for w in busy if w.conn is conn)
