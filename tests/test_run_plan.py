@@ -577,13 +577,16 @@ def test_ale_inputs_and_maps(run):
 
 
 def test_ale_computed_beforehand_writes_the_same_files(run, tmp_path, monkeypatch):
-    """The workflow computes the ALE in a step of its own (compute_ale, saved, loaded back):
-    run_plan then writes the same maps and tables as when it computes the ALE itself."""
+    """The workflow computes the ALE in a step of its own, from the plan's ALE part alone
+    (compute_ale, saved, loaded back): run_plan then writes the same maps and tables as
+    when it computes the ALE itself from the whole plan."""
     import bids_cnm.analyses.run_plan as rp
     from bids_cnm.analyses.ale import load_maps, save_maps
 
     plan = run["plan"]
-    saved = save_maps(rp.compute_ale(plan, coordinates()), tmp_path, rp.ALE_MAPS)
+    part = plan_from_dict(rp.ale_part(plan))
+    assert part.ale == plan.ale and part.validation != plan.validation
+    saved = save_maps(rp.compute_ale(part, coordinates()), tmp_path, rp.ALE_MAPS)
     only_ale = plan_from_dict({**plan.to_dict(), "dbs": None, "validation": {}})
 
     def not_again(*args, **kwargs):

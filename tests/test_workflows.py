@@ -161,12 +161,25 @@ def test_the_plans_ale_runs_from_the_start(inputs):
     preparation), and its maps go to the plan's step; a plan without ALE has no such step."""
     from bids_cnm.plan import plan_from_dict
 
-    workflow = init_group_wf(dataclasses.replace(inputs, plan=plan_from_dict({"ale": {}})))
+    def ale_step(plan: dict):
+        workflow = init_group_wf(dataclasses.replace(inputs, plan=plan_from_dict(plan)))
+        return workflow, workflow.get_node("plan_ale")
+
+    def cache_key(node) -> str:  # nipype's hash of the step's inputs, as the run takes it
+        return node.inputs.get_hashval(workflow.config["execution"]["hash_method"])[1]
+
+    workflow, ale = ale_step({"ale": {"n_iters": 100}})
     edges = _edges(workflow)
     assert not [e for e in edges if e[2] == "plan_ale"]
     assert ("plan_ale", "maps", "plan_analyses", "ale_maps") in edges
-    assert workflow.get_node("plan_ale").inputs.plan == str(inputs.plan_file)
     assert "plan_ale" not in _names(init_group_wf(inputs))
+    # nipype's cache of the ALE outlives edits of the rest of the plan, not of its own part
+    key = cache_key(ale)
+    edited = {"ale": {"n_iters": 100}, "validation": {"controls": False}, "dbs": None}
+    assert cache_key(ale_step(edited)[1]) == key
+    for other in ({"ale": {"n_iters": 200}}, {"ale": {"n_iters": 100}, "random_seed": 3},
+                  {"ale": {"n_iters": 100}, "primary_sets": ["IGE"]}):
+        assert cache_key(ale_step(other)[1]) != key, other
 
 
 def test_prepared_batches_run_in_the_main_process(inputs, tmp_path):

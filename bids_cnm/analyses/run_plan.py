@@ -95,7 +95,7 @@ from bids_cnm.stats.peaks import PEAK_COLUMNS, find_peaks
 
 LOGGER = logging.getLogger("bids_cnm")
 
-__all__ = ["ALE_MAPS", "ale_foci", "compute_ale", "run_plan"]
+__all__ = ["ALE_MAPS", "ale_foci", "ale_part", "compute_ale", "run_plan"]
 
 #: t values at or beyond this are the engine's stand-in for infinity (zero variance)
 _HUGE = float(np.finfo(np.float32).max) / 2
@@ -836,6 +836,16 @@ def ale_foci(plan: Plan, coordinates: pd.DataFrame | None
         coords = coords.rename(columns={spec.sample_size_column: "sample_size"})
     keys = [c for c in ("set", "study") if c in coords.columns]
     return coords, sets, len(coords.drop_duplicates(keys))
+
+
+def ale_part(plan: Plan) -> dict:
+    """The part of a plan its ALE depends on, as a plan of its own (:meth:`Plan.to_dict`).
+
+    The workflow's ALE step is given this, not the whole plan: a plan edited elsewhere
+    (its ROIs, say) leaves the step's inputs, hence nipype's cached ALE, as they were.
+    """
+    full = plan.to_dict()
+    return {key: full[key] for key in ("primary_sets", "random_seed", "ale")}
 
 
 def compute_ale(plan: Plan, coordinates: pd.DataFrame | None) -> ale_mod.ALEMaps:

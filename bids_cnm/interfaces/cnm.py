@@ -552,7 +552,8 @@ class PlanAnalyses(SimpleInterface):
 
 
 class _PlanALEInputSpec(BaseInterfaceInputSpec):
-    plan = File(exists=True, mandatory=True, desc="the plan as JSON (Plan.to_dict)")
+    plan = traits.Dict(mandatory=True, desc="the part of the plan the ALE depends on "
+                                            "(run_plan.ale_part)")
     coordinates = File(exists=True, mandatory=True)
 
 
@@ -564,7 +565,8 @@ class PlanALE(SimpleInterface):
     """The plan's ALE (NiMARE), saved in the node's folder for :class:`PlanAnalyses`.
 
     It reads only the coordinates: it runs beside the connectome's preparation
-    instead of after the connectivity.
+    instead of after the connectivity.  Its inputs are the part of the plan it depends
+    on, so that editing the rest of the plan does not run it again.
     """
 
     input_spec = _PlanALEInputSpec
@@ -574,8 +576,9 @@ class PlanALE(SimpleInterface):
         from bids_cnm.analyses.ale import save_maps
         from bids_cnm.analyses.run_plan import ALE_MAPS, compute_ale
         from bids_cnm.io.coordinates import read_coordinates
+        from bids_cnm.plan import plan_from_dict
 
-        maps = compute_ale(_load_plan(self.inputs.plan),
+        maps = compute_ale(plan_from_dict(self.inputs.plan),
                            read_coordinates(self.inputs.coordinates))
         self._results["maps"] = str(save_maps(maps, runtime.cwd, ALE_MAPS))
         return runtime

@@ -608,8 +608,11 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
         if inputs.plan is not None and inputs.plan.ale is not None:
             # the ALE reads only the coordinates: it runs from the start, beside the
             # connectome's preparation, not after the connectivity (NiMARE's 10,000
-            # Monte-Carlo iterations take minutes)
-            ale = pe.Node(PlanALE(plan=str(inputs.plan_file),
+            # Monte-Carlo iterations take minutes); imported here: a plan with an ALE
+            # loads the plan's analyses anyway, a run without one need not
+            from bids_cnm.analyses.run_plan import ale_part
+
+            ale = pe.Node(PlanALE(plan=ale_part(inputs.plan),
                                   coordinates=str(config.coordinates)),
                           name="plan_ale", mem_gb=1.0)
             workflow.connect(ale, "maps", plan, "ale_maps")
