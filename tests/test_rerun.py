@@ -113,6 +113,15 @@ def test_execution_options_are_verified_not_run_again(setup, capsys):
         assert code == 0 and "re-run check: the options differ" in log, other
 
 
+def _connectivity_steps(command: list[str]) -> dict[Path, int]:
+    """The result files of the connectivity steps (sums, t-maps) and when they were written."""
+    work = Path(command[command.index("-w") + 1]) / "cnm_wf"
+    steps = {p: p.stat().st_mtime_ns for p in work.rglob("result_*.pklz")
+             if p.parent.name.startswith(("accumulate_", "reduce"))}
+    assert len(steps) >= 2
+    return steps
+
+
 @pytest.mark.parametrize("change", ["delete", "modify"])
 def test_changed_output_is_restored(setup, capsys, change):
     command, _, _, out = setup
@@ -126,10 +135,12 @@ def test_changed_output_is_restored(setup, capsys, change):
         with open(overlap, "r+b") as f:  # same size, other bytes
             f.seek(100)
             f.write(b"\0" * 8)
+    computed = _connectivity_steps(command)
     code, log = rerun(capsys, command)
     assert code == 0
     assert "re-run check: an output of the earlier run was removed or modified" in log
     assert {p: p.read_bytes() for p in expected} == expected
+    assert _connectivity_steps(command) == computed  # the writers ran again, not these
     code, log = rerun(capsys, command)
     assert code == 0 and FAST in log
 
@@ -171,11 +182,15 @@ def test_deleted_output_folder_is_written_again(setup, capsys):
 
     command, _, _, out = setup
     expected = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.tsv")}
+    computed = _connectivity_steps(command)
     shutil.rmtree(out)
     code, log = rerun(capsys, command)
     assert code == 0, log[-2000:]
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.tsv")} == expected
     assert "re-run check: no earlier run recorded" in log
+    # only the steps that write into the output folder ran again: not the connectivity
+    assert "removed nipype's cache of group_outputs" in log
+    assert _connectivity_steps(command) == computed
     code, log = rerun(capsys, command)
     assert code == 0 and FAST in log
 

@@ -6,7 +6,7 @@
   or work folder behind;
 - :func:`clean_workdir`, :func:`limit_threads`: ``--clean-workdir``, ``--omp-nthreads``;
 - :func:`forget_steps`: outputs of a finished run were removed or modified, so nipype's
-  cache of the steps that wrote them must go;
+  cache of the steps that write them must go;
 - :func:`route_warnings`: Python warnings reach the log as one line each;
 - :class:`WarningRecorder`: the run's warnings (logged or Python warnings) go into the
   run record ``logs/bids_cnm_run.json``, where the report reads them.
@@ -23,9 +23,13 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_cnm.config import Config
 from bids_cnm.errors import UsageError
+
+if TYPE_CHECKING:  # nipype is not imported before the re-run check
+    from nipype.pipeline.engine import Workflow
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -125,25 +129,48 @@ def clean_workdir(config: Config) -> None:
             child.unlink()
 
 
-#: nipype's cache of the workflow's steps in the work directory (the workflows' name,
-#: :mod:`bids_cnm.workflows.base`)
-STEP_CACHE = "cnm_wf"
+#: inputs that give a step the output folder: every step that writes into it has one
+OUTPUT_INPUTS = ("writer", "output_dir")
 
 
-def forget_steps(config: Config) -> None:
-    """Remove nipype's cache of the steps, keeping the prepared time series.
+def forget_steps(config: Config, workflow: Workflow) -> list[str]:
+    """Remove nipype's cache of the steps that write into OUTPUT_DIR.
 
     When a file a finished run wrote is gone or was modified, nipype would reuse the
     cached step that wrote it (its inputs are unchanged) and write nothing (or fail on
-    the missing file): every step after the preparation runs again, and the writers
-    leave files that already hold the right bytes untouched.  The work folder must be
-    this run's alone (a group run's lock).
+    the missing file).  The steps given the output folder (an input in
+    :data:`OUTPUT_INPUTS`) run again, and leave the files that already hold the right
+    bytes untouched.  The others compute into the work folder only (the prepared time
+    series, the connectivity sums and t-maps, the degree sample, the ALE) and are
+    reused: a deleted output folder does not cost the connectivity pass again.  The
+    work folder must be this run's alone (a group run's lock).
+
+    Parameters
+    ----------
+    config : Config
+    workflow : Workflow
+        The run's workflow, built (not run).
+
+    Returns
+    -------
+    list of str
+        The steps whose cache was removed.
     """
-    steps = Path(config.work_dir) / STEP_CACHE
-    if steps.is_dir():
-        LOGGER.info("outputs of the earlier run are missing or modified: every step after "
-                    "the preparation runs again (removed nipype's cache %s)", steps)
-        shutil.rmtree(steps)
+    base = Path(config.work_dir) / workflow.name
+    forgotten = []
+    for name in workflow.list_node_names():
+        inputs = workflow.get_node(name).inputs
+        if all(inputs.trait(t) is None for t in OUTPUT_INPUTS):
+            continue
+        folder = base.joinpath(*name.split("."))
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            forgotten.append(name)
+    if forgotten:
+        LOGGER.info("outputs of the earlier run are missing or modified: the %d step(s) "
+                    "that write them run again (removed nipype's cache of %s)",
+                    len(forgotten), ", ".join(forgotten))
+    return forgotten
 
 
 @contextlib.contextmanager

@@ -152,16 +152,16 @@ def _index_and_run(config: Config, command: tuple[str, ...], recorder: record.Wa
                   min_volumes=config.min_volumes)
         if removed:
             LOGGER.info("--overwrite: removed %d file(s) of the earlier run", len(removed))
-        if config.analysis_level == "group" and (verdict.outputs_changed or removed):
-            # outputs of a finished run are gone or modified: nipype would reuse the
-            # cached steps that wrote them (their inputs did not change) and write nothing.
-            # (Never at the participant level: other jobs may be using the work folder.)
-            record.forget_steps(config)
         # before the workflow, so the report shows the methods; again after it, when the
         # ALE's own description (NiMARE) exists
         facts = (inputs.config, inputs.connectome, inputs.coordinates, inputs.plan)
         record.write_record(*facts)
         workflow = build_workflow(inputs)
+        if config.analysis_level == "group" and (verdict.outputs_changed or removed):
+            # outputs of a finished run are gone or modified: nipype would reuse the
+            # cached steps that wrote them (their inputs did not change) and write nothing.
+            # (Never at the participant level: other jobs may be using the work folder.)
+            record.forget_steps(config, workflow)
         timer = execute(workflow, inputs.config, started)
         record.write_record(*facts)
         finish_run(config.output_dir, config.analysis_level)
