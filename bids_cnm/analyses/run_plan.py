@@ -845,7 +845,7 @@ def ale_part(plan: Plan) -> dict:
     (its ROIs, say) leaves the step's inputs, hence nipype's cached ALE, as they were.
     """
     full = plan.to_dict()
-    return {key: full[key] for key in ("primary_sets", "random_seed", "ale")}
+    return {key: full[key] for key in ("primary_sets", "random_seed", "ale") if key in full}
 
 
 def compute_ale(plan: Plan, coordinates: pd.DataFrame | None) -> ale_mod.ALEMaps:

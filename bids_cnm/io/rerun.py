@@ -27,13 +27,12 @@ record (``logs/bids_cnm_run.json``)::
 is what this command would write, and the run stops there without touching any file.
 Anything else (an input touched, an option changed, an output deleted or modified, an
 earlier run that did not finish, the ``logs/`` files rewritten) takes the full path; only
-a deleted or modified output makes it drop nipype's cache of the steps that write
-into the output folder (``Verdict.outputs_changed``), since a cached step would not
-write its file again.  The
-files an analysis plan names (ROI tables, masks, VAT images listed in tables) are known
-once it is loaded: the full run lists them (:func:`plan_files`) and the check stats the
-recorded list (the plan file itself is an input too, so a plan naming other files is
-noticed).
+a deleted or modified output makes it drop nipype's cache of the steps that write into
+the output folder (``Verdict.outputs_changed``), since a cached step would not write its
+file again.  The files an analysis plan names (ROI tables, masks, VAT images listed in
+tables) are known once it is loaded: the full run lists them (:func:`plan_files`) and
+the check stats the recorded list (the plan file itself is an input too, so a plan
+naming other files is noticed).
 
 Only the standard library is imported here: the check runs before numpy, pandas,
 pybids or nipype load, which take longer than the check itself.

@@ -201,7 +201,8 @@ def _start(context: multiprocessing.context.BaseContext, with_nilearn: bool, n: 
         try:
             worker = _Worker(context, with_nilearn)
         except OSError as exc:
-            LOGGER.warning("report: cannot start a drawing process (%s); drawing with %d",
+            LOGGER.warning("report: cannot start a drawing process (%s); the figures are "
+                           "drawn by the %d started, or in the report's own process",
                            exc, len(workers))
             break
         workers.append(worker)
