@@ -59,6 +59,27 @@ def test_roi_to_roi_values_come_from_every_subject(plan_run):
     assert np.isfinite(numeric.to_numpy()).all()
 
 
+def test_the_plan_as_run_is_an_output_of_the_rerun_check(plan_command, capsys):
+    """logs/plan.json is written by the plan's step, not with the run's options: deleted
+    or edited, it is written again by that step (not taken for a participant job's logs,
+    which would keep the step cached with its file gone)."""
+    out = Path(plan_command[1])
+    plan_json = out / "logs" / "plan.json"
+    written = plan_json.read_bytes()
+    for change in ("delete", "edit"):
+        if change == "delete":
+            plan_json.unlink()
+        else:
+            plan_json.write_text("{}")
+        capsys.readouterr()
+        assert main(plan_command) == 0
+        log = capsys.readouterr().err
+        assert "an output of the earlier run was removed or modified" in log, change
+        assert plan_json.read_bytes() == written
+    assert main(plan_command) == 0
+    assert "nothing to do: every output is up to date" in capsys.readouterr().err
+
+
 def test_plan_rerun_verifies_until_a_file_the_plan_names_changes(plan_command, capsys):
     """The files the plan names, also those only its tables list (the DBS table's VAT
     images), are inputs of the re-run check (bids_cnm.io.rerun).  Last in this module:

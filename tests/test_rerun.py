@@ -145,6 +145,17 @@ def test_changed_output_is_restored(setup, capsys, change):
     assert code == 0 and FAST in log
 
 
+def test_the_run_record_files_are_those_every_run_writes(setup):
+    """The re-run check digests apart the logs/ files every run of either level rewrites
+    (its options, its methods text); the list is the one a group run writes."""
+    from bids_cnm.io.rerun import _NOT_OUTPUTS, RUN_RECORD_FILES
+
+    out = setup[3]
+    written = {p.name for p in (out / "logs").iterdir()} - _NOT_OUTPUTS
+    # and the plan as run (the default plan here), which the plan's step writes
+    assert written == RUN_RECORD_FILES | {"plan.json"}
+
+
 def test_participant_run_after_the_group_run_is_not_recomputed(setup, capsys):
     """A participant job in the same folders after the group run leaves its own command
     and methods text in logs/ and does not touch the group's maps.  The group's identical
@@ -165,7 +176,7 @@ def test_participant_run_after_the_group_run_is_not_recomputed(setup, capsys):
     assert any("accumulate" in p.name for p in steps)
     code, log = rerun(capsys, command)
     assert code == 0, log[-2000:]
-    assert "re-run check: the files of logs/ were rewritten since the earlier run" in log
+    assert "re-run check: the options and methods text in logs/ were rewritten" in log
     assert "removed nipype's cache" not in log
     assert {p: p.stat().st_mtime_ns for p in steps} == steps  # every other step was cached
     assert "participant-label = []" in (out / "logs" / "bids_cnm.toml").read_text()

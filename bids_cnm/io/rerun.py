@@ -18,21 +18,21 @@ record (``logs/bids_cnm_run.json``)::
   size, modification and change times and inode of each of its files, taken
   *before* the run read them (so an input changed while it ran is noticed);
 - ``outputs``: the same digest of every file the run wrote (``files`` of the
-  entry and ``dataset_description.json``);
-- ``logs``: the same of the files of ``logs/`` (the options, the methods text, the plan
-  as run), apart: a participant job in the same folder rewrites them after the group
-  run without touching the group's maps.
+  entry, ``dataset_description.json`` and the plan as run, ``logs/plan.json``);
+- ``logs``: the same of the run's options and methods text in ``logs/``
+  (:data:`RUN_RECORD_FILES`), apart: a participant job in the same folder rewrites
+  them after the group run without touching the group's maps.
 
 :func:`check` recomputes the four and compares them: all equal means every output
 is what this command would write, and the run stops there without touching any file.
 Anything else (an input touched, an option changed, an output deleted or modified, an
-earlier run that did not finish, the ``logs/`` files rewritten) takes the full path; only
-a deleted or modified output makes it drop nipype's cache of the steps that write into
-the output folder (``Verdict.outputs_changed``), since a cached step would not write its
-file again.  The files an analysis plan names (ROI tables, masks, VAT images listed in
-tables) are known once it is loaded: the full run lists them (:func:`plan_files`) and
-the check stats the recorded list (the plan file itself is an input too, so a plan
-naming other files is noticed).
+earlier run that did not finish, the options or methods text rewritten) takes the full
+path; only a deleted or modified output makes it drop nipype's cache of the steps that
+write into the output folder (``Verdict.outputs_changed``), since a cached step would
+not write its file again.  The files an analysis plan names (ROI tables, masks, VAT
+images listed in tables) are known once it is loaded: the full run lists them
+(:func:`plan_files`) and the check stats the recorded list (the plan file itself is an
+input too, so a plan naming other files is noticed).
 
 Only the standard library is imported here: the check runs before numpy, pandas,
 pybids or nipype load, which take longer than the check itself.
@@ -61,6 +61,11 @@ LEVEL = "group"
 _NOT_OUTPUTS = frozenset({RECORD.name, ".bids_cnm_run.lock"})
 
 LOGS = RECORD.parent.as_posix()
+
+#: the files of ``logs/`` that every run of either level rewrites
+#: (:func:`bids_cnm.cli.record.write_record`): its options and its methods text.  The
+#: others there (``plan.json``, written by the plan's step) are outputs like the maps.
+RUN_RECORD_FILES = frozenset({"bids_cnm.toml", "CITATION.md", "CITATION.html", "CITATION.bib"})
 
 
 @dataclass(frozen=True)
@@ -144,23 +149,29 @@ def input_stamps(config: Config, plan_files: list[str] | tuple[str, ...] = ()) -
     return stamps
 
 
-def _level_files(files: list[str]) -> list[str]:
-    """The level's files (but ``logs/``) and ``dataset_description.json``."""
-    return sorted({f for f in files if not f.startswith(f"{LOGS}/")}
-                  | {"dataset_description.json"})
-
-
-def _log_files(output_dir: Path) -> list[str]:
-    """The run's ``logs/`` files: its options, its methods text, the plan it ran.
-
-    Every run of either level rewrites the first two: a participant job after the group
-    run leaves its own there, while the group's maps stay what they were.
-    """
+def _logs(output_dir: Path) -> list[str]:
+    """The names of the files of ``logs/`` but the record itself and its lock."""
     logs = output_dir / LOGS
     if not logs.is_dir():
         return []
-    return sorted(f"{LOGS}/{p.name}" for p in logs.iterdir()
-                  if p.name not in _NOT_OUTPUTS and not p.name.startswith("."))
+    return [p.name for p in logs.iterdir()
+            if p.name not in _NOT_OUTPUTS and not p.name.startswith(".")]
+
+
+def _level_files(output_dir: Path, files: list[str]) -> list[str]:
+    """The level's files, ``dataset_description.json`` and the steps' files of ``logs/``."""
+    steps_logs = {f"{LOGS}/{name}" for name in _logs(output_dir)
+                  if name not in RUN_RECORD_FILES}
+    return sorted(set(files) | {"dataset_description.json"} | steps_logs)
+
+
+def _record_files(output_dir: Path) -> list[str]:
+    """The run's options and methods text in ``logs/`` (:data:`RUN_RECORD_FILES`).
+
+    Every run of either level rewrites them: a participant job after the group run
+    leaves its own there, while the group's maps stay what they were.
+    """
+    return sorted(f"{LOGS}/{name}" for name in _logs(output_dir) if name in RUN_RECORD_FILES)
 
 
 def _digest_of(output_dir: Path, names: list[str]) -> str:
@@ -188,8 +199,8 @@ def seal(output_dir: Path, config: Config, inputs: dict[str, str],
     add_facts(output_dir, LEVEL, rerun={
         "request": request_digest(config), "inputs": inputs,
         "plan_files": list(plan_files),
-        "outputs": _digest_of(Path(output_dir), _level_files(entry["files"])),
-        "logs": _digest_of(Path(output_dir), _log_files(Path(output_dir))),
+        "outputs": _digest_of(Path(output_dir), _level_files(Path(output_dir), entry["files"])),
+        "logs": _digest_of(Path(output_dir), _record_files(Path(output_dir))),
     })
 
 
@@ -222,7 +233,7 @@ def check(config: Config) -> Verdict:
         return Verdict(False, "the earlier run recorded no re-run check")
     if "logs" not in sealed:  # an older seal (outputs and logs in one digest): not trusted
         return Verdict(False, "the earlier run's re-run check is of an older version", True)
-    if sealed.get("outputs") != _digest_of(output_dir, _level_files(entry["files"])):
+    if sealed.get("outputs") != _digest_of(output_dir, _level_files(output_dir, entry["files"])):
         return Verdict(False, "an output of the earlier run was removed or modified", True)
     if config.clean_workdir:
         return Verdict(False, "--clean-workdir")
@@ -233,10 +244,10 @@ def check(config: Config) -> Verdict:
     for name in sorted(set(before) | set(now)):
         if before.get(name) != now.get(name):
             return Verdict(False, f"the {name} changed since the earlier run")
-    if sealed["logs"] != _digest_of(output_dir, _log_files(output_dir)):
+    if sealed["logs"] != _digest_of(output_dir, _record_files(output_dir)):
         # the maps are the earlier run's: the run reuses nipype's steps, rewrites the logs
-        return Verdict(False, f"the files of {LOGS}/ were rewritten since the earlier run "
-                              "(by a participant run, or edited)")
+        return Verdict(False, f"the options and methods text in {LOGS}/ were rewritten "
+                              "since the earlier run (by a participant run, or edited)")
     reason = f"same options, inputs and outputs as the run of {entry.get('started', '?')}"
     warnings = len(entry.get("warnings") or []) + int(entry.get("warnings_dropped", 0))
     if warnings:  # not logged again: the user may not have seen them the first time
