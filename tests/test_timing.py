@@ -36,8 +36,14 @@ def test_breakdown_counts_overlapping_steps_of_a_kind_once(monkeypatch):
     timer(_Node("plan_ale"), "end")             # 6
     timer(_Node("prepare_batch_1"), "end")      # 9
     parts = timer.breakdown(total=10.0)
-    assert parts["ALE"] == 5.0
     assert parts["preparation"] == 7.0  # 2-9: the two batches overlap
+    assert parts["ALE"] == 1.0  # 1-2: the only time the ALE ran alone
+    assert parts["ALE in all"] == 5.0
     assert parts["orchestration"] == 2.0  # 0-1 and 9-10: no step running
     line = timer.summary(total=10.0)
-    assert line.startswith("time: 10.0 s = preparation 7.0 + ALE 5.0 + orchestration 2.0")
+    assert line == ("time: 10.0 s = preparation 7.0 + ALE 1.0 + orchestration 2.0 (steps "
+                    "running side by side count once; the ALE ran 5.0 s in all, beside "
+                    "the others)")
+    # the terms add up to the total, as a user reading the line expects
+    terms = line.split(" = ")[1].split(" (")[0].split(" + ")
+    assert sum(float(t.rsplit(" ", 1)[1]) for t in terms) == 10.0

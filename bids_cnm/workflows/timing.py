@@ -24,6 +24,11 @@ KINDS = (
 )
 
 
+#: kinds of step that run beside the others by design (the ALE needs only the
+#: coordinates): counted where they run alone, their whole time said apart
+BESIDE = ("ALE",)
+
+
 def kind_of(name: str) -> str:
     """Kind of step of a node name (``collect_*`` merges count as orchestration)."""
     for kind, pattern in KINDS:
@@ -77,13 +82,20 @@ class RunTimer:
         return ", ".join(f"{name} {seconds:.1f}" for name, seconds in top)
 
     def breakdown(self, total: float | None = None) -> dict[str, float]:
-        """Seconds per kind of step, and ``orchestration`` for the rest of ``total``."""
+        """Seconds per kind of step, and ``orchestration`` for the rest of ``total``.
+
+        A kind of :data:`BESIDE` counts only while no other kind runs (so that the
+        terms add up to the total); ``"<kind> in all"`` holds all its time.
+        """
         total = time.time() - self.started if total is None else total
-        out = {kind: _union(spans) for kind, spans in self.intervals.items()
-               if kind != "orchestration"}
-        busy = _union([s for kind, spans in self.intervals.items() if kind != "orchestration"
-                       for s in spans])
-        out["orchestration"] = max(0.0, total - busy)
+        spans = {kind: s for kind, s in self.intervals.items() if kind != "orchestration"}
+        out = {kind: _union(s) for kind, s in spans.items() if kind not in BESIDE}
+        others = [i for kind, s in spans.items() if kind not in BESIDE for i in s]
+        for kind in BESIDE:
+            if kind in spans:
+                out[kind] = _union(others + spans[kind]) - _union(others)
+                out[f"{kind} in all"] = _union(spans[kind])
+        out["orchestration"] = max(0.0, total - _union([i for s in spans.values() for i in s]))
         out["total"] = total
         return out
 
@@ -92,4 +104,7 @@ class RunTimer:
         parts = self.breakdown(total)
         order = ("preparation", "connectivity", "ALE", "outputs", "report", "orchestration")
         terms = " + ".join(f"{k} {parts[k]:.1f}" for k in order if k in parts)
-        return f"time: {parts['total']:.1f} s = {terms} (steps running side by side count once)"
+        beside = "".join(f"; the {k} ran {parts[f'{k} in all']:.1f} s in all, beside the others"
+                         for k in BESIDE if k in parts)
+        return (f"time: {parts['total']:.1f} s = {terms} "
+                f"(steps running side by side count once{beside})")
