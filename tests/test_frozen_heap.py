@@ -82,3 +82,28 @@ def test_the_block_unfreezes_when_it_raises(unfrozen):
     with frozen_heap():  # and the next block starts again from the outermost level
         pass
     assert gc.get_freeze_count() == 0
+
+
+def test_a_child_forked_inside_a_block_unfreezes_after_its_own(unfrozen):
+    """nipype's workers fork inside the run's block and never see it end: their own
+    first block is the outermost, and unfreezes the heap when it ends."""
+    import os
+
+    with frozen_heap():
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its freeze counts through the pipe
+            try:
+                inside = gc.get_freeze_count() > 0
+                with frozen_heap():
+                    pass
+                os.write(write, f"{inside} {gc.get_freeze_count()}".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        reported = os.read(read, 100).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert gc.get_freeze_count() > 0  # the parent's block goes on
+    assert reported == "True 0"
+    assert gc.get_freeze_count() == 0

@@ -165,8 +165,10 @@ def test_the_plans_ale_runs_from_the_start(inputs):
         workflow = init_group_wf(dataclasses.replace(inputs, plan=plan_from_dict(plan)))
         return workflow, workflow.get_node("plan_ale")
 
+    hash_method = init_group_wf(inputs).config["execution"]["hash_method"]
+
     def cache_key(node) -> str:  # nipype's hash of the step's inputs, as the run takes it
-        return node.inputs.get_hashval(workflow.config["execution"]["hash_method"])[1]
+        return node.inputs.get_hashval(hash_method)[1]
 
     workflow, ale = ale_step({"ale": {"n_iters": 100}})
     edges = _edges(workflow)

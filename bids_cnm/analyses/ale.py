@@ -156,6 +156,7 @@ def save_maps(maps: ALEMaps, folder: str | Path, names: Iterable[str]) -> Path:
     Parameters
     ----------
     maps : ALEMaps
+        :func:`run_ale`'s maps and NiMARE's texts.
     folder : path
         An existing folder (a node's); the files are ``<i>.nii`` and :data:`MAPS_RECORD`.
     names : iterable of str
@@ -181,7 +182,18 @@ def save_maps(maps: ALEMaps, folder: str | Path, names: Iterable[str]) -> Path:
 
 
 def load_maps(record: str | Path) -> ALEMaps:
-    """The maps :func:`save_maps` saved (data read on use)."""
+    """The maps :func:`save_maps` saved (data read on use).
+
+    Parameters
+    ----------
+    record : path
+        The record :func:`save_maps` returned.
+
+    Returns
+    -------
+    ALEMaps
+        The saved maps by NiMARE's names, with NiMARE's texts.
+    """
     record = Path(record)
     saved = json.loads(record.read_text())
     maps = ALEMaps({name: nib.load(record.parent / file) for name, file in saved["maps"].items()})

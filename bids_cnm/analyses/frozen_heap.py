@@ -18,6 +18,7 @@ cycles that became garbage before it are collected by the next collection after 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,22 @@ __all__ = ["frozen_heap"]
 _LOCK = threading.Lock()
 _depth = 0
 _unfreeze = False  # the outermost block froze a heap nobody had frozen before
+_inherited = False  # a forked child's heap, frozen by its parent's block
+
+
+def _after_fork_in_child() -> None:
+    """A child forked inside a block (nipype's workers, in the run's block) never sees
+    that block end: its own first block becomes the outermost, and the heap its
+    parent's block froze is unfrozen when that block ends (garbage from before is then
+    collected).  A heap the application froze stays frozen."""
+    global _LOCK, _depth, _inherited
+    _LOCK = threading.Lock()  # another thread may have held it at the fork
+    _inherited = _depth > 0 and _unfreeze
+    _depth = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
@@ -37,7 +54,8 @@ def frozen_heap() -> Iterator[None]:
     permanent generation); only the outermost unfreezes.  Objects in the permanent
     generation are never collected while frozen: use it around a bounded step, not
     for a whole long-lived process.  A heap that was frozen before the outermost
-    block (by the application) is left frozen.
+    block (by the application) is left frozen.  In a process forked inside a block, the
+    first block of its own is the outermost.
 
     Examples
     --------
@@ -46,10 +64,11 @@ def frozen_heap() -> Iterator[None]:
     ...     gc.get_freeze_count() > 0
     True
     """
-    global _depth, _unfreeze
+    global _depth, _unfreeze, _inherited
     with _LOCK:
         if _depth == 0:
-            _unfreeze = gc.get_freeze_count() == 0
+            _unfreeze = _inherited or gc.get_freeze_count() == 0
+            _inherited = False
         _depth += 1
         gc.freeze()
     try:

@@ -843,6 +843,15 @@ def ale_part(plan: Plan) -> dict:
 
     The workflow's ALE step is given this, not the whole plan: a plan edited elsewhere
     (its ROIs, say) leaves the step's inputs, hence nipype's cached ALE, as they were.
+
+    Parameters
+    ----------
+    plan : Plan
+
+    Returns
+    -------
+    dict
+        ``primary_sets``, ``random_seed`` and ``ale``, for :func:`plan_from_dict`.
     """
     full = plan.to_dict()
     return {key: full[key] for key in ("primary_sets", "random_seed", "ale") if key in full}

@@ -148,6 +148,7 @@ def forget_steps(config: Config, workflow: Workflow) -> list[str]:
     Parameters
     ----------
     config : Config
+        The run's configuration (its work folder).
     workflow : Workflow
         The run's workflow, built (not run).
 

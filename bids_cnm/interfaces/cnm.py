@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nb
 import numpy as np
@@ -46,6 +47,9 @@ from bids_cnm.engine.timeseries import (
 )
 from bids_cnm.io import outputs
 from bids_cnm.io.derivatives import DerivativesWriter
+
+if TYPE_CHECKING:
+    from bids_cnm.plan import Plan
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -522,7 +526,7 @@ class _PlanInputSpec(BaseInterfaceInputSpec):
                                       "default computed here")
 
 
-def _load_plan(path: str):
+def _load_plan(path: str) -> Plan:
     import json
 
     from bids_cnm.plan import plan_from_dict

@@ -139,7 +139,12 @@ class _Worker:
             return
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child,), daemon=True)
-        self.process.start()
+        try:
+            self.process.start()
+        except BaseException:  # no process (a fork refused): no pipe left open either
+            self.conn.close()
+            child.close()
+            raise
         self.pid = self.process.pid
         child.close()
 
@@ -202,8 +207,7 @@ def _start(context: multiprocessing.context.BaseContext, with_nilearn: bool, n: 
             worker = _Worker(context, with_nilearn)
         except OSError as exc:
             LOGGER.warning("report: cannot start a drawing process (%s); the figures are "
-                           "drawn by the %d started, or in the report's own process",
-                           exc, len(workers))
+                           "drawn by those running, or in the report's own process", exc)
             break
         workers.append(worker)
         started.append(worker)
@@ -294,7 +298,8 @@ def _draw_in_pools(figures: Sequence[Figure], size: int) -> list[Result]:
                     workers.remove(worker)
     finally:
         for worker in workers:
-            worker.stop()
+            if worker is not None:  # (a process that could not be replaced)
+                worker.stop()
     # figures no process was left to draw (all that could draw them died)
     return [r if r is not None else (None, "no drawing process left") for r in results]
 
