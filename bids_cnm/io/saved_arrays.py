@@ -72,8 +72,8 @@ def save_array(path: Path, array: np.ndarray) -> None:
     """
     from bids_cnm.io.derivatives import _atomic_write
 
-    def write(fd: int, name: str) -> None:  # by name: np.save of a path adds ".npy"
-        with open(name, "wb") as f:
+    def write(fd: int, name: str) -> None:  # a file object: np.save of a path adds ".npy"
+        with open(fd, "wb", closefd=False) as f:
             np.save(f, array, allow_pickle=False)
 
     try:
