@@ -268,3 +268,38 @@ def test_same_nodes_are_not_rewritten(tmp_path):
     save_nodes(path, [voxels[0], np.array([8])], other)
     assert path.stat().st_mtime_ns != 1  # another table: written
     assert load_nodes(str(path))[1] == other
+
+
+def test_outputs_of_other_code_are_neither_verified_nor_mixed(setup, capsys, monkeypatch,
+                                                              tmp_path):
+    """After an upgrade (here: the package's files with one edited, as this process's code
+    identity), the same command does not pass the earlier run's outputs off as this
+    code's: it refuses them as outputs of other settings; with --overwrite every step runs
+    again (nipype's cache of the earlier code is not reused), and the next run verifies."""
+    from bids_cnm.io import code_identity
+
+    command, _, _, out = setup
+    earlier = code_identity.code_identity()
+    other = tmp_path / "upgraded" / "bids_cnm"
+    shutil.copytree(code_identity.PACKAGE_ROOT, other,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (other / "config.py").write_text((other / "config.py").read_text() + "\n# edited\n")
+    monkeypatch.setattr(code_identity, "PACKAGE_ROOT", other)
+    upgraded = code_identity.code_identity()
+    assert upgraded != earlier
+    before, computed = stamps(out), _connectivity_steps(command)
+
+    code, log = rerun(capsys, command)
+    assert code == 64
+    assert (f"re-run check: the earlier run was made by other bids_cnm code ({earlier}; "
+            f"this is {upgraded})") in log
+    assert f'holds group-level outputs of other settings (code: "{earlier}" there, ' in log
+    assert stamps(out) == before  # refused: nothing written
+
+    code, log = rerun(capsys, command, "--overwrite")
+    assert code == 0, log[-2000:]
+    steps = _connectivity_steps(command)
+    assert steps.keys() == computed.keys()
+    assert all(steps[p] != computed[p] for p in steps)  # computed again by this code
+    code, log = rerun(capsys, command, "--overwrite")
+    assert code == 0 and FAST in log

@@ -79,7 +79,7 @@ def test_find_participant_maps(tiny_connectome, tiny_coordinates, tmp_path):
     assert found == {"01": [str(folder / n) for n in names]}
     other = dataclasses.replace(inputs, provenance={"ConnectivityHash": "another"})
     found, reason = find_participant_maps(other, seeds)
-    assert found is None and "other seeds or settings" in reason
+    assert found is None and "other seeds, settings or bids_cnm code" in reason
     # same settings, other data (another connectome, or its files rewritten)
     other = dataclasses.replace(inputs, subject_keys={"01": "another"})
     found, reason = find_participant_maps(other, seeds)

@@ -65,7 +65,9 @@ LOGGER = logging.getLogger("bids_cnm.engine.timeseries")
 
 _INT16_MAX = 32767.0
 
-#: Version of the prepared-data layout; a cache of another version is rebuilt.
+#: Version of the prepared-data layout; a cache of another version is rebuilt.  Raise
+#: it whenever what preparation computes changes: prepared copies are not keyed by the
+#: code's identity (bids_cnm.io.code_identity), which changes with every edit.
 #: 1: data, scale, norm, voxels (no version key).  2: adds run_norm and sd.
 FORMAT_VERSION = 2
 

@@ -54,6 +54,15 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("bids_cnm")
 
 
+class _CNMInputSpec(BaseInterfaceInputSpec):
+    """Inputs every step of bids_cnm has."""
+
+    # nipype reuses a cached step when its inputs hash the same: with the code among
+    # them, a step cached by another bids_cnm (an upgrade, an edited install) runs again
+    code = traits.Str(desc="identity of the bids_cnm code running the step "
+                           "(bids_cnm.io.code_identity; set by the workflow builders)")
+
+
 def _writer(args: dict) -> DerivativesWriter:
     return DerivativesWriter(
         Path(args["output_dir"]),
@@ -64,7 +73,7 @@ def _writer(args: dict) -> DerivativesWriter:
     )
 
 
-class _PrepareInputSpec(BaseInterfaceInputSpec):
+class _PrepareInputSpec(_CNMInputSpec):
     subjects = traits.List(traits.Dict, mandatory=True,
                            desc="subjects to prepare: dicts of label, bold (list), masks (list)")
     cache_dir = traits.Str(mandatory=True, desc="folder of the prepared subjects (work dir)")
@@ -116,7 +125,7 @@ class PrepareTimeseries(SimpleInterface):
         return runtime
 
 
-class _AnalysisMaskInputSpec(BaseInterfaceInputSpec):
+class _AnalysisMaskInputSpec(_CNMInputSpec):
     prepared = InputMultiObject(Directory(exists=True), xor=["masks"])
     masks = InputMultiObject(File(exists=True), xor=["prepared"],
                              desc="participant-level valid-voxel masks")
@@ -164,7 +173,7 @@ class AnalysisMask(SimpleInterface):
         return runtime
 
 
-class _BatchInputSpec(BaseInterfaceInputSpec):
+class _BatchInputSpec(_CNMInputSpec):
     """What every batch of the connectivity pass takes, however its subjects are read."""
 
     seeds = File(exists=True, mandatory=True, desc="seeds (.npz)")
@@ -298,7 +307,7 @@ class StreamConnectivity(SimpleInterface):
         return runtime
 
 
-class _FromMapsInputSpec(BaseInterfaceInputSpec):
+class _FromMapsInputSpec(_CNMInputSpec):
     zmaps = InputMultiObject(File(exists=True), mandatory=True,
                              desc="participant z-maps, subject-major, seeds in seeds order")
     n_seeds = traits.Int(mandatory=True)
@@ -344,7 +353,7 @@ class AccumulateFromMaps(SimpleInterface):
         return runtime
 
 
-class _ReduceInputSpec(BaseInterfaceInputSpec):
+class _ReduceInputSpec(_CNMInputSpec):
     stats = InputMultiObject(File(exists=True), mandatory=True)
     seeds = File(exists=True, mandatory=True)
     voxels = File(exists=True, mandatory=True)
@@ -396,7 +405,7 @@ class ReduceConnectivity(SimpleInterface):
         return runtime
 
 
-class _GroupOutputsInputSpec(BaseInterfaceInputSpec):
+class _GroupOutputsInputSpec(_CNMInputSpec):
     results = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     writer = traits.Dict(mandatory=True, desc="DerivativesWriter arguments")
@@ -446,7 +455,7 @@ class GroupOutputs(SimpleInterface):
         return runtime
 
 
-class _SpecificityInputSpec(BaseInterfaceInputSpec):
+class _SpecificityInputSpec(_CNMInputSpec):
     results = File(exists=True, mandatory=True)
     primary_set = traits.Str(mandatory=True)
     control_set = traits.Str(mandatory=True)
@@ -487,7 +496,7 @@ class Specificity(SimpleInterface):
         return runtime
 
 
-class _CompareInputSpec(BaseInterfaceInputSpec):
+class _CompareInputSpec(_CNMInputSpec):
     results = File(exists=True, mandatory=True)
     compare_results = File(exists=True, mandatory=True)
     label = traits.Str(mandatory=True)
@@ -515,7 +524,7 @@ class CompareConnectome(SimpleInterface):
         return runtime
 
 
-class _PlanInputSpec(BaseInterfaceInputSpec):
+class _PlanInputSpec(_CNMInputSpec):
     results = File(exists=True, mandatory=True)
     plan = File(exists=True, mandatory=True, desc="the plan as JSON (Plan.to_dict)")
     coordinates = File(exists=True, mandatory=True)
@@ -555,7 +564,7 @@ class PlanAnalyses(SimpleInterface):
         return runtime
 
 
-class _PlanALEInputSpec(BaseInterfaceInputSpec):
+class _PlanALEInputSpec(_CNMInputSpec):
     plan = traits.Dict(mandatory=True, desc="the part of the plan the ALE depends on "
                                             "(run_plan.ale_part)")
     coordinates = File(exists=True, mandatory=True)
@@ -588,7 +597,7 @@ class PlanALE(SimpleInterface):
         return runtime
 
 
-class _ReportInputSpec(BaseInterfaceInputSpec):
+class _ReportInputSpec(_CNMInputSpec):
     output_dir = Directory(mandatory=True)
     command = traits.List(traits.Str, desc="the command line of the run")
     after = traits.List(traits.Any, desc="outputs of the steps the report shows")
@@ -612,7 +621,7 @@ class GroupReport(SimpleInterface):
         return runtime
 
 
-class _ParticipantMapsInputSpec(BaseInterfaceInputSpec):
+class _ParticipantMapsInputSpec(_CNMInputSpec):
     prepared = Directory(exists=True, xor=["subject"], desc="prepared time series")
     subject = traits.Dict(xor=["prepared"],
                           desc="--no-cache: the subject's files (bold, masks), decoded here")
@@ -667,7 +676,7 @@ class ParticipantMaps(SimpleInterface):
         return runtime
 
 
-class _DegreeSampleInputSpec(BaseInterfaceInputSpec):
+class _DegreeSampleInputSpec(_CNMInputSpec):
     voxels = File(exists=True, xor=["candidates"], requires=["mask"],
                   desc="analysis mask voxels (.npy)")
     mask = File(exists=True, desc="analysis mask (NIfTI): the grid")
@@ -716,7 +725,7 @@ class DegreeSample(SimpleInterface):
         return runtime
 
 
-class _DegreeCheckInputSpec(BaseInterfaceInputSpec):
+class _DegreeCheckInputSpec(_CNMInputSpec):
     degree = InputMultiObject(File(exists=True), mandatory=True, desc="per-batch degree sums")
     results = File(exists=True, mandatory=True)
     writer = traits.Dict(mandatory=True)

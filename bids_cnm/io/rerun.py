@@ -25,14 +25,15 @@ record (``logs/bids_cnm_run.json``)::
 
 :func:`check` recomputes the four and compares them: all equal means every output
 is what this command would write, and the run stops there without touching any file.
-Anything else (an input touched, an option changed, an output deleted or modified, an
-earlier run that did not finish, the options or methods text rewritten) takes the full
-path; only a deleted or modified output makes it drop nipype's cache of the steps that
-write into the output folder (``Verdict.outputs_changed``), since a cached step would
-not write its file again.  The files an analysis plan names (ROI tables, masks, VAT
-images listed in tables) are known once it is loaded: the full run lists them
-(:func:`plan_files`) and the check stats the recorded list (the plan file itself is an
-input too, so a plan naming other files is noticed).
+Anything else (an input touched, an option changed, other bids_cnm code
+(:mod:`bids_cnm.io.code_identity`, recorded with the run's settings), an output deleted
+or modified, an earlier run that did not finish, the options or methods text rewritten)
+takes the full path; only a deleted or modified output makes it drop nipype's cache
+of the steps that write into the output folder (``Verdict.outputs_changed``), since a
+cached step would not write its file again.  The files an analysis plan names (ROI
+tables, masks, VAT images listed in tables) are known once it is loaded: the full run
+lists them (:func:`plan_files`) and the check stats the recorded list (the plan file
+itself is an input too, so a plan naming other files is noticed).
 
 Only the standard library is imported here: the check runs before numpy, pandas,
 pybids or nipype load, which take longer than the check itself.
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from bids_cnm import __version__
 from bids_cnm.config import Config
+from bids_cnm.io.code_identity import code_identity
 from bids_cnm.io.run_record import RECORD, add_facts, read_record
 from bids_cnm.io.stamps import digest, stamp, stat_row
 
@@ -228,6 +230,10 @@ def check(config: Config) -> Verdict:
         return Verdict(False, "no earlier group run recorded")
     if entry.get("files") is None:
         return Verdict(False, "the earlier run did not finish")
+    earlier_code = (entry.get("settings") or {}).get("code")
+    if earlier_code != code_identity():
+        return Verdict(False, f"the earlier run was made by other bids_cnm code "
+                              f"({earlier_code or 'not recorded'}; this is {code_identity()})")
     sealed = entry.get("rerun")
     if not isinstance(sealed, dict):
         return Verdict(False, "the earlier run recorded no re-run check")

@@ -104,8 +104,14 @@ def _read(output_dir: Path) -> dict | None:
     return record
 
 
+#: settings named first when they differ
+_FIRST = {"version": 0, "code": 1}
+
+
 def _first_difference(before: dict, now: dict) -> str:
-    for key in sorted(set(before) | set(now)):
+    # another bids_cnm first: it explains the other differences (the connectivity
+    # hash, for one, is made with the code)
+    for key in sorted(set(before) | set(now), key=lambda k: (_FIRST.get(k, len(_FIRST)), k)):
         if before.get(key) != now.get(key):
             return f"{key}: {_short(before.get(key))} there, {_short(now.get(key))} now"
     return "settings differ"

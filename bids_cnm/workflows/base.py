@@ -51,6 +51,7 @@ from bids_cnm.interfaces.cnm import (
     Specificity,
     StreamConnectivity,
 )
+from bids_cnm.io.code_identity import code_identity
 from bids_cnm.io.connectome import Connectome, SubjectData, data_support
 from bids_cnm.io.derivatives import write_nifti
 
@@ -242,7 +243,7 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
             name = (_node_name("prepare", members[0].label) if one_each
                     else f"prepare_batch_{b}")
             workflow.add_nodes([init_prepare_node(members, config, name, mem_gb)])
-        return workflow
+        return stamp_code(workflow)
     for subject in subjects:
         maps = pe.Node(
             ParticipantMaps(
@@ -268,6 +269,29 @@ def init_participant_wf(inputs: RunInputs) -> pe.Workflow:
         prepare = init_prepare_node([subject], config, _node_name("prepare", subject.label),
                                     mem_gb)
         workflow.connect(prepare, ("prepared", _first), maps, "prepared")
+    return stamp_code(workflow)
+
+
+def stamp_code(workflow: pe.Workflow) -> pe.Workflow:
+    """Give every step of ``workflow`` that has a ``code`` input this code's identity.
+
+    The identity enters nipype's hash of each step, so a step cached by another
+    bids_cnm is run again (:mod:`bids_cnm.io.code_identity`).
+
+    Parameters
+    ----------
+    workflow : nipype Workflow
+
+    Returns
+    -------
+    nipype Workflow
+        The same workflow.
+    """
+    identity = code_identity()
+    for name in workflow.list_node_names():
+        node = workflow.get_node(name)
+        if "code" in node.inputs.copyable_trait_names():
+            node.inputs.code = identity
     return workflow
 
 
@@ -626,4 +650,4 @@ def init_group_wf(inputs: RunInputs) -> pe.Workflow:
         name="report",
     )
     workflow.connect(gather, "out", report, "after")
-    return workflow
+    return stamp_code(workflow)

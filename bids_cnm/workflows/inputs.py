@@ -32,6 +32,7 @@ from bids_cnm.engine.seeds import (
     seeds_digest,
 )
 from bids_cnm.errors import InputDataError, UsageError, found_columns
+from bids_cnm.io.code_identity import code_identity
 from bids_cnm.io.connectome import (
     Connectome,
     data_support,
@@ -219,7 +220,7 @@ def connectivity_hash(config: Config, seeds_hash: str) -> str:
     """Digest of everything that determines a participant z-map (12 hex digits)."""
     keys = ("task", "space", "res", "bold_desc", "cache_dtype", "seed_signal", "run_combination")
     settings = {k: v for k, v in config.science_settings().items() if k in keys}
-    blob = json.dumps([settings, seeds_hash, __version__], sort_keys=True).encode()
+    blob = json.dumps([settings, seeds_hash, code_identity()], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -255,7 +256,7 @@ def find_participant_maps(
                 return None, f"no participant output {path.name}"
             made = json.loads(sidecar.read_text())
             if made.get("ConnectivityHash") != wanted:
-                return None, f"{path.name} was made with other seeds or settings"
+                return None, f"{path.name} was made with other seeds, settings or bids_cnm code"
             if made.get("ConnectomeKey") != key:
                 return None, f"{path.name} was made from other data of sub-{subject.label}"
         found[subject.label] = [str(p) for p in paths]
@@ -285,7 +286,8 @@ def level_settings(inputs: RunInputs) -> dict:
     group outputs on every science setting, the seeds, the plan and the cohort.
     """
     config = inputs.config
-    settings = {"version": __version__, **inputs.provenance}
+    # the code too: outputs of another bids_cnm are not this run's (bids_cnm.io.code_identity)
+    settings = {"version": __version__, "code": code_identity(), **inputs.provenance}
     if config.analysis_level == "participant":
         keys = ("task", "space", "res", "bold_desc", "cache_dtype", "seed_signal", "run_combination")
         return {**settings, **{k: v for k, v in config.science_settings().items() if k in keys}}
