@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_connectivity_hash_ignores_group_settings(tmp_path):
     assert base != connectivity_hash(_config(tmp_path, cache_dtype="int16"), "seeds1")
 
 
-def test_find_participant_maps(tiny_connectome, tiny_coordinates, tmp_path):
+def test_find_participant_maps(tiny_connectome, tiny_coordinates, tmp_path, monkeypatch):
     config = Config(bids_dir=tiny_connectome, output_dir=tmp_path / "out",
                     analysis_level="group", coordinates=tiny_coordinates,
                     work_dir=tmp_path / "work", participant_label=("01",))
@@ -84,6 +85,16 @@ def test_find_participant_maps(tiny_connectome, tiny_coordinates, tmp_path):
     other = dataclasses.replace(inputs, subject_keys={"01": "another"})
     found, reason = find_participant_maps(other, seeds)
     assert found is None and "other data of sub-01" in reason
+    # the same settings and data, another bids_cnm (its files, one edited)
+    from bids_cnm.io import code_identity
+
+    copy = tmp_path / "upgraded" / "bids_cnm"
+    shutil.copytree(code_identity.PACKAGE_ROOT, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "config.py").write_text((copy / "config.py").read_text() + "\n# edited\n")
+    monkeypatch.setattr(code_identity, "PACKAGE_ROOT", copy)
+    found, reason = find_participant_maps(resolve_inputs(config), seeds)
+    assert found is None and "other seeds, settings or bids_cnm code" in reason
 
 
 def test_error_from_crash(tmp_path):

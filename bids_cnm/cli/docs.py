@@ -205,12 +205,14 @@ def cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
         "",
         _wrap("**After an upgrade** (or any change of the installed package's files, as in a "
               "development install), the outputs and cached steps of the earlier bids_cnm "
-              "are not this run's: the same command logs `re-run check: the earlier run was "
-              "made by other bids_cnm code (<version>+<digest>; this is ...)` and is refused "
-              "with exit 64 (`code: ... there, ... now`); add `--overwrite` to replace them, "
-              "or choose another OUTPUT_DIR. Every step then runs again with the new code; "
-              "the prepared time series in the work folder are kept (they carry a layout "
-              "version of their own)."),
+              "are not this run's: the same command (after a finished group run) logs "
+              "`re-run check: the earlier run was made by other bids_cnm code "
+              "(<version>+<digest>; this is ...)`, and it is refused with exit 64 "
+              "(`version: ... there, ... now`, or `code: ...` for the same version); add "
+              "`--overwrite` to replace them, or choose another OUTPUT_DIR. Every step then "
+              "runs again with the new code; the prepared time series in the work folder are "
+              "kept (they carry a layout version of their own; with `--no-cache` there are "
+              "none, and the connectome is decoded again)."),
         "",
         "## Exit codes",
         "",

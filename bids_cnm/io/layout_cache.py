@@ -38,6 +38,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from bids_cnm.io.code_identity import code_identity
 from bids_cnm.io.stamps import digest, stamp
 
 __all__ = ["KEEP", "cached_layout", "layout_key", "load_query", "query_key", "save_query",
@@ -150,9 +151,10 @@ def _prune(cache_dir: Path) -> None:
 
 
 def query_key(index_key: str, query: dict) -> str:
-    """Name of a saved query result: the dataset's :func:`layout_key` and the query's
-    arguments."""
-    return digest([index_key, query], 20)
+    """Name of a saved query result: the dataset's :func:`layout_key`, the query's
+    arguments and the code that selects the files (:mod:`bids_cnm.io.code_identity`:
+    another bids_cnm may select other runs or masks from the same index)."""
+    return digest([index_key, query, code_identity()], 20)
 
 
 def _queries(cache_dir: str | Path) -> Path:

@@ -113,7 +113,8 @@ def _first_difference(before: dict, now: dict) -> str:
     # hash, for one, is made with the code)
     for key in sorted(set(before) | set(now), key=lambda k: (_FIRST.get(k, len(_FIRST)), k)):
         if before.get(key) != now.get(key):
-            return f"{key}: {_short(before.get(key))} there, {_short(now.get(key))} now"
+            there = _short(before[key]) if key in before else "not recorded"
+            return f"{key}: {there} there, {_short(now.get(key))} now"
     return "settings differ"
 
 

@@ -286,12 +286,21 @@ def stamp_code(workflow: pe.Workflow) -> pe.Workflow:
     -------
     nipype Workflow
         The same workflow.
+
+    Raises
+    ------
+    TypeError
+        A step computes something but has no ``code`` input (an interface not built on
+        the steps' common inputs): its cache would outlive a change of the code.
     """
     identity = code_identity()
     for name in workflow.list_node_names():
         node = workflow.get_node(name)
         if "code" in node.inputs.copyable_trait_names():
             node.inputs.code = identity
+        elif not isinstance(node.interface, niu.Merge):  # a list of its inputs: no code
+            raise TypeError(f"step {name} ({type(node.interface).__name__}) has no 'code' "
+                            "input: build its inputs on bids_cnm.interfaces.cnm._CNMInputSpec")
     return workflow
 
 

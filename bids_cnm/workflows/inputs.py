@@ -413,8 +413,9 @@ def resolve_inputs(config: Config, command: tuple[str, ...] = ()) -> RunInputs:
     support_file = None
     if support is not None:
         support_file = config.work_dir / f"support_{digest}.nii.gz"
-        if not support_file.exists():
-            write_nifti(support_file, nb.Nifti1Image(support.astype(np.uint8), connectome.affine))
+        # written each time, left untouched when the same: the same seeds with another
+        # support (other masks, another rule) must not find the old file
+        write_nifti(support_file, nb.Nifti1Image(support.astype(np.uint8), connectome.affine))
     settings = config.science_settings()
     settings["coordinates"] = str(config.coordinates)
     return RunInputs(
