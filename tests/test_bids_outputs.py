@@ -180,6 +180,16 @@ def test_bids_filter_file(tiny_connectome, tiny_coordinates, tmp_path, capsys):
     code = run_cli(tiny_connectome, tmp_path / "o", "group", "--coordinates",
                    tiny_coordinates, "--bids-filter-file", tmp_path / "none.json")
     assert code == EX_NOINPUT
+    # the sidecars' metadata are not indexed (files are selected by entities): a filter on
+    # a metadata key is refused with pybids' reason, not silently matched against nothing
+    sidecar = json.loads(next(tiny_connectome.rglob("*_bold.json")).read_text())
+    key = next(k for k in ("RepetitionTime", "SkullStripped", "Resolution") if k in sidecar)
+    path.write_text(json.dumps({"bold": {key: sidecar[key]}}))
+    capsys.readouterr()
+    code = run_cli(tiny_connectome, tmp_path / "o", "group", "--coordinates",
+                   tiny_coordinates, "--bids-filter-file", path)
+    err = capsys.readouterr().err
+    assert code == EX_USAGE and f"--bids-filter-file: '{key}' is not a recognized entity" in err
 
 
 def test_memory_and_thread_options(tiny_connectome, tiny_coordinates, tmp_path):

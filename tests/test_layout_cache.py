@@ -9,12 +9,22 @@ from pathlib import Path
 
 import pytest
 from bids import BIDSLayout
+from bids.layout import BIDSLayoutIndexer
 from conftest import write_tiny_connectome
 
-from bids_cnm.io.connectome import index_connectome
+from bids_cnm.io.connectome import LAYOUT_OPTIONS, index_connectome
 from bids_cnm.io.layout_cache import KEEP, cached_layout, tree_fingerprint
 
-OPTIONS = {"validate": False, "config": ["bids", "derivatives"]}
+OPTIONS = LAYOUT_OPTIONS
+
+
+def _pybids_layout(root: Path) -> BIDSLayout:
+    """pybids' own layout with the options the app indexes with (its indexer's as pybids
+    takes them)."""
+    assert OPTIONS == {"validate": False, "config": ["bids", "derivatives"],
+                       "index_metadata": False}
+    return BIDSLayout(str(root), validate=False, config=["bids", "derivatives"],
+                      indexer=BIDSLayoutIndexer(validate=False, index_metadata=False))
 
 
 def _files(layout) -> list[str]:
@@ -35,7 +45,7 @@ def test_saved_index_is_reused_and_equals_pybids(tmp_path):
     written = database.stat().st_mtime_ns
     second = cached_layout(root, cache, **OPTIONS)
     assert database.stat().st_mtime_ns == written  # loaded, not indexed again
-    assert _files(first) == _files(second) == _files(BIDSLayout(str(root), **OPTIONS))
+    assert _files(first) == _files(second) == _files(_pybids_layout(root))
     assert not list(root.rglob("*.sqlite"))  # nothing written into the dataset
 
 
@@ -92,7 +102,7 @@ def test_read_only_work_folder_indexes_without_saving(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     layout = cached_layout(root, blocker / "pybids", **OPTIONS)
-    assert _files(layout) == _files(BIDSLayout(str(root), **OPTIONS))
+    assert _files(layout) == _files(_pybids_layout(root))
 
 
 def test_saved_query_answers_without_pybids(tmp_path):

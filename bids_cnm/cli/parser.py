@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                         type=_filter, metavar="COLUMN=VALUE", dest="participant_filter",
                         help="select a cohort from participants.tsv, e.g. group=IGE")
     inputs.add_argument("--bids-filter-file", type=Path, default=None, metavar="FILE",
-                        help="JSON of pybids filters added to the BOLD query, NiPreps "
-                        "style: {\"bold\": {\"session\": \"1\"}}")
+                        help="JSON of pybids filters (BIDS entities) added to the BOLD "
+                        "query, NiPreps style: {\"bold\": {\"session\": \"1\"}}")
     inputs.add_argument("--task", default=None, help="task label of the BOLD runs")
     inputs.add_argument("--space", default=None,
                         help="space label of the BOLD runs (default: the only one present)")

@@ -41,8 +41,8 @@ from pathlib import Path
 from bids_cnm.io.code_identity import code_identity
 from bids_cnm.io.stamps import digest, stamp
 
-__all__ = ["KEEP", "cached_layout", "layout_key", "load_query", "query_key", "save_query",
-           "tree_fingerprint"]
+__all__ = ["KEEP", "cached_layout", "layout_key", "load_query", "open_layout", "query_key",
+           "save_query", "tree_fingerprint"]
 
 LOGGER = logging.getLogger("bids_cnm")
 
@@ -81,6 +81,33 @@ def layout_key(root: str | Path, options: dict) -> str:
     return digest(identity, 20)
 
 
+def open_layout(root: str | Path, **options):
+    """``bids.BIDSLayout(root, **options)``, with ``index_metadata`` given to its indexer.
+
+    pybids takes its indexer's options only in an indexer object, which a saved index's
+    key could not digest: here they stay plain values, part of :func:`layout_key`.
+
+    Parameters
+    ----------
+    root : path
+    **options
+        ``BIDSLayout`` keyword arguments, and ``index_metadata`` (bool) for its
+        :class:`bids.layout.BIDSLayoutIndexer`.
+
+    Returns
+    -------
+    bids.BIDSLayout
+    """
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    options = dict(options)
+    if "index_metadata" in options:
+        options["indexer"] = BIDSLayoutIndexer(validate=options.get("validate", True),
+                                               index_metadata=options.pop("index_metadata"))
+    return BIDSLayout(str(root), **options)
+
+
 def cached_layout(root: str | Path, cache_dir: str | Path, key: str | None = None,
                   **options):
     """A :class:`bids.BIDSLayout` of ``root``, loaded from ``cache_dir`` when still valid.
@@ -94,15 +121,14 @@ def cached_layout(root: str | Path, cache_dir: str | Path, key: str | None = Non
     key : str, optional
         ``layout_key(root, options)`` when the caller has it (it stats every file).
     **options
-        ``BIDSLayout`` keyword arguments (``validate``, ``config``...); part of the key.
+        :func:`open_layout` keyword arguments (``validate``, ``config``,
+        ``index_metadata``...); part of the key.
 
     Returns
     -------
     bids.BIDSLayout
-        Equal to ``BIDSLayout(root, **options)`` for the dataset as it is now.
+        Equal to ``open_layout(root, **options)`` for the dataset as it is now.
     """
-    from bids import BIDSLayout
-
     cache_dir = Path(cache_dir)
     key = key or layout_key(root, options)
     folder = cache_dir / key
@@ -110,26 +136,26 @@ def cached_layout(root: str | Path, cache_dir: str | Path, key: str | None = Non
         LOGGER.debug("pybids index of %s loaded from %s", root, folder)
         with contextlib.suppress(OSError):  # recently used: kept by _prune
             os.utime(folder)
-        return BIDSLayout(str(root), database_path=str(folder), **options)
+        return open_layout(root, database_path=str(folder), **options)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a read-only work folder: index without saving
         LOGGER.debug("pybids index not saved (%s)", exc)
-        return BIDSLayout(str(root), **options)
+        return open_layout(root, **options)
     building = cache_dir / f".{key}.{os.getpid()}.part"
     shutil.rmtree(building, ignore_errors=True)
-    layout = BIDSLayout(str(root), database_path=str(building), **options)
+    layout = open_layout(root, database_path=str(building), **options)
     try:
         building.rename(folder)
     except OSError:  # another job saved the same index first: keep theirs
         shutil.rmtree(building, ignore_errors=True)
-        return BIDSLayout(str(root), database_path=str(folder), **options)
+        return open_layout(root, database_path=str(folder), **options)
     finally:
         _prune(cache_dir)
     LOGGER.debug("pybids index of %s saved in %s", root, folder)
     # the layout built above reads its database at the temporary path, now renamed
     del layout
-    return BIDSLayout(str(root), database_path=str(folder), **options)
+    return open_layout(root, database_path=str(folder), **options)
 
 
 def _prune(cache_dir: Path) -> None:
