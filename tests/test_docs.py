@@ -128,7 +128,11 @@ def test_one_vocabulary_for_options():
 
     from bids_cnm.cli.parser import build_parser
     from bids_cnm.config import DOCS, Config
-    from bids_cnm.interfaces.cnm import AccumulateConnectivity, DegreeSample, Specificity
+    from bids_cnm.interfaces.cnm import (
+        AccumulateConnectivity,
+        DegreeSample,
+        Specificity,
+    )
 
     helps = {a.dest: a.help for a in build_parser()._actions}
     doc = " ".join(Config.__doc__.split())

@@ -18,7 +18,10 @@ leaves its workers computing for nobody.  Here
   crash and the run would go on.  Both signals are therefore also recorded, and
   :func:`raise_if_requested`, called by the run's nipype status callback before each
   node starts and after each ends, raises the interruption again where nipype lets it
-  through.
+  through;
+* once interrupted, the run is ending: objects the interruption left half-built fail
+  when collected (multiprocessing's ``Finalize``), and CPython would print those
+  failures, with tracebacks, after the run's one line; they are dropped.
 """
 
 from __future__ import annotations
@@ -48,13 +51,19 @@ _RETRY = {"timer": None}
 _REQUESTED: dict[str, type[KeyboardInterrupt] | None] = {"exception": None}
 
 
+#: set once the run was asked to stop: from then on it is ending (see _quiet_unraisable)
+_ENDING = {"since": False}
+
+
 def _raise_interrupted(signum, frame):
     _REQUESTED["exception"] = KeyboardInterrupt
+    _ENDING["since"] = True
     raise KeyboardInterrupt()
 
 
 def _raise_terminated(signum, frame):
     _REQUESTED["exception"] = Terminated
+    _ENDING["since"] = True
     # An exception raised while CPython runs an at-fork hook (nipype forks its workers,
     # logging registers such hooks) is printed and dropped; until acknowledge() says the
     # run saw it, the signal comes again a second later.
@@ -122,11 +131,18 @@ _HOOK = _Hook()
 
 
 def _quiet_unraisable(hook):
-    """``sys.unraisablehook`` that drops interruptions CPython could not raise (at-fork)."""
+    """``sys.unraisablehook`` that drops interruptions CPython could not raise (at-fork),
+    and everything once the run is ending."""
 
     def unraisable(info) -> None:
         if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
             return  # re-sent (SIGTERM) or repeated by the user (Ctrl-C): not lost
+        if _ENDING["since"]:
+            # an interruption can land inside an object's construction (multiprocessing's
+            # Finalize of a queue the pool was making), and the half-built object then
+            # fails when collected: "'Finalize' object has no attribute '_key'", with a
+            # traceback, after the run's one line.  The run is stopping; nothing to report.
+            return
         hook(info)
 
     return unraisable
@@ -135,6 +151,7 @@ def _quiet_unraisable(hook):
 def install() -> None:
     """Set up the main process's SIGTERM and SIGINT and every future worker's signals."""
     _REQUESTED["exception"] = None
+    _ENDING["since"] = False
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, _raise_interrupted)
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
