@@ -383,6 +383,7 @@ def test_an_interrupted_run_prints_no_failure_of_half_built_objects():
 
     code = """if True:
         import signal
+        import sys
         from bids_cnm.cli import interrupt
 
         class HalfBuilt:
@@ -390,6 +391,9 @@ def test_an_interrupted_run_prints_no_failure_of_half_built_objects():
                 raise AttributeError("no attribute '_key'")
 
         interrupt.install()
+        hook = sys.unraisablehook
+        interrupt.install()  # main() again in the same process: the same hook, not nested
+        assert sys.unraisablehook is hook
         HalfBuilt()  # nothing interrupted: reported
         try:
             signal.raise_signal(signal.SIGTERM)

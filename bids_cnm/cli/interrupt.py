@@ -145,6 +145,7 @@ def _quiet_unraisable(hook):
             return
         hook(info)
 
+    unraisable.bids_cnm_quiet = True  # installed once (see install)
     return unraisable
 
 
@@ -154,7 +155,9 @@ def install() -> None:
     _ENDING["since"] = False
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, _raise_interrupted)
-    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+    if not getattr(sys.unraisablehook, "bids_cnm_quiet", False):
+        # once per process: main() runs many times in one process (tests, notebooks)
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     multiprocessing.util.register_after_fork(_HOOK, _HOOK)
 
 
