@@ -360,6 +360,34 @@ def test_written_files(run):
     assert record["Threshold"] == THRESHOLD and record["dbs"]["n_permutations"] == 200
 
 
+def test_every_column_is_described_by_what_it_holds(run):
+    """Every column of the plan's tables has a description of its own (none falls back to
+    the generic text); those said to be copied from one of the plan's tables are columns of
+    one; a name with two meanings is described by the one its table gives it."""
+    from bids_cnm.analyses.run_plan import UNDESCRIBED
+
+    given = set()
+    for table in run["inputs"].rglob("*.tsv"):
+        given |= set(pd.read_csv(table, sep="\t", nrows=0).columns)
+    described = {}
+    for path in run["paths"]:
+        if path.suffix != ".tsv":
+            continue
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        for column in pd.read_csv(path, sep="\t", nrows=0).columns:
+            text = sidecar[column]["Description"]
+            assert text != UNDESCRIBED.format(column=column), (path.name, column)
+            if "as given" in text:
+                assert column in given, (path.name, column)
+            described[(path.name.rsplit("_", 1)[0].split("desc-")[-1], path.stem.rsplit("_", 1)[1],
+                       column)] = text
+    assert "reference" in described[("peakThal", "distances", "x")]
+    assert "plateau" in described[("peakThal", "peaks", "x")]
+    assert "F or chi2" in described[("roitoroi", "summary", "statistic_name")]
+    assert "statistic_name" in described[("roitoroi", "summary", "statistic")]
+    assert "mean_of_regions" in described[("roioverlapGroups", "summary", "statistic")]
+
+
 def test_roi_overlap_values_and_group_comparison(run):
     results = run["results"]
     vol = overlap_volume(results)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,12 +149,167 @@ _COLUMN_DESCRIPTIONS = {
     "outcome": "Clinical outcome (e.g. % seizure reduction).",
     "distance_mm": "Euclidean distance from the peak (mm).",
     "null_overlap": "One draw of the null distribution (% overlap).",
+    # the map analysed, in every summary and peaks table
+    "network": "Map analysed, as the plan names it: '<kind>:<sets>' (the signed overlap, "
+               "or its positive-only or negative-only part, of those coordinate sets), "
+               "'dbs' (DBS network), 'dbsrmap' (DBS R-map), 'convergent', or an image's path.",
+    "analysis": "Name of the analysis in the analysis plan.",
+    # ROI overlap summary
+    "rois": "Kind of ROIs: spheres, masks, mask (one) or atlas (regions).",
+    "n_rois": "ROIs of the analysis.",
+    "n_rois_in_mask": "ROIs with at least one voxel inside the analysis mask (the others are "
+                      "left out of the statistic).",
+    "null_kind": "Null model: 'regions' (random atlas regions) or 'spheres' (random spheres).",
+    "n_draws": "Draws of the null distribution.",
+    "n_candidate_regions": "Atlas regions with a voxel in the analysis mask, drawn from.",
+    "null_diameter_mm": "Diameter of the random spheres (mm).",
+    "n_candidate_centres": "Voxels allowed as centres of the random spheres.",
+    "alternative": "Direction of the test: 'greater', 'less' or 'two-sided'.",
+    "compare_column": "Column of the ROI table that splits the ROIs into the two groups.",
+    "group_a": "Value of compare_column of group a.",
+    "group_b": "Value of compare_column of group b.",
+    "n_a": "ROIs of group a inside the analysis mask.",
+    "n_b": "ROIs of group b inside the analysis mask.",
+    "mean_a": "Mean % overlap of group a.",
+    "mean_b": "Mean % overlap of group b.",
+    "sd_a": "Standard deviation of group a's % overlaps (ddof=1).",
+    "sd_b": "Standard deviation of group b's % overlaps (ddof=1).",
+    "mean_diff": "Difference of the means, a - b.",
+    "confidence": "Level of the confidence interval (ci_low, ci_high).",
+    # spatial correlation and control sets
+    "reference": "The reference map: a seed of the plan (its connectivity map, stat in "
+                 "brackets) or an image's path.",
+    "method": "Correlation: 'pearson' or 'spearman'.",
+    # DBS
+    "n_patients": "DBS patients.",
+    "patient_map": "Group map of each patient's VAT seed used: 't' (one-sample t over the "
+                   "connectome's subjects), 'z' (mean Fisher z) or 'r' (mean r).",
+    "normalize": "Denominator of the outcome-weighted DBS network sum_i o_i N_i: 'n' "
+                 "(patients; the reference study's), 'sum' (sum of outcomes) or 'abs_sum' "
+                 "(sum of |outcomes|).",
+    "r_dbs_network": "Pearson r, over the analysis mask, between the DBS network and the "
+                     "network.",
+    "rmap_max_abs_r": "Largest |r| of the DBS R-map (across patients, VAT connectivity "
+                      "against outcome).",
+    "rmap_min_p_fwe": "Smallest family-wise corrected permutation p of the R-map (maximum "
+                      "|r| over voxels).",
+    "loo_r": "Leave-one-patient-out prediction: Pearson r between each patient's similarity "
+             "to the others' DBS network and the outcomes.",
+    "loo_p_parametric": "Two-sided parametric p of loo_r (scipy.stats.pearsonr).",
+    "loo_p_permutation": "Permutation p of loo_r (outcomes shuffled, networks rebuilt), in "
+                         "the direction 'alternative'.",
+    "n_permutations": "Permutations of the outcomes (R-map and leave-one-out).",
+    "patient": "Patient label (the DBS table's).",
+    "seed": "Seed of the patient's VAT (seed-<id> entity of its files).",
+    "vat_voxels": "Voxels of the patient's VAT on the connectome grid.",
+    "r_convergent_network": "Pearson r, over the analysis mask, between the convergent "
+                            "network and the coordinate network.",
+    "r_convergent_dbs": "Pearson r between the convergent network and the DBS network.",
+    "r_network_dbs": "Pearson r between the coordinate network and the DBS network.",
+    # ROI-to-ROI
+    "subject": "Connectome subject (sub-<label>).",
+    "node": "Node of the parcellation (its name in the nodes table, else node<k>).",
+    "mean_z": "Mean Fisher z of the node with the study seeds, over connectome subjects and "
+              "seeds.",
+    "test": "Test: 'nodes' (one-way ANOVA, nodes as units), 'repeated_measures' (subjects), "
+            "'friedman'; post-hoc: 'welch', 'paired_t' or 'wilcoxon'.",
+    "unit": "Units of the test: nodes or subjects.",
+    "statistic_name": "Name of the test statistic: F or chi2.",
+    "df_between": "Degrees of freedom between networks (G - 1).",
+    "df_within": "Error degrees of freedom (n/a for Friedman).",
+    "effect_size_name": "Effect size: eta_squared, partial_eta_squared or kendall_w.",
+    "effect_size": "Value of the effect size named in effect_size_name.",
+    "n_units": "Units of the test (nodes, or subjects with a value for every network).",
+    "n_seeds": "Study seeds whose connectivity is averaged.",
+    "n_nodes": "Nodes of the parcellation.",
+    "n_networks": "Networks of the parcellation.",
+    "top_network": "Network with the highest mean connectivity.",
+    "network_a": "First network of the pair (ranking order).",
+    "network_b": "Second network of the pair.",
+    "p_holm": "p adjusted for all pairs (Holm).",
+    "cohens_dz": "Cohen's d_z: mean of the paired differences / their SD.",
+    "median_diff": "Median of the paired differences (a - b).",
+    # peaks in a region
+    "n_plateaus": "Tied extreme plateaus of the map in the region.",
+    "region_voxels": "Voxels of the region inside the analysis mask.",
+    "nearest_reference": "Reference coordinate nearest to the plateau's centre.",
+    "nearest_distance_mm": "Distance from the plateau's centre to nearest_reference (mm).",
+    # ALE
+    "n_foci": "Coordinates (foci) of the ALE.",
+    "n_iters": "Monte-Carlo iterations of NiMARE's FWE correction.",
+    "voxel_thresh": "Cluster-forming voxel-level p threshold.",
+    "cluster_threshold": "Cluster-size FWE level.",
+    "n_clusters": "Clusters surviving the cluster-size FWE correction.",
+    "n_significant_voxels": "Voxels of the surviving clusters.",
+    "max_z": "Largest z of the ALE map.",
+    "peak_x": "MNI x of the ALE z map's maximum (mm).",
+    "peak_y": "MNI y of the ALE z map's maximum (mm).",
+    "peak_z": "MNI z of the ALE z map's maximum (mm).",
+    "r_ale_overlap": "Pearson r between the ALE z map (resampled onto the connectome grid) "
+                     "and the sets' signed overlap.",
+}
+
+#: the meaning a column has in a table of its own (the same name means something else
+#: elsewhere)
+_ROI_OVERLAP_SUMMARY = {
+    "statistic": "Statistic over the ROIs: 'mean_of_regions' (mean of the ROIs' % overlaps) "
+                 "or 'pooled' (% overlap of all their voxels pooled).",
+}
+_ROI_TO_ROI = {
+    "statistic": "Value of the test statistic (statistic_name).",
+    "p": "p of the test.",
+    "network": "Network of the parcellation (the nodes table's 'network' column).",
+    "mean": "Mean connectivity (Fisher z) to the study seeds over the units.",
+    "sd": "Standard deviation over the units (ddof=1).",
+    "n": "Units of the network (nodes or subjects).",
+    "df": "Degrees of freedom of the post-hoc test (n/a for Wilcoxon).",
+    "mean_diff": "Difference of the means, network_a - network_b.",
+    "hedges_g": "Hedges' g of the Welch post-hoc test.",
+}
+_PEAKS_IN_REGION = {
+    "map": "Map the peak was searched in, as the plan names it (see 'network').",
+    "sign": "Extreme searched: 'positive' (maximum) or 'negative' (minimum).",
+    "x": "MNI x of the plateau's centre (mm).",
+    "y": "MNI y of the plateau's centre (mm).",
+    "z": "MNI z of the plateau's centre (mm).",
+    "value": "Map value of the plateau.",
+    "n_voxels": "Voxels of the plateau.",
+}
+_DISTANCES = {
+    "label": "Reference coordinate (the references table's label).",
+    "x": "MNI x of the reference (mm).",
+    "y": "MNI y of the reference (mm).",
+    "z": "MNI z of the reference (mm).",
+    "distance_mm": "Distance from the plateau's centre to the reference (mm).",
 }
 
 
+def _given(table: pd.DataFrame, source: object, computed: Iterable[str]) -> dict[str, str]:
+    """Descriptions of the columns an output table copies from one of the plan's tables."""
+    name = Path(str(source)).name if source is not None else "the plan's table"
+    out = {}
+    for column in table.columns:
+        if column in computed:
+            continue
+        if column in ("x", "y", "z"):
+            out[column] = f"MNI {column} of the ROI's centre (mm), as given in {name}."
+        else:
+            out[column] = f"Column '{column}' of {name}, as given."
+    return out
+
+
+def _table_source(sources: list) -> object:
+    """The tabular file among an ROI set's sources (an atlas: its labels), else the first."""
+    tables = [s for s in sources if str(s).endswith((".tsv", ".csv"))]
+    return tables[-1] if tables else (sources[0] if sources else None)
+
+
+#: a column no description above covers (a test checks that the plan's tables have none)
+UNDESCRIBED = "Column '{column}' of this table (see the table's Description)."
+
+
 def _column_fallback(column: str) -> str:
-    """Columns named after the plan's data (an ROI table's own metadata, networks)."""
-    return f"Column '{column}' of the analysis plan's input table, or a network of the plan."
+    return UNDESCRIBED.format(column=column)
 
 
 @dataclass(frozen=True)
@@ -287,10 +443,13 @@ class _Runner:
         return {**self.base, **extra, **more}
 
     def write_table(self, entities: dict, suffix: str, table: pd.DataFrame,
-                    description: str, sources: list, **extra: object) -> Path:
+                    description: str, sources: list, columns: dict[str, str] | None = None,
+                    **extra: object) -> Path:
+        """Write a table; ``columns`` describes columns whose meaning is this table's own."""
         path = self.writer.write_table(
             entities, suffix, table, description, [str(s) for s in sources],
-            columns=_COLUMN_DESCRIPTIONS, fallback=_column_fallback, **extra,
+            columns={**_COLUMN_DESCRIPTIONS, **(columns or {})}, fallback=_column_fallback,
+            **extra,
         )
         self.paths.append(path)
         return path
@@ -378,6 +537,7 @@ class _Runner:
             "summary", pd.DataFrame(rows),
             "Spatial correlation of each control set's signed overlap with the primary "
             "sets' signed overlap (analysis mask).", self.sources,
+            columns={"n_studies": "Studies (seeds) of the control set."},
             PrimarySets=list(self.plan.primary_sets), Threshold=self.threshold,
         )
 
@@ -523,10 +683,12 @@ class _Runner:
             })
         self.write_table(ents, "values", per_roi,
                          f"% overlap of each ROI of '{item.name}' with {info.description}.",
-                         sources, Network=info.name, OverlapDenominator=item.denominator)
+                         sources, columns=_given(table, _table_source(sources), {"roi"}),
+                         Network=info.name, OverlapDenominator=item.denominator)
         self.write_table(ents, "summary", pd.DataFrame([summary]),
                          f"ROI overlap '{item.name}' with {info.description}: observed "
                          "statistic, null model and group comparison.", sources,
+                         columns=_ROI_OVERLAP_SUMMARY,
                          Network=info.name, OverlapDenominator=item.denominator)
 
     def _null(self, item: ROIOverlap, key: str, vol: np.ndarray, kept: list,
@@ -634,7 +796,9 @@ class _Runner:
         self.write_table(self.ents({}, desc=f"spatialcorr{item.name}"), "summary",
                          pd.DataFrame(rows),
                          f"Spatial correlation of networks with the reference '{item.name}'.",
-                         sources + self.sources)
+                         sources + self.sources,
+                         columns={"n_voxels": "Voxels where both maps are finite (the "
+                                              "correlation's sample)."})
 
     def roi_to_roi(self) -> None:
         spec = self.plan.validation.roi_to_roi
@@ -665,7 +829,10 @@ class _Runner:
         table.insert(0, "subject", subjects)
         self.write_table(ents, "values", table,
                          "Per connectome subject, mean Fisher z between the study seeds and "
-                         "the nodes of each network.", sources)
+                         "the nodes of each network.", sources,
+                         columns={str(n): f"Mean Fisher z between the study seeds and the "
+                                          f"nodes of the network '{n}', for this subject."
+                                  for n in conn.columns})
         if spec.test == "nodes":
             node_table = pd.DataFrame({
                 "node": [n["name"] if isinstance(n.get("name"), str) and n["name"]
@@ -673,7 +840,7 @@ class _Runner:
                 "network": node_networks, "mean_z": anova["node_means"]})
             self.write_table(self.ents(ents, desc="roitoroinodes"), "values", node_table,
                              "Per node, the mean Fisher z over connectome subjects and study "
-                             "seeds: the units of the ANOVA.", sources)
+                             "seeds: the units of the ANOVA.", sources, columns=_ROI_TO_ROI)
         effect = next(k for k in ("eta_squared", "partial_eta_squared", "kendall_w")
                       if k in anova)
         self.write_table(ents, "summary", pd.DataFrame([{
@@ -685,12 +852,15 @@ class _Runner:
             "n_seeds": len(cols), "n_nodes": len(nodes), "n_networks": conn.shape[1],
             "top_network": anova["ranking"]["network"].iloc[0],
         }]), f"Comparison of the connectivity across networks ({anova['test']}: units "
-             f"are {anova['unit']}).", sources, ANOVATest=anova["test"])
+             f"are {anova['unit']}).", sources, columns=_ROI_TO_ROI, ANOVATest=anova["test"])
         self.write_table(ents, "ranking", anova["ranking"],
                          f"Networks ranked by mean connectivity to the study seeds (over "
-                         f"{anova['unit']}).", sources)
+                         f"{anova['unit']}).", sources, columns=_ROI_TO_ROI)
         self.write_table(ents, "posthoc", anova["posthoc"],
-                         "Post-hoc tests between networks (Holm-corrected p).", sources)
+                         "Post-hoc tests between networks (Holm-corrected p).", sources,
+                         columns={**_ROI_TO_ROI, "statistic": "Statistic of the post-hoc test "
+                                  "(t, or Wilcoxon's W).", "p": "Two-sided p of the pair's "
+                                  "test, uncorrected."})
 
     def peak(self, i: int, item) -> None:
         key = f"validation.peaks[{i}]"
@@ -722,11 +892,11 @@ class _Runner:
             self.write_table(ents, "distances", dist,
                              f"Distances from each tied peak plateau of {info.description} in "
                              f"the region to the reference coordinates.",
-                             [item.references] + sources)
+                             [item.references] + sources, columns=_DISTANCES)
         self.write_table(ents, "peaks", table,
                          f"Peak ({item.sign}) of {info.description} inside the region "
                          f"'{item.name}' (MNI mm): one row per plateau of voxels that tie "
-                         "at the extreme value.", sources)
+                         "at the extreme value.", sources, columns=_PEAKS_IN_REGION)
 
     def ale(self) -> None:
         spec = self.plan.ale
@@ -776,6 +946,7 @@ class _Runner:
                          "ALE of the coordinates: surviving clusters (cluster-size FWE) and "
                          "spatial correlation of the ALE z map (resampled onto the connectome "
                          "grid) with the sets' signed overlap (r_ale_overlap).", self.sources,
+                         columns={"n_studies": "Studies (experiments) of the ALE."},
                          NiMAREDescription=getattr(maps, "description", ""),
                          NiMAREBibTeX=getattr(maps, "bibtex", ""), **common)
         if n_clusters:
