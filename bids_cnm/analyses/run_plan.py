@@ -123,7 +123,8 @@ _COLUMN_DESCRIPTIONS = {
     "overlap_pct": "% overlap x 100, as the column 'denominator' says: 'roi' = sum of the "
                    "network's values in the ROI / number of ROI voxels (voxels outside the "
                    "analysis mask count as 0; Ji et al. 2025); 'mask' = mean over the ROI's "
-                   "voxels inside the analysis mask (n/a: no voxel in the mask).",
+                   "voxels inside the analysis mask (n/a, either way: no voxel of the ROI in "
+                   "the mask).",
     "denominator": "What the % overlap divides by: 'roi' (all ROI voxels, outside the "
                    "analysis mask counted as 0) or 'mask' (ROI voxels inside the mask).",
     "null_within": "Where the random sphere centres were drawn: 'brain' (the analysis mask), "
@@ -135,7 +136,8 @@ _COLUMN_DESCRIPTIONS = {
                 "overlap of all their voxels pooled (pooled).",
     "null_mean": "Mean of the null distribution.",
     "null_sd": "Standard deviation of the null distribution (ddof=1).",
-    "p_null": "Permutation p: (count of null values as or more extreme + 1) / (n_draws + 1).",
+    "p_null": "Permutation p: (count of null values as or more extreme + 1) / (n_draws + 1) "
+              "in the direction 'alternative'; two-sided: min(1, 2 x the smaller one-sided p).",
     "t": "Welch t statistic (a - b).",
     "df": "Welch-Satterthwaite degrees of freedom.",
     "p_welch": "Two-sided p of the Welch t-test.",
@@ -155,10 +157,10 @@ _COLUMN_DESCRIPTIONS = {
                "'dbs' (DBS network), 'dbsrmap' (DBS R-map), 'convergent', or an image's path.",
     "analysis": "Name of the analysis in the analysis plan.",
     # ROI overlap summary
-    "rois": "Kind of ROIs: spheres, masks, mask (one) or atlas (regions).",
+    "rois": "Kind of ROIs: spheres, masks or atlas (regions).",
     "n_rois": "ROIs of the analysis.",
-    "n_rois_in_mask": "ROIs with at least one voxel inside the analysis mask (the others are "
-                      "left out of the statistic).",
+    "n_rois_in_mask": "ROIs with at least one voxel inside the analysis mask with a finite "
+                      "network value (the others are left out of the statistic).",
     "null_kind": "Null model: 'regions' (random atlas regions) or 'spheres' (random spheres).",
     "n_draws": "Draws of the null distribution.",
     "n_candidate_regions": "Atlas regions with a voxel in the analysis mask, drawn from.",
@@ -193,8 +195,9 @@ _COLUMN_DESCRIPTIONS = {
                       "against outcome).",
     "rmap_min_p_fwe": "Smallest family-wise corrected permutation p of the R-map (maximum "
                       "|r| over voxels).",
-    "loo_r": "Leave-one-patient-out prediction: Pearson r between each patient's similarity "
-             "to the others' DBS network and the outcomes.",
+    "loo_r": "Leave-one-patient-out prediction: Pearson r between the outcomes and each "
+             "patient's similarity to the others' DBS network (their outcome-weighted sum / "
+             "their number, whatever 'normalize' says).",
     "loo_p_parametric": "Two-sided parametric p of loo_r (scipy.stats.pearsonr).",
     "loo_p_permutation": "Permutation p of loo_r (outcomes shuffled, networks rebuilt), in "
                          "the direction 'alternative'.",
@@ -207,7 +210,7 @@ _COLUMN_DESCRIPTIONS = {
     "r_convergent_dbs": "Pearson r between the convergent network and the DBS network.",
     "r_network_dbs": "Pearson r between the coordinate network and the DBS network.",
     # ROI-to-ROI
-    "subject": "Connectome subject (sub-<label>).",
+    "subject": "Connectome subject label (<label> of sub-<label>).",
     "node": "Node of the parcellation (its name in the nodes table, else node<k>).",
     "mean_z": "Mean Fisher z of the node with the study seeds, over connectome subjects and "
               "seeds.",
@@ -226,14 +229,17 @@ _COLUMN_DESCRIPTIONS = {
     "top_network": "Network with the highest mean connectivity.",
     "network_a": "First network of the pair (ranking order).",
     "network_b": "Second network of the pair.",
-    "p_holm": "p adjusted for all pairs (Holm).",
-    "cohens_dz": "Cohen's d_z: mean of the paired differences / their SD.",
-    "median_diff": "Median of the paired differences (a - b).",
+    "p_holm": "p adjusted (Holm) over the pairs that were tested (a network of one unit is "
+              "not).",
+    "cohens_dz": "Cohen's d_z: mean / SD (ddof=1) of the paired differences network_a - "
+                 "network_b.",
+    "median_diff": "Median of the paired differences network_a - network_b.",
     # peaks in a region
     "n_plateaus": "Tied extreme plateaus of the map in the region.",
     "region_voxels": "Voxels of the region inside the analysis mask.",
-    "nearest_reference": "Reference coordinate nearest to the plateau's centre.",
-    "nearest_distance_mm": "Distance from the plateau's centre to nearest_reference (mm).",
+    "nearest_reference": "Reference coordinate nearest to the plateau's location (x, y, z).",
+    "nearest_distance_mm": "Distance from the plateau's location (x, y, z) to "
+                           "nearest_reference (mm).",
     # ALE
     "n_foci": "Coordinates (foci) of the ALE.",
     "n_iters": "Monte-Carlo iterations of NiMARE's FWE correction.",
@@ -256,6 +262,7 @@ _ROI_OVERLAP_SUMMARY = {
                  "or 'pooled' (% overlap of all their voxels pooled).",
 }
 _ROI_TO_ROI = {
+    "n_subjects": "Connectome subjects.",
     "statistic": "Value of the test statistic (statistic_name).",
     "p": "p of the test.",
     "network": "Network of the parcellation (the nodes table's 'network' column).",
@@ -267,20 +274,35 @@ _ROI_TO_ROI = {
     "hedges_g": "Hedges' g of the Welch post-hoc test.",
 }
 _PEAKS_IN_REGION = {
-    "map": "Map the peak was searched in, as the plan names it (see 'network').",
-    "sign": "Extreme searched: 'positive' (maximum) or 'negative' (minimum).",
-    "x": "MNI x of the plateau's centre (mm).",
-    "y": "MNI y of the plateau's centre (mm).",
-    "z": "MNI z of the plateau's centre (mm).",
-    "value": "Map value of the plateau.",
+    "map": "Map the peak was searched in, as the plan names it: '<kind>:<sets>' (the signed "
+           "overlap, or its positive-only or negative-only part, of those coordinate sets), "
+           "'dbs', 'dbsrmap', 'convergent', or an image's path.",
+    "sign": "Extreme searched: 'positive' (maximum), 'negative' (minimum) or 'abs' (largest "
+            "|value|).",
+    "x": "MNI x of the plateau's location: its voxel nearest the plateau's centroid (ties: "
+         "the smallest x, y, z), mm.",
+    "y": "MNI y of the plateau's location (see x), mm.",
+    "z": "MNI z of the plateau's location (see x), mm.",
+    "value": "Map value at (x, y, z); every voxel of the plateau has it (sign 'abs': it or "
+             "its opposite).",
     "n_voxels": "Voxels of the plateau.",
 }
 _DISTANCES = {
+    "plateau": "Plateau of the peaks table; one row per plateau and reference, nearest "
+               "first.",
     "label": "Reference coordinate (the references table's label).",
     "x": "MNI x of the reference (mm).",
     "y": "MNI y of the reference (mm).",
     "z": "MNI z of the reference (mm).",
-    "distance_mm": "Distance from the plateau's centre to the reference (mm).",
+    "distance_mm": "Distance from the plateau's location (its x, y, z in the peaks table) to "
+                   "the reference (mm).",
+}
+#: the DBS and convergent summaries: one coordinate network, several tests
+_DBS_SUMMARY = {
+    "network": "Coordinate network (dbs.network) the DBS network is correlated with, or "
+               "combined with into the convergent network.",
+    "alternative": "Direction of loo_p_permutation only ('greater': more similar, better "
+                   "outcome); loo_p_parametric and the R-map's p are two-sided.",
 }
 
 
@@ -298,10 +320,17 @@ def _given(table: pd.DataFrame, source: object, computed: Iterable[str]) -> dict
     return out
 
 
-def _table_source(sources: list) -> object:
-    """The tabular file among an ROI set's sources (an atlas: its labels), else the first."""
-    tables = [s for s in sources if str(s).endswith((".tsv", ".csv"))]
-    return tables[-1] if tables else (sources[0] if sources else None)
+#: the columns of an ROI overlap's values that are computed (the others are the ROI table's)
+ROI_COLUMNS = ("roi", "n_voxels", "n_voxels_in_mask", "overlap_pct", "denominator")
+
+
+def _roi_table_file(item: ROIOverlap) -> Path | None:
+    """The plan's table an ROI set's own columns come from (none: no such columns)."""
+    if item.spheres is not None:
+        return item.spheres.table
+    if item.masks is not None:
+        return item.masks.table
+    return item.atlas.labels if item.atlas is not None else None
 
 
 #: a column no description above covers (a test checks that the plan's tables have none)
@@ -600,7 +629,8 @@ class _Runner:
         self.write_table(
             self.ents(dbs_ents, desc="dbs"), "summary", pd.DataFrame([summary]),
             "DBS analyses: spatial correlation of the DBS network with the coordinate "
-            "network (r_dbs_network), R-map extremes, leave-one-out prediction.", src)
+            "network (r_dbs_network), R-map extremes, leave-one-out prediction.", src,
+            columns=_DBS_SUMMARY)
         if not spec.convergent:
             return
         try:
@@ -619,7 +649,8 @@ class _Runner:
             pd.DataFrame([{"network": info.name, "r_convergent_network": conv["r_overlap"],
                            "r_convergent_dbs": conv["r_dbs"],
                            "r_network_dbs": conv["r_overlap_dbs"]}]),
-            "Spatial correlations of the convergent network with its two inputs.", src)
+            "Spatial correlations of the convergent network with its two inputs.", src,
+            columns=_DBS_SUMMARY)
         peaks = find_peaks(nib.load(path))
         self.write_table(self.ents(conv_ents, desc="convergent"), "peaks", peaks,
                          "Peaks of the convergent network (clusters at >= 50% of max |value|).",
@@ -645,7 +676,7 @@ class _Runner:
         if not valid.all():
             LOGGER.warning("%s: ROI(s) %s have no voxel in the analysis mask; left out",
                            key, ", ".join(table["roi"].astype(str)[~valid]))
-        per_roi = table.copy()
+        per_roi = table.copy()  # the ROI table's own columns, then ROI_COLUMNS[1:]
         per_roi["n_voxels"] = [int(m.sum()) for m in rois]
         per_roi["n_voxels_in_mask"] = n_in
         per_roi["overlap_pct"] = overlaps
@@ -683,7 +714,7 @@ class _Runner:
             })
         self.write_table(ents, "values", per_roi,
                          f"% overlap of each ROI of '{item.name}' with {info.description}.",
-                         sources, columns=_given(table, _table_source(sources), {"roi"}),
+                         sources, columns=_given(table, _roi_table_file(item), ROI_COLUMNS),
                          Network=info.name, OverlapDenominator=item.denominator)
         self.write_table(ents, "summary", pd.DataFrame([summary]),
                          f"ROI overlap '{item.name}' with {info.description}: observed "
