@@ -534,6 +534,17 @@ def test_spatial_correlations_and_controls(run):
     both = np.isfinite(dbs)
     assert img["r"].iloc[0] == pytest.approx(
         np.corrcoef(dbs[both], planted[results.voxels][both])[0, 1], abs=1e-6)
+    # an image is named as the sidecars' Sources name it (a BIDS URI: this writer's
+    # connectome folder holds the plan's inputs), never by its absolute path
+    uri = "bids:connectome:inputs/planted.nii.gz"
+    assert list(img["reference"]) == [uri]
+    assert uri in json.loads(find(run["out"], f"{PREFIX}_desc-spatialcorrImg_summary.json")
+                             .read_text())["Sources"]
+    assert read(run, f"{PREFIX}_desc-peakImg_peaks.tsv")["map"].iloc[0] == uri
+    for path in run["paths"]:
+        if path.suffix == ".tsv":
+            cells = pd.read_csv(path, sep="\t", dtype=str).to_numpy().ravel()
+            assert not [c for c in cells if isinstance(c, str) and c.startswith("/")], path.name
 
 
 def test_roi_to_roi(run):

@@ -435,7 +435,8 @@ class _Runner:
         """Values over the analysis mask and description of a map reference."""
         if isinstance(ref, Image):
             values = self.image_values(ref.image, key)
-            return values, _MapInfo(str(ref.image), {}, f"the image {ref.image}")
+            name = self.writer.uri(ref.image)  # as Sources name it: no absolute path
+            return values, _MapInfo(name, {}, f"the image {name}")
         if ref in DBS_MAPS:
             if ref not in self.maps:
                 raise self.error(key, f"the map '{ref}' was not computed (dbs section)")
@@ -813,7 +814,7 @@ class _Runner:
             sources = [item.seeds.table]
         else:
             reference = self.image_values(item.image, f"{key}.image")
-            ref_name, sources = str(item.image), [item.image]
+            ref_name, sources = self.writer.uri(item.image), [item.image]
         rows = []
         for j, ref in enumerate(item.network):
             values, info = self.map(ref, f"{key}.network[{j}]")

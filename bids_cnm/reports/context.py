@@ -77,6 +77,35 @@ class ReportContext:
     def mask_path(self) -> Path | None:
         return self.mask.path if self.mask is not None else None
 
+    def resolve(self, name: str) -> Path | None:
+        """The file a table names: a BIDS URI (``bids::<path>`` in these derivatives,
+        ``bids:<dataset>:<path>`` in a dataset of ``dataset_description.json``'s
+        ``DatasetLinks``) or a path; ``None`` when it is not (or no longer) there."""
+        text = str(name)
+        path = Path(text)
+        if text.startswith("bids:"):
+            dataset, _, relative = text[len("bids:"):].partition(":")
+            root = self.index.root if not dataset else self._links().get(dataset)
+            if root is None:
+                return None
+            path = Path(root) / relative
+        return path if path.is_file() else None
+
+    def _links(self) -> dict[str, Path]:
+        """``DatasetLinks`` of the derivatives (file URIs) as folders."""
+        import json
+        from urllib.parse import unquote, urlparse
+
+        try:
+            description = json.loads((self.index.root / "dataset_description.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        links = {}
+        for name, uri in (description.get("DatasetLinks") or {}).items():
+            parsed = urlparse(str(uri))
+            links[name] = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
+        return links
+
 
 def parse_coordinates(text: str) -> np.ndarray:
     """``"x,y,z;x,y,z"`` -> array (n, 3); empty or malformed triples are skipped."""

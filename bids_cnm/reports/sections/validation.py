@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
@@ -116,14 +115,15 @@ def _network_map(ctx: ReportContext, name: str) -> DerivFile | None:
 
 def _reference_map(ctx: ReportContext, reference: str) -> str | None:
     """The reference map: a seed's map written by the run (``seed <id> (<stat>)``) or
-    the user's image (its path, when it is still there)."""
+    the user's image (its BIDS URI, or the path an older run wrote, when it is still
+    there)."""
     seed = re.fullmatch(r"seed (\S+) \((\w+)\)", str(reference))
     if seed:
         found = ctx.index.get(suffix="boldmap", seed=seed.group(1), stat=seed.group(2),
                               extension=NIFTI)
         return str(found[0].path) if found else None
-    path = Path(str(reference))
-    return str(path) if path.is_file() else None
+    path = ctx.resolve(reference)
+    return str(path) if path is not None else None
 
 
 def _spatial_scatters(ctx: ReportContext, name: str, table) -> list:
